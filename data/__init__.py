@@ -1,0 +1,1 @@
+"""Data stage: dataset readers, splits, vocabulary, TFDS builder, tf.data pipelines, feature cache."""
