@@ -1,0 +1,113 @@
+"""The caption decoder: image features -> LSTM initial state -> next-word logits.
+
+Shape of the original ("seed") model, which the `seed` preset reproduces exactly:
+    h0 = ReLU(Dense(2048 -> 512)(features)),  c0 = 0
+    Embedding(V, 256) -> LSTM(512) -> Dense(V)
+Options beyond parity: dropout, an image-initialised c0, and (in model/train.py) gradient clipping,
+label smoothing and a learning-rate schedule.
+
+Training runs the whole sequence through keras.layers.LSTM (cuDNN on a GPU); decoding runs
+`step`, which calls the very same LSTM cell weights one token at a time.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    vocab_size: int
+    feature_dim: int = 2048
+    embed_dim: int = 256
+    units: int = 512
+    dropout: float = 0.0             # on embeddings and LSTM outputs (never recurrent: cuDNN)
+    image_init_cell: bool = False    # c0 = tanh(Dense(features)) instead of zeros
+
+    def __post_init__(self):
+        for name in ("vocab_size", "feature_dim", "embed_dim", "units"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    def save(self, path):
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path):
+        return cls(**json.loads(Path(path).read_text()))
+
+
+class Captioner(keras.Model):
+    """inputs {"features": [B, F] float, "tokens": [B, T] int (0 = <pad>)} -> logits [B, T, V]."""
+
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.image_to_h = keras.layers.Dense(config.units, activation="relu", name="image_to_h")
+        self.image_to_c = (keras.layers.Dense(config.units, activation="tanh", name="image_to_c")
+                           if config.image_init_cell else None)
+        self.embedding = keras.layers.Embedding(config.vocab_size, config.embed_dim,
+                                                mask_zero=True, name="embedding")
+        # Defaults tanh/sigmoid, no recurrent dropout, unroll=False: the cuDNN kernel's conditions.
+        self.lstm = keras.layers.LSTM(config.units, return_sequences=True, name="lstm")
+        self.dropout = keras.layers.Dropout(config.dropout)
+        # float32 logits even under mixed precision: softmax/loss need the range.
+        self.to_logits = keras.layers.Dense(config.vocab_size, dtype="float32", name="to_logits")
+
+    def initial_state(self, features, training=False):
+        """Image features [B, F] -> LSTM state (h0, c0), each [B, units]."""
+        h = self.image_to_h(features)
+        c = self.image_to_c(features) if self.image_to_c is not None else keras.ops.zeros_like(h)
+        return h, c
+
+    def call(self, inputs, training=False):
+        h, c = self.initial_state(inputs["features"], training=training)
+        embedded = self.dropout(self.embedding(inputs["tokens"]), training=training)
+        outputs = self.lstm(embedded, initial_state=[h, c], training=training)
+        return self.to_logits(self.dropout(outputs, training=training))
+
+    def step(self, tokens, state):
+        """One decoding step with the training weights: tokens [N] int, state (h, c) ->
+        (logits [N, V] float32, new state). Inference only (no dropout)."""
+        h, c = state
+        # Gather the embedding rows directly: calling the layer would attach a mask the cell ignores.
+        embedded = tf.gather(self.embedding.embeddings, tokens)
+        output, (h, c) = self.lstm.cell(embedded, [h, c], training=False)
+        return tf.cast(self.to_logits(output), tf.float32), (h, c)
+
+    def build_for(self, batch_size=2, length=3):
+        """Creates every weight (including image_to_c) by running a tiny dummy batch."""
+        self({"features": tf.zeros([batch_size, self.config.feature_dim]),
+              "tokens": tf.ones([batch_size, length], tf.int32)})
+        return self
+
+
+def build_captioner(config: ModelConfig) -> Captioner:
+    return Captioner(config, name="captioner").build_for()
+
+
+class MaskedCaptionLoss(keras.losses.Loss):
+    """Cross-entropy over real tokens only (targets == 0 are <pad>), with optional label
+    smoothing, averaged over the number of real tokens (not the padded area)."""
+
+    def __init__(self, label_smoothing=0.0, name="masked_caption_loss", **kwargs):
+        kwargs.setdefault("reduction", "mean_with_sample_weight")
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.int32)
+        log_probs = tf.nn.log_softmax(tf.cast(y_pred, tf.float32))
+        nll = -tf.gather(log_probs, y_true, batch_dims=2)
+        if self.label_smoothing:
+            smooth = -tf.reduce_mean(log_probs, axis=-1)
+            nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
+        return nll * tf.cast(tf.not_equal(y_true, 0), nll.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}

@@ -1,0 +1,160 @@
+"""The one decoder: batched greedy and beam search as explicit tf.while_loops.
+
+Evaluation calls these in a tf.function; export/ puts the very same functions into the SavedModel
+(ExportArchive endpoints are traced with autograph off, hence explicit tf.while_loop, no Python
+loops over tensors). Both searches take a `step_fn(tokens [N], state) -> (logits [N, V], state)`
+so tests can drive them with a fake next-token function whose best answer is known.
+"""
+import dataclasses
+
+import tensorflow as tf
+
+from data.captions import clean_caption_tensor
+
+# Reserved ids, fixed by data/vocabulary.py: <pad>=0, <start>=1, <end>=2, <unk>=3.
+PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+NEG_INF = -1e9  # finite, so that -inf + -inf or 0 * -inf never makes a NaN
+
+
+@dataclasses.dataclass
+class DecodeConfig:
+    max_length: int = 30          # tokens generated at most, <end> included
+    beam_width: int = 3
+    length_penalty: float = 0.7   # beam score = log_prob / length ** length_penalty
+
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
+        if self.length_penalty < 0:
+            raise ValueError(f"length_penalty must be >= 0, got {self.length_penalty}")
+
+
+def greedy_search(step_fn, state, batch_size, max_length, start_id=START_ID, end_id=END_ID):
+    """Returns (ids [B, L] int32 with <end> kept and <pad> after it, log_prob [B] float32).
+
+    Stops when every caption has produced <end>, or after max_length tokens.
+    """
+    def not_done(i, tokens, state, finished, log_prob, ids):
+        return tf.logical_and(i < max_length, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(i, tokens, state, finished, log_prob, ids):
+        logits, state = step_fn(tokens, state)
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+        chosen = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        chosen = tf.where(finished, PAD_ID, chosen)
+        gained = tf.gather(log_probs, chosen, batch_dims=1)
+        log_prob += tf.where(finished, 0.0, gained)
+        finished = tf.logical_or(finished, tf.equal(chosen, end_id))
+        return i + 1, chosen, state, finished, log_prob, tf.concat([ids, chosen[:, None]], 1)
+
+    loop_vars = (
+        tf.constant(0),
+        tf.fill([batch_size], tf.constant(start_id, tf.int32)),
+        state,
+        tf.zeros([batch_size], tf.bool),
+        tf.zeros([batch_size], tf.float32),
+        tf.zeros([batch_size, 0], tf.int32),  # ids so far; grows by one column a step
+    )
+    invariants = (
+        tf.TensorShape([]), tf.TensorShape([None]),
+        tf.nest.map_structure(lambda s: tf.TensorShape([None]).concatenate(s.shape[1:]), state),
+        tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([None, None]),
+    )
+    *_, log_prob, ids = tf.while_loop(not_done, body, loop_vars, shape_invariants=invariants)
+    return ids, log_prob
+
+
+def beam_search(step_fn, state, batch_size, max_length, beam_width=3, length_penalty=0.7,
+                start_id=START_ID, end_id=END_ID):
+    """Batched beam search with length normalisation. Returns (ids [B, L], log_prob [B]) of the
+    best beam by log_prob / length ** length_penalty.
+
+    A beam that produced <end> stays in the beam with a fixed score (it may only continue with
+    <pad> at no cost); the loop stops when every beam of every image has ended, or at max_length.
+    """
+    k = beam_width
+    # Every state tensor [B, ...] -> [B * K, ...], beams of an image next to each other.
+    state = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), state)
+    # All K beams start identical: only beam 0 may expand at the first step, else the top-K
+    # would be K copies of the same hypothesis.
+    first_scores = tf.concat([tf.zeros([batch_size, 1]), tf.fill([batch_size, k - 1], NEG_INF)], 1)
+
+    def not_done(i, tokens, state, scores, finished, lengths, seqs):
+        return tf.logical_and(i < max_length, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(i, tokens, state, scores, finished, lengths, seqs):
+        logits, state = step_fn(tokens, state)
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+        vocab_size = tf.shape(log_probs)[-1]
+        log_probs = tf.reshape(log_probs, [batch_size, k, vocab_size])
+        pad_only = tf.one_hot(PAD_ID, vocab_size, on_value=0.0, off_value=NEG_INF)
+        log_probs = tf.where(finished[:, :, None], pad_only, log_probs)
+
+        candidates = tf.reshape(scores[:, :, None] + log_probs, [batch_size, k * vocab_size])
+        scores, flat_index = tf.math.top_k(candidates, k)        # [B, K] each
+        parent = flat_index // vocab_size
+        token = flat_index % vocab_size
+
+        was_finished = tf.gather(finished, parent, batch_dims=1)
+        lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(~was_finished, tf.int32)
+        finished = tf.logical_or(was_finished, tf.equal(token, end_id))
+        seqs = tf.concat([tf.gather(seqs, parent, batch_dims=1), token[:, :, None]], axis=2)
+        rows = tf.reshape(parent + tf.range(batch_size)[:, None] * k, [-1])
+        state = tf.nest.map_structure(lambda s: tf.gather(s, rows), state)
+        return i + 1, tf.reshape(token, [-1]), state, scores, finished, lengths, seqs
+
+    loop_vars = (
+        tf.constant(0),
+        tf.fill([batch_size * k], tf.constant(start_id, tf.int32)),
+        state,
+        first_scores,
+        tf.zeros([batch_size, k], tf.bool),
+        tf.zeros([batch_size, k], tf.int32),
+        tf.zeros([batch_size, k, 0], tf.int32),
+    )
+    invariants = (
+        tf.TensorShape([]), tf.TensorShape([None]),
+        tf.nest.map_structure(lambda s: tf.TensorShape([None]).concatenate(s.shape[1:]), state),
+        tf.TensorShape([None, k]), tf.TensorShape([None, k]), tf.TensorShape([None, k]),
+        tf.TensorShape([None, k, None]),
+    )
+    _, _, _, scores, _, lengths, seqs = tf.while_loop(not_done, body, loop_vars,
+                                                      shape_invariants=invariants)
+    normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_penalty)
+    best = tf.argmax(normalised, axis=1, output_type=tf.int32)
+    return tf.gather(seqs, best, batch_dims=1), tf.gather(scores, best, batch_dims=1)
+
+
+def decode_features(model, features, config: DecodeConfig, method="greedy"):
+    """Captioner + image features [B, F] -> (ids [B, L], log_prob [B]) by greedy or beam search."""
+    batch_size = tf.shape(features)[0]
+    state = model.initial_state(features)
+    if method == "greedy":
+        return greedy_search(model.step, state, batch_size, config.max_length)
+    if method == "beam":
+        return beam_search(model.step, state, batch_size, config.max_length,
+                           config.beam_width, config.length_penalty)
+    raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
+
+
+def words_table(tokens=None, vocab_file=None) -> tf.lookup.StaticHashTable:
+    """id -> word lookup, from a token list (evaluation) or the vocab.txt file (export: the file
+    then travels into the SavedModel's assets/)."""
+    if vocab_file is not None:
+        initializer = tf.lookup.TextFileInitializer(
+            vocab_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
+    else:
+        initializer = tf.lookup.KeyValueTensorInitializer(
+            tf.range(len(tokens), dtype=tf.int64), tf.constant(list(tokens), tf.string))
+    return tf.lookup.StaticHashTable(initializer, default_value="")
+
+
+def ids_to_captions(ids, table):
+    """ids [B, L] -> captions [B]: special tokens (<pad>, <start>, <end>, <unk>) dropped, words
+    looked up, joined, and passed through the one cleaning rule."""
+    ids = tf.cast(ids, tf.int64)
+    words = tf.ragged.boolean_mask(table.lookup(ids), ids > UNK_ID)
+    return clean_caption_tensor(tf.strings.reduce_join(words, axis=-1, separator=" "))
