@@ -1,0 +1,96 @@
+"""Look inside an exported model the way TF Serving does: print its signatures (like
+`saved_model_cli show --all`) and caption local image files through the TF1 session loader.
+
+    python -m export.inspect models/captioner                 # latest version
+    python -m export.inspect models/captioner/3 --image a.jpg b.png --signature beam_search
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+
+class SessionModel:
+    """A SavedModel loaded by the C++ loader into a TF1 session, its signatures run by tensor
+    names: the path tensorflow_model_server takes (not Python's tf.saved_model.load)."""
+
+    def __init__(self, export_dir):
+        self.export_dir = str(export_dir)
+        self.session = tf.compat.v1.Session(graph=tf.Graph())
+        meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], self.export_dir)
+        self.signatures = dict(meta_graph.signature_def)
+        self.meta_graph = meta_graph
+
+    def run(self, signature: str, inputs: dict) -> dict:
+        if signature not in self.signatures:
+            raise KeyError(f"signature {signature!r} not in {sorted(self.signatures)}")
+        sig = self.signatures[signature]
+        missing = set(sig.inputs) - set(inputs)
+        if missing:
+            raise KeyError(f"signature {signature!r} needs inputs {sorted(sig.inputs)}, "
+                           f"missing {sorted(missing)}")
+        feed = {sig.inputs[name].name: value for name, value in inputs.items()}
+        fetch = {name: info.name for name, info in sig.outputs.items()}
+        return self.session.run(fetch, feed)
+
+    def close(self):
+        self.session.close()
+
+
+def latest_version(path) -> Path:
+    """A version folder, or the newest numeric version inside a model base folder."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = sorted((p for p in path.glob("*") if p.name.isdigit()
+                       and (p / "saved_model.pb").is_file()), key=lambda p: int(p.name))
+    if not versions:
+        raise FileNotFoundError(f"{path} holds no SavedModel (saved_model.pb) nor numeric "
+                                "version folders with one; export first (python -m export.saved_model)")
+    return versions[-1]
+
+
+def describe_signatures(signatures) -> str:
+    dtype_name = lambda d: tf.dtypes.as_dtype(d).name  # noqa: E731
+    shape = lambda s: [d.size for d in s.dim]  # noqa: E731
+    lines = []
+    for name in sorted(signatures):
+        sig = signatures[name]
+        lines.append(f"signature_def['{name}']  method: {sig.method_name}")
+        for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):
+            for key in sorted(tensors):
+                t = tensors[key]
+                lines.append(f"  {kind} {key}: {dtype_name(t.dtype)} {shape(t.tensor_shape)}  "
+                             f"(tensor {t.name})")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("model", help="a version folder or a model base folder (latest version)")
+    p.add_argument("--image", nargs="*", default=[], help="image files to caption")
+    p.add_argument("--signature", default="serving_default",
+                   choices=["serving_default", "beam_search"])
+    args = p.parse_args(argv)
+    try:
+        export_dir = latest_version(args.model)
+        images = [Path(f).read_bytes() for f in args.image]
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    model = SessionModel(export_dir)
+    print(f"{export_dir}\n{describe_signatures(model.signatures)}")
+    if images:
+        out = model.run(args.signature, {"image_bytes": np.array(images, dtype=object)})
+        for name, caption, log_prob, error in zip(args.image, out["caption"], out["log_prob"],
+                                                  out["error"]):
+            text = caption.decode() if not error else "ERROR: " + error.decode()
+            print(f"{name}\t{text}\t(log_prob {log_prob:.2f})")
+    model.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""What a training run leaves in its folder, and how later stages (evaluation, export) read it.
+
+    runs/<name>/
+      settings.json       every setting of the run (data, encoder, model, training, decoding)
+      vocab.txt, vocab.json
+      best.weights.h5     ModelCheckpoint: best epoch by validation loss
+      backup/             BackupAndRestore: lets a killed run resume (removed when it finishes)
+      history.csv         CSVLogger, appended across resumes
+      loss_curve.png      train vs validation loss
+      tensorboard/
+      evaluation/         report.json, samples.png
+      summary.json        settings, epochs, best epoch, losses, BLEU
+"""
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from data.vocabulary import Vocabulary
+from model.captioner import ModelConfig, build_captioner
+from model.decoding import DecodeConfig
+from model.encoder import EncoderConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def settings(self): return self.root / "settings.json"
+    @property
+    def weights(self): return self.root / "best.weights.h5"
+    @property
+    def backup(self): return self.root / "backup"
+    @property
+    def history(self): return self.root / "history.csv"
+    @property
+    def loss_curve(self): return self.root / "loss_curve.png"
+    @property
+    def tensorboard(self): return self.root / "tensorboard"
+    @property
+    def evaluation(self): return self.root / "evaluation"
+    @property
+    def summary(self): return self.root / "summary.json"
+    @property
+    def vocab_file(self): return self.root / "vocab.txt"
+
+
+def write_json(path, payload) -> None:
+    """Atomic JSON write: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    paths: RunPaths
+    settings: dict
+    model_config: ModelConfig
+    encoder_config: EncoderConfig
+    decode_config: DecodeConfig
+    vocabulary: Vocabulary
+
+    def load_captioner(self):
+        captioner = build_captioner(self.model_config)
+        captioner.load_weights(self.paths.weights)
+        return captioner
+
+
+def load_run(run_dir) -> TrainedRun:
+    """Reads a finished (or at least once-checkpointed) run; clear errors for what is missing."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.root.is_dir():
+        raise FileNotFoundError(f"run folder {paths.root} does not exist; train first "
+                                f"(python -m model.train --run-dir {paths.root})")
+    for needed in (paths.settings, paths.weights, paths.vocab_file):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: {paths.root} is not a trained run "
+                                    "(expected settings.json, vocab.txt and best.weights.h5)")
+    settings = json.loads(paths.settings.read_text())
+    return TrainedRun(paths, settings, ModelConfig(**settings["model"]),
+                      EncoderConfig(**settings["encoder"]), DecodeConfig(**settings["decode"]),
+                      Vocabulary.load(paths.root))

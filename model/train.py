@@ -1,0 +1,291 @@
+"""Train the captioner with `keras fit` from cached ResNet50 features.
+
+    python -m model.train                                   # built-in data, default preset
+    python -m model.train --data ~/flickr30k --encoder-weights imagenet --run-dir runs/f30k
+    python -m model.train --preset seed                     # the original project's exact model
+
+Kill it at any time and run the same command again: BackupAndRestore resumes at the last finished
+epoch. At the end it writes the loss curve, evaluates BLEU on the test split and writes a summary.
+"""
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from data.layouts import DatasetError
+from data.pipeline import PipelineConfig, evaluation_dataset, training_dataset
+from data.sources import open_dataset
+from data.splits import split_dataset
+from data.vocabulary import Vocabulary
+from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner
+from model.decoding import DecodeConfig
+from model.encoder import EncoderConfig, EncoderWeightsError
+from model.features import ensure_features
+from model.plots import loss_curve_png
+from model.presets import PRESETS, preset
+from model.run_dir import RunPaths, write_json
+
+log = logging.getLogger("train")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    preset: str = "default"
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"        # "constant" | "cosine" (decays to 0 over all epochs)
+    clipnorm: float | None = None
+    label_smoothing: float = 0.0
+    patience: int = 4                    # EarlyStopping on val_loss
+    min_count: int = 5                   # vocabulary minimum count
+    max_caption_tokens: int = 40         # longer training captions are cut (rare on Flickr30k)
+    seed: int = 0
+    mixed_precision: bool = False        # mixed_float16: for GPUs with tensor cores
+    jit_compile: bool = False            # measured on CPU: XLA ran the LSTM at half speed; and
+                                         # bucketed shapes would recompile for every bucket
+    distribute: str = "auto"             # "auto": MirroredStrategy when >1 GPU; "mirrored"; "none"
+    deterministic: bool = False          # tf.config.experimental.enable_op_determinism()
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.distribute not in ("auto", "mirrored", "none"):
+            raise ValueError(f"distribute must be auto, mirrored or none, got {self.distribute!r}")
+        for name in ("epochs", "batch_size", "min_count", "max_caption_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def choose_strategy(mode: str) -> tf.distribute.Strategy:
+    """One GPU or CPU: the default strategy. Several GPUs (or, for tests, several logical CPUs
+    with mode="mirrored"): MirroredStrategy, which all-reduces gradients between replicas."""
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if mode == "none" or (mode == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy()
+    devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def caption_tokens(images, vocabulary: Vocabulary, row_of: dict, max_tokens: int):
+    """(image row in the feature matrix, token ids) for every caption of images with features."""
+    rows, tokens = [], []
+    for image in images:
+        if image.name not in row_of:
+            continue  # its image failed to decode: counted by feature extraction
+        for caption in image.captions:
+            ids = vocabulary.encode(caption)
+            if len(ids) > max_tokens:  # keep <end>: the model must learn to stop
+                ids = ids[:max_tokens - 1] + [vocabulary.end_id]
+            rows.append(row_of[image.name])
+            tokens.append(ids)
+    return rows, tokens
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=max(1, steps_per_epoch * config.epochs))
+    return keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm)
+
+
+def best_val_loss(history_csv: Path):
+    """Best val_loss already logged by a run being resumed, so ModelCheckpoint does not overwrite
+    the best weights with a worse epoch after a restart."""
+    if not history_csv.is_file():
+        return None
+    import csv
+    with history_csv.open() as f:
+        losses = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
+    return min(losses) if losses else None
+
+
+def callbacks(paths: RunPaths, config: TrainConfig):
+    return [
+        keras.callbacks.BackupAndRestore(str(paths.backup)),
+        keras.callbacks.ModelCheckpoint(str(paths.weights), monitor="val_loss", save_best_only=True,
+                                        save_weights_only=True,
+                                        initial_value_threshold=best_val_loss(paths.history)),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        keras.callbacks.CSVLogger(str(paths.history), append=True),
+        keras.callbacks.TensorBoard(str(paths.tensorboard)),
+    ]
+
+
+def train(run_dir, data=None, train_config: TrainConfig | None = None,
+          model_overrides: dict | None = None, encoder_config: EncoderConfig | None = None,
+          cache_dir=None, decode_config: DecodeConfig | None = None, evaluate=True,
+          verbose=1) -> dict:
+    """The whole run: data -> vocabulary -> features -> fit -> loss curve -> test BLEU -> summary.
+    Returns the summary dict (also written to summary.json)."""
+    train_config = train_config or TrainConfig()
+    decode_config = decode_config or DecodeConfig()
+    paths = RunPaths(Path(run_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(train_config.seed)
+    if train_config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if train_config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    dataset = open_dataset(data)
+    if encoder_config is None:  # the built-in data has no ImageNet weights to rely on
+        encoder_config = EncoderConfig(weights="random" if not data else "imagenet")
+    splits = split_dataset(dataset)
+    train_captions = [c for image in splits["train"] for c in image.captions]
+    vocabulary = Vocabulary.build(train_captions, min_count=train_config.min_count)
+    vocabulary.save(paths.root)
+    log.info("vocabulary: %d tokens, %.1f%% of training tokens covered",
+             len(vocabulary), 100 * vocabulary.coverage)
+
+    cache_dir = Path(cache_dir or Path("cache") / _cache_name(data, encoder_config))
+    extraction = ensure_features(dataset.images, cache_dir, encoder_config)
+    names, features = extraction.names, extraction.features
+    row_of = {name: i for i, name in enumerate(names)}
+
+    pipeline = PipelineConfig(batch_size=train_config.batch_size, seed=train_config.seed)
+    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of,
+                                              train_config.max_caption_tokens)
+    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of,
+                                          train_config.max_caption_tokens)
+    train_ds = training_dataset(features, train_rows, train_tokens, pipeline)
+    val_ds = evaluation_dataset(features, val_rows, val_tokens, pipeline)
+    steps_per_epoch = math.ceil(len(train_tokens) / train_config.batch_size)
+
+    model_config = ModelConfig(vocab_size=len(vocabulary), feature_dim=int(features.shape[1]),
+                               **(model_overrides or {}))
+    settings = {
+        "data": {"source": str(data) if data else "builtin", "layout": dataset.layout,
+                 "images": len(dataset.images), "captions": dataset.num_captions,
+                 "split_images": {k: len(v) for k, v in splits.items()},
+                 "skipped": dataset.skipped.as_dict(), "feature_cache": str(cache_dir)},
+        "encoder": dataclasses.asdict(encoder_config),
+        "model": dataclasses.asdict(model_config),
+        "train": dataclasses.asdict(train_config),
+        "decode": dataclasses.asdict(decode_config),
+        "vocabulary": vocabulary.settings() if hasattr(vocabulary, "settings") else {},
+    }
+    write_json(paths.settings, settings)
+
+    strategy = choose_strategy(train_config.distribute)
+    with strategy.scope():
+        captioner = build_captioner(model_config)
+        captioner.compile(optimizer=make_optimizer(train_config, steps_per_epoch),
+                          loss=MaskedCaptionLoss(train_config.label_smoothing),
+                          jit_compile=train_config.jit_compile)
+    log.info("training on %d replica(s), %d captions/epoch", strategy.num_replicas_in_sync,
+             len(train_tokens))
+    captioner.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs,
+                  callbacks=callbacks(paths, train_config), verbose=verbose)
+
+    loss_curve_png(paths.history, paths.loss_curve)
+    summary = {"settings": settings, "replicas": strategy.num_replicas_in_sync,
+               **_history_summary(paths.history)}
+    if evaluate:
+        from model.evaluate import evaluate_run
+        summary["test"] = evaluate_run(paths.root, data=data, features=(names, features),
+                                       dataset=dataset)
+    write_json(paths.summary, summary)
+    return summary
+
+
+def _cache_name(data, encoder_config: EncoderConfig) -> str:
+    from model.encoder import encoder_id
+    source = Path(data).resolve().name if data else "builtin"
+    return f"{source}-{encoder_id(encoder_config)}".replace("/", "_").replace(":", "_")
+
+
+def _history_summary(history_csv: Path) -> dict:
+    import csv
+    with history_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {"epochs": 0}
+    val = [float(r["val_loss"]) for r in rows]
+    best = int(np.argmin(val))
+    return {"epochs": len(rows), "best_epoch": int(rows[best]["epoch"]) + 1,
+            "best_val_loss": val[best], "final_loss": float(rows[-1]["loss"]),
+            "final_val_loss": val[-1]}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout); "
+                                   "omit for the built-in generated dataset")
+    p.add_argument("--run-dir", default="runs/builtin", help="where checkpoints and logs go")
+    p.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>)")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"])
+    p.add_argument("--clipnorm", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--image-init-cell", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--min-count", type=int)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--encoder-weights", help="imagenet | random | path to a local ResNet50 "
+                                              "notop .h5 file (default: random for the built-in "
+                                              "data, imagenet otherwise)")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
+    p.add_argument("--xla", action="store_true", help="jit_compile=True (slower on CPU)")
+    p.add_argument("--distribute", choices=["auto", "mirrored", "none"])
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--max-length", type=int, help="longest generated caption (tokens)")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    return p.parse_args(argv)
+
+
+def configs_from_args(args):
+    chosen = preset(args.preset)
+    train_fields = dict(chosen["train"], preset=args.preset)
+    for name in ("epochs", "batch_size", "learning_rate", "lr_schedule", "clipnorm",
+                 "label_smoothing", "min_count", "patience", "seed", "distribute"):
+        if getattr(args, name) is not None:
+            train_fields[name] = getattr(args, name)
+    train_fields.update(mixed_precision=args.mixed_precision, jit_compile=args.xla,
+                        deterministic=args.deterministic)
+    model_fields = dict(chosen["model"])
+    if args.dropout is not None:
+        model_fields["dropout"] = args.dropout
+    if args.image_init_cell is not None:
+        model_fields["image_init_cell"] = args.image_init_cell
+    encoder = None
+    if args.encoder_weights:
+        encoder = EncoderConfig(weights=args.encoder_weights)
+    decode = DecodeConfig(max_length=args.max_length) if args.max_length else DecodeConfig()
+    return TrainConfig(**train_fields), model_fields, encoder, decode
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        train_config, model_fields, encoder, decode = configs_from_args(args)
+        summary = train(args.run_dir, data=args.data, train_config=train_config,
+                        model_overrides=model_fields, encoder_config=encoder,
+                        cache_dir=args.cache_dir, decode_config=decode,
+                        evaluate=not args.no_eval)
+    except (DatasetError, EncoderWeightsError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"run folder: {args.run_dir}  epochs: {summary['epochs']}  "
+          f"best epoch: {summary.get('best_epoch')}  best val_loss: {summary.get('best_val_loss')}")
+    if "test" in summary:
+        print("test BLEU-1..4 (greedy):", summary["test"].get("greedy", {}).get("bleu"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
