@@ -1,0 +1,441 @@
+"""Image features, computed once by a tf.data pipeline and kept in a sharded on-disk cache.
+
+Pipeline: (name, path) -> tf.io.read_file -> data.images.decode_one (parallel, deterministic
+order) -> ignore_errors -> batch -> encoder -> shard files. Bad images never stop the run: the
+reasons decode_one reports ("empty input", "unsupported format ...", ...) are counted, an image
+whose decoder raises is dropped by ignore_errors and counted as ERROR_CORRUPT (found as a name
+missing from the output), and a missing/unreadable file is counted as ERROR_UNREADABLE.
+
+Cache layout (cache_dir/):
+  manifest.json       format_version, encoder_id, image_size, feature_dim, shard_size and, per
+                      shard, its file name and the sorted image names assigned to it
+  shard-00000.npz     names (unicode [k]), features (float32 [k, feature_dim]),
+                      failed_names, failed_reasons (unicode [m]); k + m = the shard's names
+  .lock               held (flock) while an extraction writes, so two runs never interleave
+
+Names are sorted and cut into shards of `shard_size`, so a resumed run plans the very same shards.
+A shard is written to a temp file in cache_dir and os.replace'd into place: a shard file that
+exists is complete, an interrupted run redoes only the missing shards, and temp files left by a
+killed run are deleted, never read.
+
+Reuse rules:
+- another encoder_id (or image size / format version) -> FeatureCacheError: use another cache_dir.
+- the requested names are a subset of the cached ones -> reused as they are.
+- the request adds new names to everything cached -> the cache is extended with new shards for the
+  new names only (sorted among themselves); existing shards are untouched.
+- both new names and cached names not requested -> FeatureCacheError: the cache belongs to another
+  image list.
+Entries are keyed by image name only: after replacing an image file under the same name, delete
+the cache. Images that failed are recorded as failed and are not retried on later runs (their
+reasons are reported again); delete the cache to retry after fixing the files.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import pathlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from data.images import ERROR_CORRUPT, IMAGE_SIZE, decode_one
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+TEMP_SUFFIX = ".tmp"
+ERROR_UNREADABLE = "unreadable image file (missing or no read permission)"
+
+log = logging.getLogger(__name__)
+
+
+class FeatureCacheError(ValueError):
+    """The cache cannot be used for this request (other encoder, other image list, missing...)."""
+
+
+@dataclass
+class ExtractionReport:
+    num_images: int  # requested images
+    num_extracted: int  # features computed in this run
+    num_reused: int  # features already in the cache
+    skipped: dict  # reason -> count, over all requested images (this run's and earlier failures)
+    images_per_second: float  # images processed in this run / seconds
+    seconds: float
+    failures: list = field(default_factory=list)  # (name, reason) pairs, for SkipReport examples
+
+    def summary(self) -> str:
+        lines = [f"images: {self.num_images}  extracted: {self.num_extracted}  "
+                 f"reused: {self.num_reused}  skipped: {sum(self.skipped.values())}",
+                 f"speed: {self.images_per_second:.1f} images/s over {self.seconds:.1f} s"]
+        lines += [f"  skipped {count} x {reason}" for reason, count in sorted(self.skipped.items())]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Shard:
+    file: str
+    names: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def extract_features(items: Sequence[tuple[str, pathlib.Path]],
+                     encoder: "keras.Model | Callable[[], keras.Model]", cache_dir, *,
+                     encoder_id: str, batch_size: int = 32, shard_size: int = 256,
+                     progress: bool = True) -> ExtractionReport:
+    """Make sure cache_dir holds features of every (name, path) in items; returns what happened.
+
+    `encoder` maps float32 [B,224,224,3] to [B,D]; it may also be a zero-argument function
+    building it, called only if some shard has to be computed (a complete cache then needs no
+    weights at all).
+    """
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    paths = _check_items(items)
+    cache_dir = pathlib.Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(cache_dir):
+        _remove_temp_files(cache_dir)
+        old = _read_manifest(cache_dir)
+        manifest = _plan(old, sorted(paths), cache_dir, encoder_id, shard_size)
+        wanted = [s for s in manifest["shards"] if not set(s.names).isdisjoint(paths)]
+        done, pending = [], []
+        for shard in wanted:
+            (done if _shard_readable(cache_dir / shard.file) else pending).append(shard)
+        report = _count_reused(cache_dir, done, paths)
+        for shard in pending:
+            unknown = [n for n in shard.names if n not in paths]
+            if unknown:
+                raise FeatureCacheError(
+                    f"{cache_dir}: unfinished {shard.file} holds images not in this request "
+                    f"(e.g. {unknown[0]!r}); re-run the extraction with the full image list "
+                    "that created this cache, or use another cache directory")
+        if pending:
+            model = encoder if _is_model(encoder) else encoder()
+            manifest["feature_dim"] = int(model.output_shape[-1])
+            _write_manifest(cache_dir, manifest)
+            _compute(pending, paths, model, cache_dir, batch_size, progress, report)
+        elif manifest != old:
+            _write_manifest(cache_dir, manifest)
+    report.num_images = len(paths)
+    return report
+
+
+def load_features(cache_dir, names: Sequence[str] | None = None, *,
+                  encoder_id: str | None = None) -> tuple[list[str], np.ndarray]:
+    """(names, float32 [n, D] features) from the cache.
+
+    Without `names`: every image with features, in shard order. With `names`: in that order;
+    names without features (failed, never extracted) are dropped and logged, so compare the
+    returned names with the requested ones to see which. With `encoder_id`: refuse a cache
+    made with other weights.
+    """
+    cache_dir = pathlib.Path(cache_dir)
+    manifest = _read_manifest(cache_dir)
+    if manifest is None:
+        raise FeatureCacheError(f"no feature cache at {cache_dir} ({MANIFEST} missing); run "
+                                "`python -m model.features --cache DIR` first")
+    if encoder_id is not None and manifest["encoder_id"] != encoder_id:
+        raise FeatureCacheError(_encoder_mismatch(cache_dir, manifest["encoder_id"], encoder_id))
+    all_names, blocks = [], []
+    for shard in manifest["shards"]:
+        path = cache_dir / shard.file
+        if path.exists():
+            with np.load(path, allow_pickle=False) as data:
+                all_names += data["names"].tolist()
+                blocks.append(data["features"])
+    dim = manifest.get("feature_dim") or 0
+    features = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
+    if names is None:
+        return all_names, features
+    row = {name: i for i, name in enumerate(all_names)}
+    kept = [name for name in names if name in row]
+    if len(kept) < len(names):
+        missing = [name for name in names if name not in row]
+        log.warning("%d of %d requested images have no features in %s (failed or not "
+                    "extracted), e.g. %s", len(missing), len(names), cache_dir, missing[:5])
+    return kept, features[[row[name] for name in kept]]
+
+
+def cache_info(cache_dir) -> dict:
+    """What a cache holds: its settings, shard counts, features and failures by reason."""
+    cache_dir = pathlib.Path(cache_dir)
+    manifest = _read_manifest(cache_dir)
+    if manifest is None:
+        raise FeatureCacheError(f"no feature cache at {cache_dir} ({MANIFEST} missing)")
+    num_done, num_features, failed = 0, 0, Counter()
+    for shard in manifest["shards"]:
+        path = cache_dir / shard.file
+        if path.exists():
+            with np.load(path, allow_pickle=False) as data:
+                num_done += 1
+                num_features += len(data["names"])
+                failed.update(data["failed_reasons"].tolist())
+    shards = manifest["shards"]
+    return {
+        "cache_dir": str(cache_dir), "format_version": manifest["format_version"],
+        "encoder_id": manifest["encoder_id"], "image_size": manifest["image_size"],
+        "feature_dim": manifest.get("feature_dim"), "shard_size": manifest["shard_size"],
+        "num_shards": len(shards), "num_shards_done": num_done,
+        "num_images": sum(len(s.names) for s in shards), "num_features": num_features,
+        "num_failed": sum(failed.values()), "failed": dict(failed),
+        "complete": num_done == len(shards),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: which shards exist, which to compute
+
+
+def _check_items(items) -> dict[str, str]:
+    paths: dict[str, str] = {}
+    for entry in items:
+        name, path = entry
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"image names must be non-empty strings, got {name!r}")
+        if name in paths:
+            raise ValueError(f"image name {name!r} appears twice; the cache is keyed by name")
+        paths[name] = os.fspath(path)
+    return paths
+
+
+def _plan(old: dict | None, names: list[str], cache_dir: pathlib.Path, encoder_id: str,
+          shard_size: int) -> dict:
+    """The manifest for this request: the old one, possibly extended by shards of new names."""
+    if old is None:
+        return {"format_version": FORMAT_VERSION, "encoder_id": encoder_id,
+                "image_size": IMAGE_SIZE, "feature_dim": None, "shard_size": shard_size,
+                "shards": _cut(names, shard_size, 0)}
+    if old["encoder_id"] != encoder_id:
+        raise FeatureCacheError(_encoder_mismatch(cache_dir, old["encoder_id"], encoder_id))
+    if old["image_size"] != IMAGE_SIZE:
+        raise FeatureCacheError(f"{cache_dir} holds features of {old['image_size']}px images, "
+                                f"this code makes {IMAGE_SIZE}px; use another cache directory")
+    cached = {name for shard in old["shards"] for name in shard.names}
+    new = [name for name in names if name not in cached]
+    if not new:
+        return old
+    requested = set(names)
+    not_requested = [name for name in cached if name not in requested]
+    if not_requested:
+        raise FeatureCacheError(
+            f"{cache_dir} was made for another image list: {len(new)} requested images are not "
+            f"in it (e.g. {new[0]!r}) and {len(not_requested)} cached images were not requested "
+            f"(e.g. {sorted(not_requested)[0]!r}). A cache is only reused for a subset of its "
+            "images or extended by new ones; use another --cache directory")
+    extended = dict(old)
+    extended["shards"] = old["shards"] + _cut(new, shard_size, len(old["shards"]))
+    return extended
+
+
+def _cut(names: list[str], shard_size: int, first_index: int) -> list[_Shard]:
+    return [_Shard(f"shard-{first_index + i:05d}.npz", names[start:start + shard_size])
+            for i, start in enumerate(range(0, len(names), shard_size))]
+
+
+def _encoder_mismatch(cache_dir, cached_id: str, requested_id: str) -> str:
+    return (f"feature cache {cache_dir} was made with encoder {cached_id!r}, not "
+            f"{requested_id!r}; use another cache directory (or delete this one)")
+
+
+def _is_model(encoder) -> bool:
+    return hasattr(encoder, "output_shape")
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing shards
+
+
+def _compute(shards: list[_Shard], paths: dict[str, str], encoder, cache_dir: pathlib.Path,
+             batch_size: int, progress: bool, report: ExtractionReport) -> None:
+    # Files that cannot be opened are counted here: inside tf.data a read error would be
+    # indistinguishable from a decode error.
+    results: dict[str, np.ndarray | str] = {}  # name -> features, or the reason it failed
+    order: list[str] = []  # the names sent through the pipeline, in shard order
+    ends: list[int] = []  # per shard: its items are all resolved once `cursor` reaches this
+    for shard in shards:
+        for name in shard.names:
+            if _is_readable(paths[name]):
+                order.append(name)
+            else:
+                results[name] = ERROR_UNREADABLE
+        ends.append(len(order))
+    dim = int(encoder.output_shape[-1])
+    encode = _encode_function(encoder)
+    bar = tqdm(total=len(results) + len(order), initial=len(results), unit="img",
+               desc="image features", disable=not progress, smoothing=0.1)
+    cursor, written = 0, 0  # `order` items resolved so far; shards written so far
+    start = time.perf_counter()
+    for names, images, errors in _decoded_batches(order, paths, batch_size):
+        names = [n.decode("utf-8") for n in names.numpy()]
+        errors = [e.decode("utf-8") for e in errors.numpy()]
+        ok = [i for i, error in enumerate(errors) if not error]
+        if len(ok) < len(names):  # decode_one refused some: don't spend the encoder on zeros
+            images = tf.gather(images, ok)
+        features = iter(encode(images).numpy() if ok else [])
+        before = cursor
+        for name, error in zip(names, errors):
+            while order[cursor] != name:  # skipped by ignore_errors: its decoder raised
+                results[order[cursor]] = ERROR_CORRUPT
+                cursor += 1
+            results[name] = error or next(features)
+            cursor += 1
+        bar.update(cursor - before)
+        while written < len(shards) and ends[written] <= cursor:
+            _write_shard(cache_dir, shards[written], results, dim, report)
+            written += 1
+    for name in order[cursor:]:  # dropped at the very end
+        results[name] = ERROR_CORRUPT
+    bar.update(len(order) - cursor)
+    bar.close()
+    for shard in shards[written:]:
+        _write_shard(cache_dir, shard, results, dim, report)
+    report.seconds = time.perf_counter() - start
+    processed = sum(len(shard.names) for shard in shards)
+    report.images_per_second = processed / report.seconds if report.seconds > 0 else 0.0
+
+
+def _decoded_batches(order: list[str], paths: dict[str, str], batch_size: int) -> tf.data.Dataset:
+    """Batches of (names, float32 images [B,224,224,3], error strings), in `order` minus drops."""
+    items = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(order, tf.string), tf.constant([paths[n] for n in order], tf.string)))
+
+    def read_and_decode(name, path):
+        image, error = decode_one(tf.io.read_file(path))
+        return name, image, error
+
+    return (items.map(read_and_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .ignore_errors()
+            .batch(batch_size)
+            .prefetch(2))
+
+
+def _encode_function(encoder):
+    # A traced graph call with an unknown batch size: one trace serves full, masked and last
+    # batches. Faster than encoder.predict_on_batch here (see benchmarks/bench_data.py).
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)],
+                 autograph=False)
+    def encode(images):
+        return encoder(images, training=False)
+
+    return encode
+
+
+def _write_shard(cache_dir: pathlib.Path, shard: _Shard, results: dict, dim: int,
+                 report: ExtractionReport) -> None:
+    good = [name for name in shard.names if not isinstance(results[name], str)]
+    failed = [name for name in shard.names if isinstance(results[name], str)]
+    reasons = [results[name] for name in failed]
+    features = np.zeros((len(good), dim), np.float32)
+    for row, name in enumerate(good):
+        features[row] = results[name]
+    _atomic_write(cache_dir / shard.file, lambda handle: np.savez(
+        handle, names=np.array(good, dtype=str), features=features,
+        failed_names=np.array(failed, dtype=str), failed_reasons=np.array(reasons, dtype=str)))
+    report.num_extracted += len(good)
+    for name, reason in zip(failed, reasons):
+        report.skipped[reason] = report.skipped.get(reason, 0) + 1
+        report.failures.append((name, reason))
+    for name in shard.names:  # free memory once written
+        results.pop(name, None)
+
+
+def _is_readable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def _count_reused(cache_dir: pathlib.Path, shards: list[_Shard], paths: dict) -> ExtractionReport:
+    """A report that starts with what finished shards already hold for the requested names."""
+    report = ExtractionReport(num_images=len(paths), num_extracted=0, num_reused=0, skipped={},
+                              images_per_second=0.0, seconds=0.0)
+    for shard in shards:
+        with np.load(cache_dir / shard.file, allow_pickle=False) as data:
+            report.num_reused += sum(1 for name in data["names"].tolist() if name in paths)
+            for name, reason in zip(data["failed_names"].tolist(),
+                                    data["failed_reasons"].tolist()):
+                if name in paths:
+                    report.skipped[reason] = report.skipped.get(reason, 0) + 1
+                    report.failures.append((name, reason))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: manifest, shards, temp files, lock
+
+
+def _read_manifest(cache_dir: pathlib.Path) -> dict | None:
+    path = cache_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["shards"] = [_Shard(s["file"], list(s["names"])) for s in manifest["shards"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise FeatureCacheError(f"{path} is not a feature-cache manifest ({error}); "
+                                "delete the cache directory and extract again") from error
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FeatureCacheError(f"{path} has format version {manifest.get('format_version')}, "
+                                f"this code reads version {FORMAT_VERSION}; use another cache "
+                                "directory")
+    return manifest
+
+
+def _write_manifest(cache_dir: pathlib.Path, manifest: dict) -> None:
+    data = dict(manifest)
+    data["shards"] = [{"file": s.file, "names": s.names} for s in manifest["shards"]]
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    _atomic_write(cache_dir / MANIFEST, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _shard_readable(path: pathlib.Path) -> bool:
+    """A finished shard. os.replace makes a half-written one impossible, but a file damaged
+    later (disk, manual editing) is recomputed rather than trusted."""
+    if not path.exists():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names, features = data["names"], data["features"]
+            return features.ndim == 2 and len(features) == len(names) and "failed_names" in data
+    except Exception as error:  # zipfile.BadZipFile, ValueError, KeyError, OSError...
+        log.warning("recomputing unreadable shard %s (%s)", path, error)
+        return False
+
+
+def _atomic_write(path: pathlib.Path, write: Callable) -> None:
+    """Writes to a temp file in the same folder, then renames it over `path` in one step."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    with open(temp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def _remove_temp_files(cache_dir: pathlib.Path) -> None:
+    """Leftovers of an interrupted run (safe: we hold the lock, so no writer is active)."""
+    for temp in cache_dir.glob(f".*{TEMP_SUFFIX}"):
+        temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(cache_dir: pathlib.Path):
+    with open(cache_dir / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait for it "
+                                    "or use another cache directory") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
