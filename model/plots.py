@@ -1,0 +1,196 @@
+"""PNG pictures of a run: the loss curve and a grid of sample captions.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot): nothing touches a display or
+the global backend, so this works on headless training machines and inside tests.
+"""
+import csv
+import math
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+MAX_TILES = 12  # a grid beyond this is unreadable; callers pass a handful of samples anyway
+
+# Sample grid geometry, in inches and points.
+TILE_WIDTH = 3.9
+IMAGE_HEIGHT = 2.8
+PAD = 0.12
+TITLE_HEIGHT = 0.5
+FONT_SIZE = 8.5
+LINE_HEIGHT = FONT_SIZE * 1.4 / 72  # inches per text line
+WRAP_BOLD, WRAP_NORMAL = 48, 58     # characters per line that fit TILE_WIDTH at FONT_SIZE
+MAX_LINES_PER_CAPTION = 3
+THUMBNAIL_SIDE = 512
+PLACEHOLDER_GREY = 216  # RGB level of the tile drawn for a missing or unreadable image
+
+
+def _save(fig: Figure, out_png, dpi: int) -> None:
+    """Writes the PNG atomically (temp file + os.replace): readers never see half an image."""
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        os.replace(tmp, out_png)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------- loss curve
+
+def _number(text) -> float:
+    """A CSVLogger cell as a float; empty or "NA" (an epoch without validation) becomes NaN."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _read_history(history_csv) -> dict[str, np.ndarray]:
+    path = Path(history_csv)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        rows = [{k.strip(): v for k, v in row.items() if k} for row in reader]
+    if "loss" not in columns:
+        raise ValueError(f"{path} has no 'loss' column (columns: {columns or 'none'}); expected the "
+                         "CSV written by keras.callbacks.CSVLogger, with columns epoch, loss, val_loss")
+    if not rows:
+        raise ValueError(f"{path} has a header but no epochs yet")
+    history = {name: np.array([_number(row.get(name)) for row in rows])
+               for name in ("epoch", "loss", "val_loss") if name in columns}
+    # CSVLogger counts epochs from 0; Keras prints "Epoch 1/N" for it, so plot 1-based.
+    history["epoch"] = history["epoch"] + 1 if "epoch" in history else np.arange(1, len(rows) + 1)
+    return history
+
+
+def loss_curve_png(history_csv, out_png) -> None:
+    """Train vs validation loss per epoch from a Keras CSVLogger file, best epoch marked.
+
+    The best epoch is the lowest val_loss (the one ModelCheckpoint keeps); without a val_loss
+    column, the lowest training loss. Raises ValueError if the CSV has no 'loss' column or no rows.
+    """
+    history = _read_history(history_csv)
+    epochs = history["epoch"]
+    has_val = "val_loss" in history and not np.all(np.isnan(history["val_loss"]))
+    best_on = "val_loss" if has_val else "loss"
+    best = int(np.nanargmin(history[best_on]))
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(epochs, history["loss"], "o-", label="training loss", color="tab:blue")
+    if has_val:
+        ax.plot(epochs, history["val_loss"], "s-", label="validation loss", color="tab:orange")
+    ax.axvline(epochs[best], color="grey", linestyle="--", linewidth=1)
+    # A ring, not a filled marker, so the point it marks stays visible.
+    ax.plot(epochs[best], history[best_on][best], "o", markersize=16, markerfacecolor="none",
+            markeredgecolor="tab:red", markeredgewidth=2, zorder=3,
+            label=f"best epoch {epochs[best]:g} ({best_on} {history[best_on][best]:.4f})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(x=0.05, y=0.12)  # keep markers off the frame
+    if len(epochs) == 1:  # one point: give it some room instead of a zero-width axis
+        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+        ax.set_xticks(epochs)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Training and validation loss" if has_val else "Training loss (no validation logged)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, out_png, dpi=120)
+
+
+# --------------------------------------------------------------------------------------- sample grid
+
+def _load_thumbnail(image_path) -> tuple[np.ndarray | None, str]:
+    """(RGB array, "") or (None, why it could not be shown)."""
+    if not image_path:
+        return None, "no image path"
+    try:
+        with Image.open(image_path) as image:
+            image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at reduced size
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            return np.asarray(image), ""
+    except FileNotFoundError:
+        return None, "file not found"
+    except Exception as error:  # noqa: BLE001 - PIL raises many types on bad files; a plot must not crash
+        return None, f"unreadable image ({type(error).__name__})"
+
+
+def _wrapped(text: str, width: int, prefix: str = "") -> list[str]:
+    lines = textwrap.wrap(prefix + text, width, subsequent_indent=" " * len(prefix)) or [prefix]
+    if len(lines) > MAX_LINES_PER_CAPTION:
+        lines = lines[:MAX_LINES_PER_CAPTION]
+        lines[-1] = lines[-1][:width - 1].rstrip() + "…"
+    return lines
+
+
+def _caption_lines(sample: dict) -> list[tuple[str, dict]]:
+    """The text under one tile as (line, font properties) pairs, top to bottom."""
+    prediction = str(sample["prediction"]).strip() or "(empty caption)"
+    lines = [(line, {"weight": "bold"}) for line in _wrapped(prediction, WRAP_BOLD)]
+    if sample.get("beam") is not None:
+        lines += [(line, {"style": "italic"}) for line in _wrapped(str(sample["beam"]), WRAP_NORMAL, "beam: ")]
+    name = Path(sample["image_path"]).name if sample.get("image_path") else "no image"
+    lines.append((f"references ({name}):", {"color": "dimgrey"}))
+    for reference in sample.get("references") or []:
+        lines += [(line, {"color": "dimgrey"}) for line in _wrapped(reference, WRAP_NORMAL, "• ")]
+    return lines
+
+
+def _check_samples(samples: list[dict], columns: int) -> None:
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    if not samples:
+        raise ValueError("sample_grid_png needs at least one sample, got none")
+    for i, sample in enumerate(samples):
+        if not isinstance(sample, dict) or "prediction" not in sample:
+            raise ValueError(f"samples[{i}] must be a dict with at least 'prediction' (and "
+                             f"'image_path', 'references', optional 'beam'), got {sample!r}")
+
+
+def sample_grid_png(samples: list[dict], out_png, columns: int = 3) -> None:
+    """A grid of images, each with its predicted caption (bold), optional beam caption and references.
+
+    samples: [{"image_path": str, "references": [str, ...], "prediction": str, "beam": str (optional)}].
+    Shows at most MAX_TILES samples. A missing or corrupt image becomes a grey placeholder tile.
+    """
+    _check_samples(samples, columns)
+    shown = samples[:MAX_TILES]
+    columns = min(columns, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    texts = [_caption_lines(sample) for sample in shown]
+    text_height = max(len(lines) for lines in texts) * LINE_HEIGHT + PAD
+    tile_height = IMAGE_HEIGHT + text_height
+    width, height = columns * TILE_WIDTH, TITLE_HEIGHT + rows * tile_height
+
+    fig = Figure(figsize=(width, height))
+    inches = fig.dpi_scale_trans  # place everything in inches from the bottom-left corner
+    fig.text(width / 2, height - TITLE_HEIGHT / 2, f"Sample captions ({len(shown)} of {len(samples)})",
+             transform=inches, ha="center", va="center", fontsize=13, weight="bold")
+    for k, (sample, lines) in enumerate(zip(shown, texts)):
+        left = (k % columns) * TILE_WIDTH + PAD
+        top = height - TITLE_HEIGHT - (k // columns) * tile_height
+        ax = fig.add_axes([left / width, (top - IMAGE_HEIGHT + PAD) / height,
+                           (TILE_WIDTH - 2 * PAD) / width, (IMAGE_HEIGHT - 2 * PAD) / height])
+        ax.set_axis_off()
+        pixels, problem = _load_thumbnail(sample.get("image_path"))
+        if pixels is None:
+            ax.imshow(np.full((3, 4, 3), PLACEHOLDER_GREY, np.uint8))  # a 4:3 grey tile
+            ax.text(0.5, 0.5, f"image unavailable\n{problem}", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=10, color="dimgrey")
+        else:
+            ax.imshow(pixels)
+        for i, (line, font) in enumerate(lines):
+            fig.text(left, top - IMAGE_HEIGHT - i * LINE_HEIGHT, line, transform=inches,
+                     ha="left", va="top", fontsize=FONT_SIZE, **font)
+    _save(fig, out_png, dpi=100)

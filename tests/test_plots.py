@@ -1,0 +1,116 @@
+"""model/plots.py writes real, valid PNGs from real files, and survives bad images."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.plots import MAX_TILES, PLACEHOLDER_GREY, loss_curve_png, sample_grid_png
+
+REFERENCES = ["A black dog is running through the grass.",
+              "A dog runs across a grassy field.",
+              "The black dog is running in the green grass, chasing a ball thrown by its owner "
+              "who is standing near a wooden fence at the edge of a very large park.",
+              "A dog with a red collar runs on the lawn.",
+              "A black dog runs outside."]
+
+
+def _open_png(path) -> Image.Image:
+    """Opens the file as a PNG, checks it fully decodes and has a sensible size."""
+    assert path.stat().st_size > 1000
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        assert 300 <= image.width <= 5000 and 200 <= image.height <= 5000, image.size
+        assert not list(path.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+        return image.convert("RGB")
+
+
+def _write_csv(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_loss_curve_from_csvlogger_file(tmp_path):
+    history = _write_csv(tmp_path / "history.csv",
+                         "epoch,loss,masked_accuracy,val_loss,val_masked_accuracy\n"
+                         "0,3.9365,0.21,3.40,0.25\n1,3.1909,0.30,3.10,0.30\n2,2.9069,0.33,2.95,0.32\n"
+                         "3,2.7046,0.35,2.93,0.33\n4,2.5412,0.37,2.97,0.33\n")
+    loss_curve_png(history, tmp_path / "out" / "loss_curve.png")
+    _open_png(tmp_path / "out" / "loss_curve.png")
+
+
+def test_loss_curve_with_one_epoch(tmp_path):
+    history = _write_csv(tmp_path / "history.csv", "epoch,loss,val_loss\n0,3.9,3.5\n")
+    loss_curve_png(history, tmp_path / "loss_curve.png")
+    _open_png(tmp_path / "loss_curve.png")
+
+
+def test_loss_curve_without_validation_values(tmp_path):
+    # No val_loss column at all, and a val_loss column where an epoch skipped validation ("NA").
+    no_val = _write_csv(tmp_path / "no_val.csv", "epoch,loss\n0,3.9\n1,3.2\n")
+    loss_curve_png(no_val, tmp_path / "no_val.png")
+    _open_png(tmp_path / "no_val.png")
+    some_val = _write_csv(tmp_path / "some_val.csv", "epoch,loss,val_loss\n0,3.9,NA\n1,3.2,3.3\n")
+    loss_curve_png(some_val, tmp_path / "some_val.png")
+    _open_png(tmp_path / "some_val.png")
+
+
+def test_loss_curve_errors_are_clear(tmp_path):
+    wrong = _write_csv(tmp_path / "wrong.csv", "epoch,accuracy\n0,0.5\n")
+    with pytest.raises(ValueError, match=r"wrong.csv has no 'loss' column \(columns: \['epoch', 'accuracy'\]\)"):
+        loss_curve_png(wrong, tmp_path / "wrong.png")
+    header_only = _write_csv(tmp_path / "header.csv", "epoch,loss,val_loss\n")
+    with pytest.raises(ValueError, match="no epochs yet"):
+        loss_curve_png(header_only, tmp_path / "header.png")
+    assert not (tmp_path / "wrong.png").exists()
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    rng = np.random.default_rng(0)
+    jpeg, png = tmp_path / "photo.jpg", tmp_path / "tall.png"
+    Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(jpeg)
+    Image.fromarray(rng.integers(0, 255, (400, 200), dtype=np.uint8)).save(png)  # greyscale
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(jpeg.read_bytes()[:200])  # a JPEG header and nothing else
+    return {"jpeg": jpeg, "png": png, "corrupt": corrupt, "missing": tmp_path / "missing.jpg"}
+
+
+def _sample(path, prediction="a black dog is running through the grass", **extra):
+    return {"image_path": str(path) if path else None, "references": REFERENCES,
+            "prediction": prediction, **extra}
+
+
+def test_sample_grid(image_files, tmp_path):
+    samples = [_sample(image_files["jpeg"], beam="a black dog runs through the green grass"),
+               _sample(image_files["png"], prediction="a dog " * 40),  # very long: wrapped and cut
+               _sample(image_files["corrupt"]),
+               _sample(image_files["missing"]),
+               _sample(None, references=[])]
+    out = tmp_path / "grid.png"
+    sample_grid_png(samples, out)
+    grid = np.asarray(_open_png(out))
+    assert grid.shape[1] > grid.shape[0] / 2  # 3 columns, 2 rows: not a thin strip
+
+
+def test_corrupt_image_becomes_a_placeholder(image_files, tmp_path):
+    sample_grid_png([_sample(image_files["corrupt"])], tmp_path / "corrupt.png")
+    sample_grid_png([_sample(image_files["jpeg"])], tmp_path / "fine.png")
+    grey = [np.all(np.asarray(_open_png(tmp_path / name)) == PLACEHOLDER_GREY, axis=-1).sum()
+            for name in ("corrupt.png", "fine.png")]
+    assert grey[0] > 50_000 and grey[1] < 1_000  # a big grey tile only where the image was bad
+
+
+def test_sample_grid_caps_the_number_of_tiles(image_files, tmp_path):
+    samples = [_sample(image_files["jpeg"]) for _ in range(MAX_TILES + 8)]
+    sample_grid_png(samples[:MAX_TILES], tmp_path / "cap.png")
+    sample_grid_png(samples, tmp_path / "over.png")
+    assert _open_png(tmp_path / "over.png").size == _open_png(tmp_path / "cap.png").size
+
+
+def test_sample_grid_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="at least one sample"):
+        sample_grid_png([], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="columns must be at least 1"):
+        sample_grid_png([_sample(None)], tmp_path / "x.png", columns=0)
+    with pytest.raises(ValueError, match=r"samples\[0\] must be a dict with at least 'prediction'"):
+        sample_grid_png([{"image_path": "a.jpg"}], tmp_path / "x.png")
