@@ -67,6 +67,8 @@ def _read_history(history_csv) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} has a header but no epochs yet")
     history = {name: np.array([_number(row.get(name)) for row in rows])
                for name in ("epoch", "loss", "val_loss") if name in columns}
+    if np.all(np.isnan(history["loss"])):
+        raise ValueError(f"{path} has no numeric 'loss' value in any of its {len(rows)} rows")
     # CSVLogger counts epochs from 0; Keras prints "Epoch 1/N" for it, so plot 1-based.
     history["epoch"] = history["epoch"] + 1 if "epoch" in history else np.arange(1, len(rows) + 1)
     return history

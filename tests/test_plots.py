@@ -61,6 +61,9 @@ def test_loss_curve_errors_are_clear(tmp_path):
     header_only = _write_csv(tmp_path / "header.csv", "epoch,loss,val_loss\n")
     with pytest.raises(ValueError, match="no epochs yet"):
         loss_curve_png(header_only, tmp_path / "header.png")
+    diverged = _write_csv(tmp_path / "nan.csv", "epoch,loss,val_loss\n0,nan,nan\n")
+    with pytest.raises(ValueError, match="no numeric 'loss' value"):
+        loss_curve_png(diverged, tmp_path / "nan.png")
     assert not (tmp_path / "wrong.png").exists()
 
 
