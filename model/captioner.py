@@ -93,10 +93,14 @@ def build_captioner(config: ModelConfig) -> Captioner:
 
 class MaskedCaptionLoss(keras.losses.Loss):
     """Cross-entropy over real tokens only (targets == 0 are <pad>), with optional label
-    smoothing, averaged over the number of real tokens (not the padded area)."""
+    smoothing, averaged over the number of real tokens in the batch (not the padded area),
+    like PyTorch's CrossEntropyLoss(ignore_index=pad).
+
+    Each token's share is divided by the real-token count here and the reduction is a plain sum,
+    so the value is right whether or not Keras also applies the output's padding mask."""
 
     def __init__(self, label_smoothing=0.0, name="masked_caption_loss", **kwargs):
-        kwargs.setdefault("reduction", "mean_with_sample_weight")
+        kwargs.setdefault("reduction", "sum")
         super().__init__(name=name, **kwargs)
         self.label_smoothing = float(label_smoothing)
 
@@ -107,7 +111,8 @@ class MaskedCaptionLoss(keras.losses.Loss):
         if self.label_smoothing:
             smooth = -tf.reduce_mean(log_probs, axis=-1)
             nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
-        return nll * tf.cast(tf.not_equal(y_true, 0), nll.dtype)
+        real = tf.cast(tf.not_equal(y_true, 0), nll.dtype)
+        return nll * real / tf.maximum(tf.reduce_sum(real), 1.0)
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}

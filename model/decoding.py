@@ -72,7 +72,8 @@ def beam_search(step_fn, state, batch_size, max_length, beam_width=3, length_pen
     best beam by log_prob / length ** length_penalty.
 
     A beam that produced <end> stays in the beam with a fixed score (it may only continue with
-    <pad> at no cost); the loop stops when every beam of every image has ended, or at max_length.
+    <pad> at no cost); the loop stops at max_length or when, for every image, every beam has
+    ended or no live beam can still beat its best ended one.
     """
     k = beam_width
     # Every state tensor [B, ...] -> [B * K, ...], beams of an image next to each other.
@@ -81,8 +82,19 @@ def beam_search(step_fn, state, batch_size, max_length, beam_width=3, length_pen
     # would be K copies of the same hypothesis.
     first_scores = tf.concat([tf.zeros([batch_size, 1]), tf.fill([batch_size, k - 1], NEG_INF)], 1)
 
+    def normalised(scores, lengths):
+        return scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_penalty)
+
     def not_done(i, tokens, state, scores, finished, lengths, seqs):
-        return tf.logical_and(i < max_length, tf.logical_not(tf.reduce_all(finished)))
+        # An unfinished beam's log-prob only falls, so the best normalised score it can still
+        # reach is scores / max_length ** penalty. An image is done when all its beams ended or
+        # none of the live ones can beat its best finished beam.
+        best_finished = tf.reduce_max(tf.where(finished, normalised(scores, lengths), NEG_INF), 1)
+        reachable = tf.where(finished, NEG_INF,
+                             scores / tf.pow(tf.cast(max_length, tf.float32), length_penalty))
+        done = tf.logical_or(tf.reduce_all(finished, 1),
+                             tf.reduce_max(reachable, 1) < best_finished)
+        return tf.logical_and(i < max_length, tf.logical_not(tf.reduce_all(done)))
 
     def body(i, tokens, state, scores, finished, lengths, seqs):
         logits, state = step_fn(tokens, state)
@@ -122,8 +134,7 @@ def beam_search(step_fn, state, batch_size, max_length, beam_width=3, length_pen
     )
     _, _, _, scores, _, lengths, seqs = tf.while_loop(not_done, body, loop_vars,
                                                       shape_invariants=invariants)
-    normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_penalty)
-    best = tf.argmax(normalised, axis=1, output_type=tf.int32)
+    best = tf.argmax(normalised(scores, lengths), axis=1, output_type=tf.int32)
     return tf.gather(seqs, best, batch_dims=1), tf.gather(scores, best, batch_dims=1)
 
 
