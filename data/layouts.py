@@ -97,6 +97,14 @@ class SkipReport:
                 "examples": {r: list(self.examples.get(r, [])) for r in reasons},
                 "total": self.total}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SkipReport":
+        """Inverse of as_dict (e.g. for a report read back from JSON)."""
+        report = cls()
+        report.counts.update(data.get("counts", {}))
+        report.examples = {r: list(e)[:cls.MAX_EXAMPLES] for r, e in data.get("examples", {}).items()}
+        return report
+
     def summary(self) -> str:
         if not self.total:
             return "skipped nothing"
