@@ -1,0 +1,96 @@
+"""A thin Gradio front end: uploads images, asks the model server for captions, shows them.
+
+    python -m serving.app --server http://127.0.0.1:8501 [--grpc] [--port 7860] [--examples DIR]
+
+It talks ONLY to a model server (the TF Serving container or serving.model_server) through
+serving.client: no TensorFlow, no model code here. (--grpc makes serving.client import the
+tensorflow-serving-api protos, which pull in TensorFlow; the default REST path does not.)
+Binds 127.0.0.1, share=False, analytics off. gradio_client's endpoint is /caption_image.
+"""
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402  (after the analytics switch)
+
+from serving.client import IMAGE_EXTENSIONS, make_client  # noqa: E402
+from serving.errors import ServingError, UnavailableError  # noqa: E402
+
+MODES = {"greedy": "serving_default", "beam search": "beam_search"}
+DEFAULT_EXAMPLES = os.path.join("datasets", "builtin", "Images")
+MAX_EXAMPLES = 6
+
+
+def example_images(folder: str | None) -> list[str]:
+    if not folder or not os.path.isdir(folder):
+        return []
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    return [os.path.join(folder, name) for name in names[:MAX_EXAMPLES]]
+
+
+def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.Blocks:
+    """The Gradio Blocks for a serving.client client (RestClient or GrpcClient)."""
+
+    def caption_image(files, image, mode):
+        """Captions for the uploaded files and/or the single image, one line per image."""
+        paths = [f if isinstance(f, str) else f.name for f in (files or [])]
+        if image:
+            paths.append(image)
+        if not paths:
+            return "Upload one or more images first."
+        images = []
+        for path in paths:
+            with open(path, "rb") as f:
+                images.append(f.read())
+        try:
+            results = client.caption(images, MODES.get(mode, "serving_default"))
+        except UnavailableError as e:
+            return f"The model server at {server_label} is not reachable or not ready: {e.message}"
+        except ServingError as e:
+            return f"The model server at {server_label} returned an error: {e}"
+        lines = []
+        for path, result in zip(paths, results):
+            text = result.caption if result.ok else f"ERROR: {result.error}"
+            lines.append(text if len(paths) == 1 else f"{os.path.basename(path)}: {text}")
+        return "\n".join(lines)
+
+    with gr.Blocks(title="Neural Storyteller") as app:
+        gr.Markdown(f"# Neural Storyteller\nCaptions from the model server at `{server_label}`.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Image", format="png")
+                files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                                label="Or several images")
+                mode = gr.Radio(list(MODES), value="greedy", label="Decoding")
+                submit = gr.Button("Caption", variant="primary")
+            with gr.Column():
+                captions = gr.Textbox(label="Caption", lines=6, interactive=False)
+        examples = example_images(examples_dir)
+        if examples:
+            gr.Examples(examples=[[path] for path in examples], inputs=[image])
+        submit.click(caption_image, inputs=[files, image, mode], outputs=captions,
+                     api_name="caption_image")
+    return app
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.app", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default="http://127.0.0.1:8501",
+                        help="REST URL, or HOST:PORT with --grpc (default http://127.0.0.1:8501)")
+    parser.add_argument("--grpc", action="store_true", help="talk gRPC to --server HOST:PORT")
+    parser.add_argument("--model", default="captioner")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--examples", default=DEFAULT_EXAMPLES,
+                        help=f"folder of example images (default {DEFAULT_EXAMPLES}, if present)")
+    args = parser.parse_args(argv)
+    target = args.server.removeprefix("http://") if args.grpc else args.server
+    client = make_client(grpc=target, model=args.model) if args.grpc else make_client(rest=target, model=args.model)
+    app = build_app(client, target, args.examples)
+    app.launch(server_name="127.0.0.1", server_port=args.port, share=False, show_error=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""Client for the captioner behind TF Serving (the container or serving.model_server), REST or gRPC.
+
+    from serving.client import RestClient
+    with RestClient("http://127.0.0.1:8501") as client:
+        for result in client.caption([open("dog.jpg", "rb").read()]):
+            print(result.caption if result.ok else result.error)
+
+    python -m serving.client --rest http://127.0.0.1:8501 photos/        # path<TAB>caption lines
+    python -m serving.client --grpc 127.0.0.1:8500 --signature beam_search dog.jpg
+    python -m serving.client --status | --metadata
+
+REST needs only `requests` and never imports TensorFlow. gRPC uses the tensorflow-serving-api protos,
+and `tensorflow_serving.apis` (like any `tensorflow.core...` proto module) cannot be imported
+without running TensorFlow's package __init__, i.e. importing TensorFlow (~3 s, checked with TF 2.21).
+So GrpcClient imports them lazily, on first use; tensors are still built by hand from the
+TensorProto fields, not with tf.make_tensor_proto.
+
+Retries: only for failures worth retrying — connection refused, HTTP 503, gRPC UNAVAILABLE — with
+exponential backoff; a 400/404 fails at once with InvalidArgumentError/NotFoundError.
+"""
+import argparse
+import base64
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import requests
+
+from serving.errors import (DeadlineExceededError, ServingError, UnavailableError, error_for_code,
+                            error_for_http)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+SIGNATURES = ("serving_default", "beam_search")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionResult:
+    caption: str
+    log_prob: float
+    error: str = ""  # "" when the image was captioned, else the model's (or client's) reason
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+@dataclasses.dataclass
+class ClientSettings:
+    model: str = "captioner"
+    version: int | None = None  # pin a version ...
+    label: str | None = None  # ... or a version label; neither = the latest
+    timeout: float = 30.0  # seconds per request
+    retries: int = 3  # extra attempts after a retryable failure
+    backoff: float = 0.5  # first retry delay in seconds, doubled each time
+    batch_size: int = 16  # images per request
+    max_request_bytes: int = 8 * 1024 * 1024  # encoded request size cap (below the server's)
+
+
+class _Client:
+    """Batching, size capping and retries; the transports fill in _predict, _status, _metadata."""
+    _overhead_per_image = 1.0  # encoded bytes per image byte (REST's base64 makes it 4/3)
+
+    def __init__(self, settings: ClientSettings | None = None, **overrides):
+        self.settings = dataclasses.replace(settings or ClientSettings(), **overrides)
+
+    def caption(self, images: list[bytes], signature: str = "serving_default") -> list[CaptionResult]:
+        """One CaptionResult per encoded image (JPEG/PNG/GIF/BMP), in order. A bad image gives a
+        result with .error set; a failed request raises ServingError."""
+        results: list[CaptionResult | None] = [None] * len(images)
+        for indices in self._chunks(images):
+            if len(indices) == 1 and self._encoded_size(images[indices[0]]) > self.settings.max_request_bytes:
+                results[indices[0]] = CaptionResult("", 0.0, f"image of {len(images[indices[0]])} bytes "
+                                                    f"is over the {self.settings.max_request_bytes}-byte request cap; not sent")
+                continue
+            chunk = [images[i] for i in indices]
+            outputs = self._retrying(self._predict, signature, "image_bytes", chunk)
+            for i, result in zip(indices, _results(outputs, len(chunk))):
+                results[i] = result
+        return results
+
+    def caption_features(self, features, signature: str = "caption_features") -> list[CaptionResult]:
+        """Captions for precomputed encoder features, float32 [n, 2048]."""
+        features = np.asarray(features, dtype=np.float32)
+        results = []
+        for start in range(0, len(features), self.settings.batch_size):
+            chunk = features[start:start + self.settings.batch_size]
+            outputs = self._retrying(self._predict, signature, "features", chunk)
+            results += _results(outputs, len(chunk))
+        return results
+
+    def status(self) -> dict:
+        """Model status as TF Serving's REST API prints it ({"model_version_status": [...]})."""
+        return self._retrying(self._status)
+
+    def metadata(self) -> dict:
+        """Signature defs as TF Serving's REST API prints them ({"model_spec", "metadata"})."""
+        return self._retrying(self._metadata)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _encoded_size(self, image: bytes) -> int:
+        return int(len(image) * self._overhead_per_image) + 64
+
+    def _chunks(self, images: list[bytes]):
+        """Index lists of at most batch_size images and max_request_bytes encoded bytes."""
+        chunk, size = [], 0
+        for i, image in enumerate(images):
+            cost = self._encoded_size(image)
+            if chunk and (len(chunk) == self.settings.batch_size
+                          or size + cost > self.settings.max_request_bytes):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(i)
+            size += cost
+        if chunk:
+            yield chunk
+
+    def _retrying(self, call, *args):
+        """call(*args), retried with exponential backoff (and jitter) while UNAVAILABLE."""
+        for attempt in range(self.settings.retries + 1):
+            try:
+                return call(*args)
+            except UnavailableError:
+                if attempt == self.settings.retries:
+                    raise
+                delay = self.settings.backoff * 2 ** attempt
+                time.sleep(delay * random.uniform(0.75, 1.25))
+
+
+def _results(outputs: dict, expected: int) -> list[CaptionResult]:
+    """Columns caption/log_prob/error -> CaptionResults."""
+    try:
+        captions, log_probs, errors = outputs["caption"], outputs["log_prob"], outputs["error"]
+    except KeyError as e:
+        raise ServingError(f"response lacks the output {e}; got {sorted(outputs)}") from None
+    if not len(captions) == len(log_probs) == len(errors) == expected:
+        raise ServingError(f"expected {expected} results, got {len(captions)}")
+    return [CaptionResult(c, float(p), e) for c, p, e in zip(captions, log_probs, errors)]
+
+
+class RestClient(_Client):
+    """TF Serving's REST API (port 8501) with a requests.Session."""
+    _overhead_per_image = 4 / 3
+
+    def __init__(self, url: str = "http://127.0.0.1:8501", settings: ClientSettings | None = None,
+                 **overrides):
+        super().__init__(settings, **overrides)
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+
+    @property
+    def model_url(self) -> str:
+        s = self.settings
+        url = f"{self.url}/v1/models/{s.model}"
+        if s.version is not None:
+            return f"{url}/versions/{s.version}"
+        return f"{url}/labels/{s.label}" if s.label else url
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _request(self, method: str, url: str, **kwargs) -> dict:
+        try:
+            response = self.session.request(method, url, timeout=self.settings.timeout, **kwargs)
+        except requests.Timeout as e:
+            raise DeadlineExceededError(f"no answer from {url} within {self.settings.timeout} s") from e
+        except requests.ConnectionError as e:
+            raise UnavailableError(f"cannot connect to {url}: {_root_cause(e)}") from e
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code != 200:
+            message = body.get("error") if isinstance(body, dict) else None
+            raise error_for_http(response.status_code, message or response.text[:200] or response.reason)
+        if not isinstance(body, dict):
+            raise ServingError(f"{url} answered 200 with a body that is not a JSON object")
+        return body
+
+    def _predict(self, signature: str, input_name: str, batch) -> dict:
+        if input_name == "image_bytes":
+            column = [{"b64": base64.b64encode(image).decode("ascii")} for image in batch]
+        else:
+            column = np.asarray(batch).tolist()
+        body = self._request("POST", f"{self.model_url}:predict",
+                             json={"signature_name": signature, "inputs": {input_name: column}})
+        outputs = body.get("outputs")
+        if not isinstance(outputs, dict):
+            raise ServingError(f"expected {{\"outputs\": {{...}}}} from the server, got {str(body)[:200]}")
+        return outputs
+
+    def _status(self) -> dict:
+        return self._request("GET", self.model_url)
+
+    def _metadata(self) -> dict:
+        return self._request("GET", f"{self.model_url}/metadata")
+
+
+class GrpcClient(_Client):
+    """TF Serving's gRPC API (port 8500). Imports grpc and tensorflow_serving.apis (and with them
+    TensorFlow) on first use."""
+    max_message_bytes = 64 * 1024 * 1024  # gRPC's Python default of 4 MB is too small for images
+
+    def __init__(self, target: str = "127.0.0.1:8500", settings: ClientSettings | None = None,
+                 **overrides):
+        super().__init__(settings, **overrides)
+        self.target = target
+        self._channel = None
+
+    def _stubs(self):
+        if self._channel is None:
+            import grpc
+            from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+            options = [("grpc.max_send_message_length", self.max_message_bytes),
+                       ("grpc.max_receive_message_length", self.max_message_bytes)]
+            self._channel = grpc.insecure_channel(self.target, options=options)
+            self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+            self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        return self._prediction, self._models
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _model_spec(self, spec) -> None:
+        spec.name = self.settings.model
+        if self.settings.version is not None:
+            spec.version.value = self.settings.version
+        elif self.settings.label:
+            spec.version_label = self.settings.label
+
+    def _call(self, method, request):
+        import grpc
+        try:
+            return method(request, timeout=self.settings.timeout)
+        except grpc.RpcError as e:
+            raise error_for_code(e.code().name, f"{e.details()} (gRPC {self.target})") from None
+
+    def _predict(self, signature: str, input_name: str, batch) -> dict:
+        from tensorflow_serving.apis import predict_pb2
+        prediction, _ = self._stubs()
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec)
+        request.model_spec.signature_name = signature
+        _fill_tensor(request.inputs[input_name], batch)
+        response = self._call(prediction.Predict, request)
+        return {name: _tensor_values(tensor) for name, tensor in response.outputs.items()}
+
+    def _status(self) -> dict:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_status_pb2
+        _, models = self._stubs()
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._model_spec(request.model_spec)
+        return json_format.MessageToDict(self._call(models.GetModelStatus, request),
+                                         preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+
+    def _metadata(self) -> dict:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+        prediction, _ = self._stubs()
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._model_spec(request.model_spec)
+        response = self._call(prediction.GetModelMetadata, request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+
+        def to_dict(message):
+            return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                             always_print_fields_with_no_presence=True)
+        return {"model_spec": to_dict(response.model_spec),
+                "metadata": {"signature_def": to_dict(signatures)}}
+
+
+def _fill_tensor(tensor, batch) -> None:
+    """A TensorProto from a list of bytes (DT_STRING [n]) or a float array (DT_FLOAT [n, d])."""
+    from tensorflow.core.framework import types_pb2
+    if isinstance(batch, list):
+        tensor.dtype = types_pb2.DT_STRING
+        tensor.tensor_shape.dim.add(size=len(batch))
+        tensor.string_val.extend(batch)
+        return
+    array = np.ascontiguousarray(batch, dtype="<f4")
+    tensor.dtype = types_pb2.DT_FLOAT
+    for size in array.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    tensor.tensor_content = array.tobytes()
+
+
+def _tensor_values(tensor) -> list:
+    """A 1-D output TensorProto as Python values (strings decoded)."""
+    from tensorflow.core.framework import types_pb2
+    if tensor.dtype == types_pb2.DT_STRING:
+        return [s.decode("utf-8", errors="replace") for s in tensor.string_val]
+    if tensor.dtype == types_pb2.DT_FLOAT:
+        if tensor.tensor_content:
+            return np.frombuffer(tensor.tensor_content, dtype="<f4").tolist()
+        return list(tensor.float_val)
+    raise ServingError(f"unexpected output dtype {types_pb2.DataType.Name(tensor.dtype)}")
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return str(error) or type(error).__name__
+
+
+def make_client(rest: str | None = None, grpc: str | None = None, **settings) -> _Client:
+    """RestClient for a URL, GrpcClient for HOST:PORT (REST on 127.0.0.1:8501 if neither)."""
+    if rest and grpc:
+        raise ValueError("give a REST URL or a gRPC target, not both")
+    if grpc:
+        return GrpcClient(grpc, **settings)
+    return RestClient(rest or "http://127.0.0.1:8501", **settings)
+
+
+# --- command line ------------------------------------------------------------------------------
+def find_images(paths: list[str]) -> list[str]:
+    """Files as given, plus image files (by extension) found recursively in folders, sorted."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                found += [os.path.join(root, f) for f in sorted(files)
+                          if f.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.client",
+        description="Caption images with the captioner served by TF Serving (or serving.model_server). "
+                    "Prints path<TAB>caption, or path<TAB>ERROR: reason, one line per image.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--rest", metavar="URL", help="REST base URL (default http://127.0.0.1:8501)")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC target, e.g. 127.0.0.1:8500")
+    parser.add_argument("--model", default="captioner")
+    parser.add_argument("--version", type=int, help="model version (default: latest)")
+    parser.add_argument("--label", help="model version label")
+    parser.add_argument("--signature", default="serving_default", choices=SIGNATURES,
+                        help="serving_default (greedy) or beam_search")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--status", action="store_true", help="print the model status JSON")
+    action.add_argument("--metadata", action="store_true", help="print the signature defs JSON")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files and folders")
+    args = parser.parse_args(argv)
+    if not (args.status or args.metadata or args.paths):
+        parser.error("give image files or folders, or --status / --metadata")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    """Exit 0: all captioned; 1: some images had errors; 2: the request failed (message on stderr)."""
+    args = _parse_args(argv)
+    try:
+        with make_client(args.rest, args.grpc, model=args.model, version=args.version,
+                         label=args.label, timeout=args.timeout, retries=args.retries,
+                         batch_size=args.batch_size) as client:
+            if args.status or args.metadata:
+                print(json.dumps(client.status() if args.status else client.metadata(), indent=2))
+                return 0
+            return _caption_paths(client, find_images(args.paths), args.signature, args.batch_size)
+    except (ServingError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _caption_paths(client, paths: list[str], signature: str, batch_size: int) -> int:
+    if not paths:
+        raise FileNotFoundError("no image files found (looked for " + ", ".join(IMAGE_EXTENSIONS) + ")")
+    failures = 0
+    for start in range(0, len(paths), batch_size):  # read only one batch of files at a time
+        batch = paths[start:start + batch_size]
+        images = []
+        for path in batch:
+            with open(path, "rb") as f:
+                images.append(f.read())
+        for path, result in zip(batch, client.caption(images, signature)):
+            print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}",
+                  flush=True)
+            failures += not result.ok
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
