@@ -1,0 +1,220 @@
+"""Shared pieces of the serving tests: the model folder, test images, an in-process reference and
+real model servers in subprocesses on free 127.0.0.1 ports.
+
+`served_model_base` is THE model folder every serving test uses (a base path holding version 1).
+By default it is the stand-in model (serving/standin_model.py) built once per session; set
+SERVING_MODEL_BASE=/path/to/models/captioner to run the same tests on the real export. Tests compare
+served captions with `reference` (the same SavedModel run in-process through TF Serving's session
+path), so they hold for either model; checks that only make sense for the stand-in's colour captions
+are guarded by `IS_STANDIN`.
+
+Import the fixtures you use into a test module: `from tests.serving_fixtures import served_model_base`.
+"""
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import pytest
+import requests
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_NAME = "captioner"
+IS_STANDIN = not os.environ.get("SERVING_MODEL_BASE")
+SERVER_START_TIMEOUT = 120  # seconds; loading the real model on 2 busy cores takes a while
+_cache = {}
+
+
+# --- images --------------------------------------------------------------------------------------
+def image_bytes(rgb=(220, 30, 30), size=(64, 48), fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, rgb).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 180, 30)
+
+
+def huge_png_header(width: int = 20000, height: int = 20000) -> bytes:
+    """A small PNG whose header claims width x height pixels (a decompression bomb's calling card)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def hostile_images() -> dict[str, bytes]:
+    good_png = image_bytes(GREEN)
+    return {"empty": b"", "text": b"hello, I am not an image\n",
+            "truncated_png": good_png[:len(good_png) // 2], "huge_pixels_png": huge_png_header()}
+
+
+# --- the model -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def served_model_base(tmp_path_factory) -> str:
+    """Model base path with version 1: the real export if SERVING_MODEL_BASE is set, else the
+    stand-in, built once per test session."""
+    if not IS_STANDIN:
+        return os.environ["SERVING_MODEL_BASE"]
+    if "base" not in _cache:
+        from serving.standin_model import publish_version
+        base = str(tmp_path_factory.mktemp("standin") / MODEL_NAME)
+        publish_version(base, 1)
+        _cache["base"] = base
+    return _cache["base"]
+
+
+def latest_version_dir(base: str) -> str:
+    versions = [int(n) for n in os.listdir(base) if n.isdigit()]
+    return os.path.join(base, str(max(versions)))
+
+
+class InProcessModel:
+    """The SavedModel run in this process exactly as TF Serving runs it (TF1 session loader,
+    signature tensors fed and fetched by name): the reference served answers must equal."""
+
+    def __init__(self, version_dir: str):
+        import tensorflow as tf
+        self.session = tf.compat.v1.Session(graph=tf.Graph())
+        meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], version_dir)
+        self.signatures = meta_graph.signature_def
+
+    def run(self, signature: str, input_name: str, values) -> dict:
+        sig = self.signatures[signature]
+        outputs = self.session.run({k: v.name for k, v in sig.outputs.items()},
+                                   {sig.inputs[input_name].name: values})
+        return outputs
+
+    def captions(self, images: list[bytes], signature: str = "serving_default") -> list[tuple]:
+        """[(caption, log_prob, error)] per image."""
+        out = self.run(signature, "image_bytes", images)
+        return [(c.decode(), float(p), e.decode())
+                for c, p, e in zip(out["caption"], out["log_prob"], out["error"])]
+
+
+@pytest.fixture(scope="session")
+def reference(served_model_base) -> InProcessModel:
+    key = ("reference", served_model_base)
+    if key not in _cache:
+        _cache[key] = InProcessModel(latest_version_dir(served_model_base))
+    return _cache[key]
+
+
+def copy_model_base(source_base: str, target_base: str, versions=(1,)) -> str:
+    """A private, writable copy of some versions of a model base (for tests that add versions)."""
+    os.makedirs(target_base, exist_ok=True)
+    for version in versions:
+        shutil.copytree(os.path.join(source_base, str(version)), os.path.join(target_base, str(version)))
+    return target_base
+
+
+# --- servers -------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    return env
+
+
+class ServerProcess:
+    """python -m serving.model_server in a subprocess on free ports; log in log_path."""
+
+    def __init__(self, log_path: str, *flags: str, base: str | None = None, rest_port: int | None = None,
+                 grpc_port: int | None = None):
+        self.rest_port = rest_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.log_path = log_path
+        self.command = [sys.executable, "-m", "serving.model_server", f"--port={self.grpc_port}",
+                        f"--rest_api_port={self.rest_port}", *flags]
+        if base:
+            self.command += [f"--model_name={MODEL_NAME}", f"--model_base_path={base}"]
+        self.process = None
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, wait: bool = True) -> "ServerProcess":
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command, cwd=REPO, env=subprocess_env(),
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def log_text(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"model server exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                if requests.get(f"{self.rest_url}/v1/models/{MODEL_NAME}", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"model server not ready after {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def stop(self) -> int:
+        """SIGTERM, and the exit code (0 for a clean shutdown)."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log.close()
+        return code
+
+
+@contextlib.contextmanager
+def running_server(log_path: str, *flags: str, base: str | None = None):
+    """A ready server for the with-block; checks it shuts down cleanly (exit 0) afterwards."""
+    server = ServerProcess(log_path, *flags, base=base).start()
+    try:
+        yield server
+    finally:
+        code = server.stop()
+    assert code == 0, f"server exited with {code}:\n{server.log_text()[-3000:]}"
+
+
+def wait_for(condition, timeout: float = 60, interval: float = 0.3, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+def available_versions(rest_url: str) -> list[int]:
+    response = requests.get(f"{rest_url}/v1/models/{MODEL_NAME}", timeout=5)
+    if response.status_code != 200:
+        return []
+    return sorted(int(s["version"]) for s in response.json()["model_version_status"]
+                  if s["state"] == "AVAILABLE")

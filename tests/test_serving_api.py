@@ -1,0 +1,286 @@
+"""The local model server's REST and gRPC APIs, called exactly as TF Serving's docs call them, against
+a real server subprocess (batching on) serving `served_model_base`."""
+import base64
+import concurrent.futures
+import json
+import os
+import statistics
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc)
+
+from tests.serving_fixtures import (BLUE, IS_STANDIN, MODEL_NAME, RED, hostile_images, image_bytes,  # noqa: F401
+                                    reference, running_server, served_model_base)
+
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+SERVING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving")
+
+
+@pytest.fixture(scope="module")
+def server(served_model_base, tmp_path_factory):
+    log = str(tmp_path_factory.mktemp("api") / "server.log")
+    with running_server(log, "--enable_batching",
+                        f"--batching_parameters_file={SERVING_DIR}/batching.config",
+                        f"--monitoring_config_file={SERVING_DIR}/monitoring.config",
+                        f"--max_request_bytes={MAX_REQUEST_BYTES}", base=served_model_base) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(server.grpc_target, options=[
+            ("grpc.max_send_message_length", 32 << 20),
+            ("grpc.max_receive_message_length", 32 << 20)]) as ch:
+        yield ch
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def model_url(server, suffix=""):
+    return f"{server.rest_url}/v1/models/{MODEL_NAME}{suffix}"
+
+
+def assert_still_serving(server, reference):
+    image = image_bytes(BLUE)
+    response = requests.post(model_url(server, ":predict"), json={"instances": [b64(image)]}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["caption"] == reference.captions([image])[0][0]
+
+
+# --- status and metadata -------------------------------------------------------------------------
+def test_status_like_tf_serving(server):
+    for suffix in ("", "/versions/1"):
+        response = requests.get(model_url(server, suffix), timeout=10)
+        assert response.status_code == 200
+        assert response.json() == {"model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def test_metadata_lists_the_contract_signatures(server):
+    response = requests.get(model_url(server, "/metadata"), timeout=10)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_spec"]["name"] == MODEL_NAME and body["model_spec"]["version"] == "1"
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    for name in ("serving_default", "beam_search"):
+        image_input = signatures[name]["inputs"]["image_bytes"]
+        assert image_input["dtype"] == "DT_STRING"
+        assert image_input["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
+        assert {k: v["dtype"] for k, v in signatures[name]["outputs"].items()} == {
+            "caption": "DT_STRING", "log_prob": "DT_FLOAT", "error": "DT_STRING"}
+    features = signatures["caption_features"]["inputs"]["features"]
+    assert features["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in features["tensor_shape"]["dim"]] == ["-1", "2048"]
+
+
+# --- predict, as the REST docs write it ------------------------------------------------------------
+def test_row_format_with_b64(server, reference):
+    images = [image_bytes(RED), image_bytes(BLUE, fmt="JPEG")]
+    body = json.dumps({"instances": [{"b64": base64.b64encode(i).decode()} for i in images]})
+    response = requests.post(model_url(server, ":predict"), data=body, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    expected = reference.captions(images)
+    assert [(p["caption"], p["error"]) for p in predictions] == [(c, e) for c, _, e in expected]
+    assert [p["log_prob"] for p in predictions] == pytest.approx([lp for _, lp, _ in expected], abs=1e-5)
+    if IS_STANDIN:
+        assert [p["caption"] for p in predictions] == ["a red image", "a blue image"]
+
+
+def test_row_format_with_named_inputs(server, reference):
+    image = image_bytes(RED)
+    response = requests.post(model_url(server, ":predict"),
+                             json={"instances": [{"image_bytes": b64(image)}]}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["caption"] == reference.captions([image])[0][0]
+
+
+def test_columnar_format_with_signature_name_and_version_path(server, reference):
+    images = [image_bytes(BLUE), image_bytes(RED)]
+    body = {"signature_name": "beam_search", "inputs": {"image_bytes": [b64(i) for i in images]}}
+    response = requests.post(model_url(server, "/versions/1:predict"), json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    outputs = response.json()["outputs"]
+    expected = reference.captions(images, "beam_search")
+    assert outputs["caption"] == [c for c, _, _ in expected]
+    assert outputs["error"] == ["", ""]
+    assert outputs["caption"] != [c for c, _, _ in reference.captions(images)]  # beam != greedy wording
+
+
+def test_columnar_unnamed_input_and_caption_features(server, reference):
+    features = np.zeros([2, 2048], np.float32)
+    features[0, :3] = [1.0, 1.0, 0.0]
+    body = {"signature_name": "caption_features", "inputs": features.tolist()}
+    response = requests.post(model_url(server, ":predict"), json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    expected = reference.run("caption_features", "features", features)
+    assert response.json()["outputs"]["caption"] == [c.decode() for c in expected["caption"]]
+
+
+def test_hostile_images_give_per_item_errors(server, reference):
+    from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, ERROR_PIXELS
+    hostile = hostile_images()
+    images = [image_bytes(RED), *hostile.values()]
+    response = requests.post(model_url(server, ":predict"),
+                             json={"instances": [b64(i) for i in images]}, timeout=60)
+    assert response.status_code == 200, response.text
+    errors = [p["error"] for p in response.json()["predictions"]]
+    assert errors == ["", ERROR_EMPTY, ERROR_FORMAT, ERROR_CORRUPT, ERROR_PIXELS]
+    assert response.json()["predictions"][0]["caption"] == reference.captions(images[:1])[0][0]
+    assert_still_serving(server, reference)
+
+
+BAD_REQUESTS = {
+    "malformed_json": (":predict", '{"instances": [', 400, "JSON"),
+    "unknown_model": ("/../nope:predict", {"instances": []}, 404, "nope"),
+    "unknown_version": ("/versions/99:predict", {"instances": []}, 404, "99"),
+    "unknown_label": ("/labels/canary:predict", {"instances": []}, 404, "canary"),
+    "unknown_signature": (":predict", {"signature_name": "nope", "instances": []}, 400, "nope"),
+    "wrong_input_name": (":predict", {"inputs": {"images": [{"b64": ""}]}}, 400, "images"),
+    "not_base64": (":predict", {"instances": [{"b64": "not base64!"}]}, 400, "base64"),
+    "rows_and_columns": (":predict", {"instances": [], "inputs": []}, 400, "instances"),
+    "number_for_string": (":predict", {"instances": [3.5]}, 400, "image_bytes"),
+    "ragged_features": (":predict", {"signature_name": "caption_features", "inputs": [[1.0], [1.0, 2.0]]},
+                        400, "features"),
+    "body_not_object": (":predict", [1, 2], 400, "object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_requests_get_tf_serving_errors(server, reference, case):
+    suffix, body, status, mentions = BAD_REQUESTS[case]
+    url = model_url(server, suffix).replace(f"{MODEL_NAME}/../", "")
+    if isinstance(body, str):
+        response = requests.post(url, data=body, timeout=30)
+    else:
+        response = requests.post(url, json=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert list(response.json()) == ["error"]
+    assert mentions in response.json()["error"]
+    assert_still_serving(server, reference)
+
+
+def test_oversized_body_is_refused(server, reference):
+    big = b"\xff\xd8\xff" + os.urandom(MAX_REQUEST_BYTES)
+    response = requests.post(model_url(server, ":predict"), json={"instances": [b64(big)]}, timeout=60)
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+    assert_still_serving(server, reference)
+
+
+def test_unknown_model_status_and_paths(server):
+    response = requests.get(f"{server.rest_url}/v1/models/nope", timeout=10)
+    assert response.status_code == 404 and "nope" in response.json()["error"]
+    response = requests.get(model_url(server, "/versions/abc"), timeout=10)
+    assert response.status_code == 400 and "Malformed request" in response.json()["error"]
+
+
+# --- gRPC, with tf.make_tensor_proto as TF Serving's docs do ----------------------------------------
+def test_grpc_predict(channel, reference):
+    images = [image_bytes(RED), image_bytes(BLUE), b""]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL_NAME
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    response = stub.Predict(request, timeout=30)
+    captions = [c.decode() for c in tf.make_ndarray(response.outputs["caption"])]
+    errors = [e.decode() for e in tf.make_ndarray(response.outputs["error"])]
+    expected = reference.captions(images)
+    assert captions == [c for c, _, _ in expected] and errors == [e for _, _, e in expected]
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["log_prob"]),
+                               [lp for _, lp, _ in expected], atol=1e-5)
+    assert response.model_spec.version.value == 1
+
+
+def test_grpc_metadata_and_status(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = MODEL_NAME
+    response = stub.GetModelMetadata(request, timeout=10)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    assert {"serving_default", "beam_search", "caption_features"} <= set(signatures.signature_def)
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = MODEL_NAME
+    status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=10)
+    assert [(s.version, s.state) for s in status.model_version_status] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+
+
+@pytest.mark.parametrize("case, code", [("unknown_model", grpc.StatusCode.NOT_FOUND),
+                                        ("unknown_version", grpc.StatusCode.NOT_FOUND),
+                                        ("unknown_signature", grpc.StatusCode.INVALID_ARGUMENT),
+                                        ("wrong_input_name", grpc.StatusCode.INVALID_ARGUMENT),
+                                        ("wrong_dtype", grpc.StatusCode.INVALID_ARGUMENT)])
+def test_grpc_errors(channel, case, code):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "nope" if case == "unknown_model" else MODEL_NAME
+    if case == "unknown_version":
+        request.model_spec.version.value = 99
+    request.model_spec.signature_name = "nope" if case == "unknown_signature" else "serving_default"
+    name = "images" if case == "wrong_input_name" else "image_bytes"
+    value = tf.make_tensor_proto([1.0, 2.0]) if case == "wrong_dtype" else tf.make_tensor_proto([b""])
+    request.inputs[name].CopyFrom(value)
+    with pytest.raises(grpc.RpcError) as raised:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert raised.value.code() == code
+
+
+def test_grpc_hostile_images(channel):
+    from data.images import ERROR_PIXELS
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL_NAME
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(list(hostile_images().values())))
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    errors = [e.decode() for e in tf.make_ndarray(response.outputs["error"])]
+    assert all(errors) and errors[-1] == ERROR_PIXELS
+
+
+# --- load and metrics ----------------------------------------------------------------------------
+def test_load_8_clients_x_100_requests(server, reference):
+    colours = [RED, BLUE, (30, 180, 30), (240, 220, 30)]
+    images = [image_bytes(c) for c in colours]
+    expected = [c for c, _, _ in reference.captions(images)]
+
+    def client(worker: int):
+        latencies, failures = [], []
+        with requests.Session() as session:
+            for i in range(100):
+                k = (worker + i) % len(images)
+                started = time.perf_counter()
+                response = session.post(model_url(server, ":predict"),
+                                        json={"instances": [b64(images[k])]}, timeout=60)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200 or response.json()["predictions"][0]["caption"] != expected[k]:
+                    failures.append(response.text[:200])
+        return latencies, failures
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(client, range(8)))
+    elapsed = time.perf_counter() - started
+    latencies = sorted(l for lat, _ in results for l in lat)
+    failures = [f for _, fail in results for f in fail]
+    p50 = statistics.median(latencies)
+    p99 = latencies[int(0.99 * len(latencies)) - 1]
+    print(f"\nLOAD 8 clients x 100 requests: {len(failures)} failures, p50 {p50 * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms, {len(latencies) / elapsed:.0f} requests/s")
+    assert not failures, failures[:3]
+    assert len(latencies) == 800
+
+
+def test_prometheus_metrics(server):
+    response = requests.get(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=10)
+    assert response.status_code == 200
+    assert ':tensorflow:serving:request_count{API="predict",entrypoint="REST",model_name="captioner",status="OK"}' \
+        in response.text
+    assert 'available_versions{model_name="captioner"} 1' in response.text
