@@ -176,11 +176,15 @@ class ModelRegistry:
         for version in list(failed):  # a re-published folder gets another chance
             if version not in on_disk or _model_mtime(on_disk[version]) != failed[version][1]:
                 del failed[version]
-        aspired = aspired_versions(config.model_version_policy,
-                                   [v for v in on_disk if v not in failed])
         loaded = self._loaded[name]
-        for version in sorted(aspired - set(loaded), reverse=True):
-            self._load(name, version, on_disk[version])
+        while True:  # until every aspired version is loaded; a failed one drops out, the next steps in
+            aspired = aspired_versions(config.model_version_policy,
+                                       [v for v in on_disk if v not in failed])
+            missing = sorted(aspired - set(loaded), reverse=True)
+            if not missing:
+                break
+            for version in missing:
+                self._load(name, version, on_disk[version])
         for version in set(loaded) - aspired:
             with self._lock:
                 old = loaded.pop(version)

@@ -181,4 +181,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # Everything is stopped and flushed by now; skip the interpreter's teardown of TensorFlow's and
+    # gRPC's native state, which takes ~5 s here and has nothing left to save.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
