@@ -1,0 +1,199 @@
+"""serving.client (library and CLI) against a real local server: same captions over REST and gRPC as
+in-process, clear exceptions, retries only where they make sense."""
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from serving.client import ClientSettings, GrpcClient, RestClient, make_client
+from serving.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, ServerProcess, free_port, image_bytes,  # noqa: F401
+                                    reference, running_server, served_model_base, subprocess_env)
+
+SERVING_DIR = os.path.join(REPO, "serving")
+
+
+@pytest.fixture(scope="module")
+def server(served_model_base, tmp_path_factory):
+    log = str(tmp_path_factory.mktemp("client") / "server.log")
+    with running_server(log, f"--monitoring_config_file={SERVING_DIR}/monitoring.config",
+                        base=served_model_base) as s:
+        yield s
+
+
+@pytest.fixture(params=["rest", "grpc"])
+def client(request, server):
+    if request.param == "rest":
+        c = RestClient(server.rest_url, retries=0)
+    else:
+        c = GrpcClient(server.grpc_target, retries=0)
+    with c:
+        yield c
+
+
+def test_captions_equal_in_process(client, reference):
+    images = [image_bytes(RED), image_bytes(BLUE, fmt="JPEG"), b"not an image"]
+    for signature in ("serving_default", "beam_search"):
+        results = client.caption(images, signature)
+        expected = reference.captions(images, signature)
+        assert [(r.caption, r.error) for r in results] == [(c, e) for c, _, e in expected]
+        assert [r.log_prob for r in results] == pytest.approx([lp for _, lp, _ in expected], abs=1e-5)
+        assert [r.ok for r in results] == [True, True, False]
+
+
+def test_batches_and_order_are_kept(server, reference):
+    images = [image_bytes(RED if i % 3 else BLUE) for i in range(11)]
+    with RestClient(server.rest_url, batch_size=4) as client:
+        results = client.caption(images)
+    assert [r.caption for r in results] == [c for c, _, _ in reference.captions(images)]
+
+
+def test_caption_features(client, reference):
+    features = np.random.default_rng(0).random([3, 2048], dtype=np.float32)
+    expected = reference.run("caption_features", "features", features)
+    assert [r.caption for r in client.caption_features(features)] == [c.decode() for c in expected["caption"]]
+
+
+def test_status_and_metadata_same_over_both(server):
+    with RestClient(server.rest_url) as rest, GrpcClient(server.grpc_target) as grpc_client:
+        assert rest.status() == grpc_client.status()
+        assert rest.status()["model_version_status"][0]["state"] == "AVAILABLE"
+        assert rest.metadata() == grpc_client.metadata()
+        assert "beam_search" in rest.metadata()["metadata"]["signature_def"]["signature_def"]
+
+
+def test_clear_exceptions(client):
+    with pytest.raises(InvalidArgumentError, match="nope"):
+        client.caption([image_bytes()], signature="nope")
+    wrong_model = type(client)(getattr(client, "url", None) or client.target, model="nope")
+    with pytest.raises(NotFoundError, match="nope"), wrong_model:
+        wrong_model.caption([image_bytes()])
+    wrong_version = type(client)(getattr(client, "url", None) or client.target, version=42)
+    with pytest.raises(NotFoundError) as raised, wrong_version:
+        wrong_version.status()
+    assert raised.value.http_status == 404
+
+
+def _request_count(server, status: str) -> int:
+    text = requests.get(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(":tensorflow:serving:request_count") and f'status="{status}"' in line \
+                and 'entrypoint="REST"' in line:
+            return int(line.rsplit(" ", 1)[1])
+    return 0
+
+
+def test_no_retry_on_400(server):
+    before = _request_count(server, "INVALID_ARGUMENT")
+    with RestClient(server.rest_url, retries=3, backoff=0.2) as client:
+        with pytest.raises(InvalidArgumentError):
+            client.caption([image_bytes()], signature="nope")
+    assert _request_count(server, "INVALID_ARGUMENT") == before + 1  # sent once, not retried
+
+
+def test_oversized_image_is_not_sent(server):
+    with RestClient(server.rest_url, max_request_bytes=4096) as client:
+        results = client.caption([image_bytes(RED), b"\xff\xd8\xff" + bytes(8000)])
+    assert results[0].ok and not results[1].ok
+    assert "not sent" in results[1].error
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_unavailable_after_retries_with_backoff(transport):
+    port = free_port()  # nothing listens there
+    target = f"http://127.0.0.1:{port}" if transport == "rest" else f"127.0.0.1:{port}"
+    client = make_client(**{transport: target}, retries=2, backoff=0.3, timeout=5)
+    started = time.monotonic()
+    with pytest.raises(UnavailableError), client:
+        client.caption([image_bytes()])
+    # two retries: ~0.3 s + ~0.6 s of backoff (each +-25%)
+    assert 0.6 < time.monotonic() - started < 15
+
+
+def test_retries_until_a_late_server_comes_up(served_model_base, reference, tmp_path):
+    late = ServerProcess(str(tmp_path / "late.log"), base=served_model_base)
+    settings = ClientSettings(retries=8, backoff=0.5, timeout=30)
+    outcome = {}
+
+    def call():
+        with RestClient(late.rest_url, settings) as client:
+            try:
+                outcome["results"] = client.caption([image_bytes(BLUE)])
+            except Exception as e:  # reported below
+                outcome["error"] = e
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(1.0)  # the client is already retrying against a closed port
+    late.start(wait=False)
+    try:
+        caller.join(timeout=200)
+        assert not caller.is_alive()
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["results"][0].caption == reference.captions([image_bytes(BLUE)])[0][0]
+    finally:
+        assert late.stop() == 0
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "serving.client", *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli_images")
+    (folder / "sub").mkdir()
+    (folder / "red.png").write_bytes(image_bytes(RED))
+    (folder / "sub" / "blue.jpg").write_bytes(image_bytes(BLUE, fmt="JPEG"))
+    (folder / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return folder
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_cli_captions_a_folder(server, reference, image_folder, transport):
+    where = ["--rest", server.rest_url] if transport == "rest" else ["--grpc", server.grpc_target]
+    result = run_cli(*where, "--batch-size", "2", str(image_folder))
+    assert result.returncode == 1, result.stderr  # 1: one image could not be captioned
+    lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
+    red, blue = str(image_folder / "red.png"), str(image_folder / "sub" / "blue.jpg")
+    assert set(lines) == {red, blue, str(image_folder / "sub" / "broken.png")}
+    assert lines[red] == reference.captions([image_bytes(RED)])[0][0]
+    assert lines[blue] == reference.captions([(image_folder / "sub" / "blue.jpg").read_bytes()])[0][0]
+    assert lines[str(image_folder / "sub" / "broken.png")].startswith("ERROR: ")
+    if IS_STANDIN:
+        assert lines[red] == "a red image"
+
+
+def test_cli_beam_search_status_and_metadata(server, image_folder):
+    result = run_cli("--rest", server.rest_url, "--signature", "beam_search", str(image_folder / "red.png"))
+    assert result.returncode == 0, result.stderr
+    if IS_STANDIN:
+        assert result.stdout.strip().endswith("\ta picture that is mostly red")
+    status = run_cli("--rest", server.rest_url, "--status")
+    assert status.returncode == 0 and '"AVAILABLE"' in status.stdout
+    metadata = run_cli("--grpc", server.grpc_target, "--metadata")
+    assert metadata.returncode == 0 and '"caption_features"' in metadata.stdout
+
+
+@pytest.mark.parametrize("args, mentions", [
+    (["--model", "nope"], "nope"),
+    (["--rest", "http://127.0.0.1:1", "--retries", "0"], "cannot connect"),
+    (["/no/such/folder"], "no such file or folder"),
+])
+def test_cli_errors_are_clear(server, image_folder, args, mentions):
+    if "--rest" not in args:
+        args = ["--rest", server.rest_url, *args]
+    if not any(a.startswith("/") for a in args):
+        args.append(str(image_folder))
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and mentions in result.stderr
+    assert "Traceback" not in result.stderr
