@@ -60,13 +60,13 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
         gr.Markdown(f"# Neural Storyteller\nCaptions from the model server at `{server_label}`.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="Image", format="png")
+                image = gr.Image(type="filepath", label="Image", format="png", elem_id="image")
                 files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
-                                label="Or several images")
+                                label="Or several images", elem_id="files")
                 mode = gr.Radio(list(MODES), value="greedy", label="Decoding")
-                submit = gr.Button("Caption", variant="primary")
+                submit = gr.Button("Caption", variant="primary", elem_id="caption-button")
             with gr.Column():
-                captions = gr.Textbox(label="Caption", lines=6, interactive=False)
+                captions = gr.Textbox(label="Caption", lines=6, interactive=False, elem_id="captions")
         examples = example_images(examples_dir)
         if examples:
             gr.Examples(examples=[[path] for path in examples], inputs=[image])

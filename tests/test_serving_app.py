@@ -1,0 +1,127 @@
+"""The Gradio front end (serving.app) in a subprocess, talking to a real local model server: through
+gradio_client, and through a real headless Chromium (Debian's /usr/bin/chromium, driven by the
+playwright package) that uploads an image, clicks Caption, reads the caption and saves a screenshot
+to tests/artifacts/."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, free_port, image_bytes,  # noqa: F401
+                                    reference, running_server, served_model_base, subprocess_env)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = os.path.join(REPO, "tests", "artifacts")
+
+
+class AppProcess:
+    def __init__(self, server_url: str, log_path: str, examples: str | None = None):
+        self.port = free_port()
+        command = [sys.executable, "-m", "serving.app", "--server", server_url, "--port", str(self.port)]
+        if examples:
+            command += ["--examples", examples]
+        self._log = open(log_path, "wb")
+        self.log_path = log_path
+        self.process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app exited: {open(log_path).read()[-2000:]}")
+            try:
+                if requests.get(self.url, timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"app not up: {open(log_path).read()[-2000:]}")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("app_images")
+    (folder / "hostile").mkdir()  # not among the examples (those are the folder's top-level images)
+    paths = {"red": folder / "red.png", "blue": folder / "blue.jpg", "bad": folder / "hostile" / "bad.png"}
+    paths["red"].write_bytes(image_bytes(RED, size=(320, 240)))
+    paths["blue"].write_bytes(image_bytes(BLUE, size=(320, 240), fmt="JPEG"))
+    paths["bad"].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def app(served_model_base, images, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("app")
+    with running_server(str(logs / "server.log"), base=served_model_base) as server:
+        app = AppProcess(server.rest_url, str(logs / "app.log"), examples=os.path.dirname(images["red"]))
+        try:
+            yield app
+        finally:
+            app.stop()
+
+
+def test_gradio_client_single_multiple_and_beam(app, images, reference):
+    from gradio_client import Client, handle_file
+    client = Client(app.url, verbose=False)
+    assert "/caption_image" in client.view_api(return_format="dict")["named_endpoints"]
+    red, blue = (open(images[k], "rb").read() for k in ("red", "blue"))
+
+    single = client.predict(None, handle_file(images["red"]), "greedy", api_name="/caption_image")
+    assert single == reference.captions([red])[0][0]
+    beam = client.predict(None, handle_file(images["blue"]), "beam search", api_name="/caption_image")
+    assert beam == reference.captions([blue], "beam_search")[0][0]
+    several = client.predict([handle_file(images[k]) for k in ("red", "blue", "bad")], None, "greedy",
+                             api_name="/caption_image")
+    lines = several.splitlines()
+    assert lines[0] == f"red.png: {reference.captions([red])[0][0]}"
+    assert lines[1] == f"blue.jpg: {reference.captions([blue])[0][0]}"
+    assert lines[2].startswith("bad.png: ERROR: ")
+    if IS_STANDIN:
+        assert single == "a red image" and beam == "a picture that is mostly blue"
+
+
+def test_clear_message_when_the_server_is_down(images, tmp_path):
+    from gradio_client import Client, handle_file
+    app = AppProcess(f"http://127.0.0.1:{free_port()}", str(tmp_path / "app.log"))
+    try:
+        message = Client(app.url, verbose=False).predict(None, handle_file(images["red"]), "greedy",
+                                                         api_name="/caption_image")
+    finally:
+        app.stop()
+    assert "not reachable" in message and "cannot connect" in message
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_browser_upload_and_caption(app, images, reference):
+    from playwright.sync_api import sync_playwright
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    screenshot = os.path.join(ARTIFACTS, "serving_app.png")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(app.url, wait_until="networkidle")
+            page.locator("#image input[type=file]").set_input_files(images["red"])
+            page.locator("#image img").first.wait_for(timeout=30000)  # upload finished, preview shown
+            page.click("#caption-button")
+            page.wait_for_function(
+                "() => document.querySelector('#captions textarea').value.length > 0", timeout=60000)
+            caption = page.input_value("#captions textarea")
+            page.screenshot(path=screenshot, full_page=True)
+        finally:
+            browser.close()
+    assert caption == reference.captions([open(images["red"], "rb").read()])[0][0]
+    assert os.path.getsize(screenshot) > 10000
