@@ -52,7 +52,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
-ERROR_UNREADABLE = "unreadable image file (missing or no read permission)"
+ERROR_UNREADABLE = "unreadable image"  # missing file, no permission, a folder (same words as data.layouts)
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,8 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
     """(names, float32 [n, D] features) from the cache.
 
     Without `names`: every image with features, in shard order. With `names`: in that order;
-    names without features (failed, never extracted) are dropped and logged, so compare the
-    returned names with the requested ones to see which. With `encoder_id`: refuse a cache
+    names without features are dropped and logged (at INFO when the cache records them as failed
+    images, at WARNING when they were never extracted); the returned names say which were kept. With `encoder_id`: refuse a cache
     made with other weights.
     """
     cache_dir = pathlib.Path(cache_dir)
@@ -147,13 +147,14 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
                                 "`python -m model.features --cache DIR` first")
     if encoder_id is not None and manifest["encoder_id"] != encoder_id:
         raise FeatureCacheError(_encoder_mismatch(cache_dir, manifest["encoder_id"], encoder_id))
-    all_names, blocks = [], []
+    all_names, blocks, failed = [], [], set()
     for shard in manifest["shards"]:
         path = cache_dir / shard.file
         if path.exists():
             with np.load(path, allow_pickle=False) as data:
                 all_names += data["names"].tolist()
                 blocks.append(data["features"])
+                failed.update(data["failed_names"].tolist())
     dim = manifest.get("feature_dim") or 0
     features = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
     if names is None:
@@ -162,8 +163,13 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
     kept = [name for name in names if name in row]
     if len(kept) < len(names):
         missing = [name for name in names if name not in row]
-        log.warning("%d of %d requested images have no features in %s (failed or not "
-                    "extracted), e.g. %s", len(missing), len(names), cache_dir, missing[:5])
+        absent = [name for name in missing if name not in failed]
+        log.info("%d of %d requested images have no features in %s: %d failed to decode, "
+                 "%d never extracted", len(missing), len(names), cache_dir,
+                 len(missing) - len(absent), len(absent))
+        if absent:
+            log.warning("%d requested images were never extracted into %s, e.g. %s",
+                        len(absent), cache_dir, absent[:5])
     return kept, features[[row[name] for name in kept]]
 
 

@@ -1,0 +1,109 @@
+"""Extract ResNet50 image features of a dataset into the feature cache (data/feature_cache.py).
+
+    python -m model.features                       # built-in dataset, random encoder weights
+    python -m model.features --data ~/flickr30k    # ImageNet weights (downloaded once)
+    python -m model.features --data ~/flickr30k \\
+        --encoder-weights ~/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
+
+The cache defaults to cache/<data folder name>-<encoder id>, the folder `python -m model.train`
+uses, so training afterwards finds the features ready. Interrupted? Run the same command again:
+finished shards are kept. Bad images are counted by reason, never fatal.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from data.feature_cache import ExtractionReport, FeatureCacheError, extract_features, load_features
+from data.layouts import DatasetError, ImageCaptions, SkipReport
+from data.sources import open_dataset
+from model.encoder import EncoderConfig, EncoderWeightsError, build_encoder, encoder_id
+
+
+class Features(NamedTuple):
+    """What ensure_features returns; unpacks like a tuple (report, names, features, skipped)."""
+    report: ExtractionReport
+    names: list[str]  # images with features, in the order of the images passed
+    features: np.ndarray  # float32 [len(names), 2048], row i belongs to names[i]
+    skipped: SkipReport  # images without features, by reason: merge into the dataset's report
+
+
+def ensure_features(images: Sequence[ImageCaptions], cache_dir, encoder_config: EncoderConfig,
+                    *, batch_size: int = 32, progress: bool = True) -> Features:
+    """Features of `images`, extracting only what the cache lacks.
+
+    The encoder is built only when something must be computed, so a complete cache works offline
+    even for ImageNet weights that are not on this machine.
+    """
+    identity = encoder_id(encoder_config)
+    report = extract_features([(image.name, image.path) for image in images],
+                              lambda: build_encoder(encoder_config), cache_dir,
+                              encoder_id=identity, batch_size=batch_size, progress=progress)
+    names, features = load_features(cache_dir, [image.name for image in images],
+                                     encoder_id=identity)
+    skipped = SkipReport()
+    for name, reason in report.failures:
+        skipped.add(reason, name)
+    return Features(report, names, features, skipped)
+
+
+def default_cache_dir(data, encoder_config: EncoderConfig) -> Path:
+    """cache/<data folder name or "builtin">-<encoder id>, with path-unsafe characters replaced."""
+    source = Path(data).resolve().name if data else "builtin"
+    return Path("cache") / f"{source}-{encoder_id(encoder_config)}".replace("/", "_").replace(
+        ":", "_")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m model.features", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="Flickr30k/Flickr8k folder in any known layout; omit for "
+                                       "the built-in generated dataset")
+    parser.add_argument("--cache", help="feature cache folder (default: cache/<data>-<encoder>)")
+    parser.add_argument("--encoder-weights",
+                        help="imagenet | random | path to a local ResNet50 notop .h5 file "
+                             "(default: random for the built-in data, imagenet otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --encoder-weights random")
+    parser.add_argument("--batch-size", type=_positive_int, default=32,
+                        help="images per encoder call (default 32)")
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    weights = args.encoder_weights or ("imagenet" if args.data else "random")
+    config = EncoderConfig(weights=weights, seed=args.seed)
+    try:
+        dataset = open_dataset(args.data)
+        cache_dir = Path(args.cache) if args.cache else default_cache_dir(args.data, config)
+        result = ensure_features(dataset.images, cache_dir, config, batch_size=args.batch_size)
+    except (DatasetError, EncoderWeightsError, FeatureCacheError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"dataset: {dataset.root} ({dataset.layout}), {len(dataset.images)} images, "
+          f"{dataset.num_captions} captions; {dataset.skipped.summary()}")
+    print(f"feature cache: {cache_dir}  encoder: {encoder_id(config)}")
+    print(result.report.summary())
+    for reason, examples in result.skipped.as_dict()["examples"].items():
+        print(f"  {reason}: e.g. {', '.join(examples)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""data/feature_cache.py on real generated image files, a real Keras encoder and real shard files."""
+import fcntl
+import os
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from data.feature_cache import (ERROR_UNREADABLE, FeatureCacheError, cache_info,
+                                extract_features, load_features)
+from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, decode_one
+from model.encoder import EncoderConfig, build_encoder, encoder_id
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_images(folder, count, start=0):
+    """Small distinct JPEGs/PNGs; decode_one resizes them to 224x224 anyway."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    items = []
+    for i in range(start, start + count):
+        pixels = rng.integers(0, 256, size=[48, 64, 3], dtype=np.uint8)
+        path = folder / (f"img{i:03d}.png" if i % 3 == 0 else f"img{i:03d}.jpg")
+        Image.fromarray(pixels).save(path)
+        items.append((path.name, path))
+    return items
+
+
+def _bad_items(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is text, not an image\n")
+    junk = np.random.default_rng(7).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    (folder / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0" + junk)  # JPEG magic, then garbage
+    (folder / "a_folder.jpg").mkdir()
+    names = ["empty.jpg", "notes.jpg", "junk.jpg", "a_folder.jpg"]
+    return [(name, folder / name) for name in names] + [("missing.jpg", folder / "missing.jpg")]
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    """A small real Keras encoder [B,224,224,3] -> [B,8]: the cache does not care which model."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((224, 224, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.AveragePooling2D(8)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(8)(pooled))
+
+
+def _expected(encoder, path):
+    image, error = decode_one(tf.io.read_file(str(path)))
+    assert error.numpy() == b""
+    return encoder(image[None], training=False).numpy()[0]
+
+
+def _shard_stamps(cache):
+    return {p.name: p.stat().st_mtime_ns for p in cache.glob("shard-*.npz")}
+
+
+def test_bad_files_are_counted_by_reason_and_rows_match_their_images(tmp_path, tiny_encoder):
+    good = _write_images(tmp_path / "images", 7)
+    items = good[:3] + _bad_items(tmp_path / "bad") + good[3:]
+    cache = tmp_path / "cache"
+    report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", batch_size=3,
+                              shard_size=4, progress=False)
+    assert (report.num_images, report.num_extracted, report.num_reused) == (12, 7, 0)
+    assert report.skipped == {ERROR_EMPTY: 1, ERROR_FORMAT: 1, ERROR_CORRUPT: 1,
+                              ERROR_UNREADABLE: 2}
+    assert dict(report.failures)["junk.jpg"] == ERROR_CORRUPT
+    assert dict(report.failures)["missing.jpg"] == ERROR_UNREADABLE
+    assert report.seconds > 0 and report.images_per_second > 0
+
+    names, features = load_features(cache, [name for name, _ in items])
+    assert names == [name for name, _ in good]  # failed ones dropped, order kept
+    assert features.dtype == np.float32 and features.shape == (7, 8)
+    for (name, path), row in zip(good, features):
+        np.testing.assert_allclose(row, _expected(tiny_encoder, path), rtol=1e-5, atol=1e-6)
+
+    info = cache_info(cache)
+    assert info["complete"] and info["num_shards"] == 3 and info["num_features"] == 7
+    assert info["failed"][ERROR_UNREADABLE] == 2 and info["encoder_id"] == "tiny"
+
+
+def test_shards_are_plain_numpy_sorted_by_name(tmp_path, tiny_encoder):
+    items = _write_images(tmp_path / "images", 5)[::-1] + _bad_items(tmp_path / "bad")[:1]
+    extract_features(items, tiny_encoder, tmp_path / "cache", encoder_id="tiny", shard_size=4,
+                     progress=False)
+    with np.load(tmp_path / "cache/shard-00000.npz", allow_pickle=False) as shard:
+        assert shard["names"].dtype.kind == "U" and shard["features"].dtype == np.float32
+        assert shard["names"].tolist() == ["img000.png", "img001.jpg", "img002.jpg"]
+        assert shard["failed_names"].tolist() == ["empty.jpg"]
+        assert shard["failed_reasons"].tolist() == [ERROR_EMPTY]
+    with np.load(tmp_path / "cache/shard-00001.npz", allow_pickle=False) as shard:
+        assert shard["names"].tolist() == ["img003.png", "img004.jpg"]
+
+
+def test_second_run_reuses_everything_without_building_the_encoder(tmp_path, tiny_encoder):
+    items = _write_images(tmp_path / "images", 6) + _bad_items(tmp_path / "bad")
+    cache = tmp_path / "cache"
+    first = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=4,
+                             progress=False)
+    stamps = _shard_stamps(cache)
+
+    def no_encoder():
+        raise AssertionError("the encoder was needed although the cache is complete")
+
+    again = extract_features(items, no_encoder, cache, encoder_id="tiny", shard_size=4,
+                             progress=False)
+    assert (again.num_extracted, again.num_reused) == (0, 6)
+    assert again.skipped == first.skipped
+    assert _shard_stamps(cache) == stamps
+
+
+def test_other_encoder_id_is_refused(tmp_path, tiny_encoder):
+    items = _write_images(tmp_path / "images", 2)
+    cache = tmp_path / "cache"
+    extract_features(items, tiny_encoder, cache, encoder_id="random-seed0", progress=False)
+    with pytest.raises(FeatureCacheError, match="'random-seed0', not 'imagenet'"):
+        extract_features(items, tiny_encoder, cache, encoder_id="imagenet", progress=False)
+    with pytest.raises(FeatureCacheError, match="'random-seed0', not 'imagenet'"):
+        load_features(cache, encoder_id="imagenet")
+
+
+def test_cache_grows_for_new_images_serves_subsets_and_refuses_other_lists(tmp_path,
+                                                                           tiny_encoder):
+    items = _write_images(tmp_path / "images", 6)
+    cache = tmp_path / "cache"
+    extract_features(items[:4], tiny_encoder, cache, encoder_id="tiny", shard_size=4,
+                     progress=False)
+    stamps = _shard_stamps(cache)
+    grown = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=4,
+                             progress=False)
+    assert (grown.num_extracted, grown.num_reused) == (2, 4)
+    assert _shard_stamps(cache)["shard-00000.npz"] == stamps["shard-00000.npz"]
+    assert len(load_features(cache)[0]) == 6
+
+    subset = extract_features(items[1:3], tiny_encoder, cache, encoder_id="tiny",
+                              progress=False)
+    assert (subset.num_images, subset.num_extracted, subset.num_reused) == (2, 0, 2)
+
+    others = _write_images(tmp_path / "other", 2, start=50)
+    with pytest.raises(FeatureCacheError, match="another image list"):
+        extract_features(items[:2] + others, tiny_encoder, cache, encoder_id="tiny",
+                         progress=False)
+
+
+def test_temp_files_are_never_read_and_are_cleaned(tmp_path, tiny_encoder):
+    items = _write_images(tmp_path / "images", 6)
+    cache = tmp_path / "cache"
+    extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2, progress=False)
+    # What a run killed while writing shard 1 leaves: no shard-00001.npz, a partial temp file.
+    (cache / "shard-00001.npz").unlink()
+    (cache / ".shard-00001.npz.4242.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    names, _ = load_features(cache)
+    assert names == ["img000.png", "img001.jpg", "img004.jpg", "img005.jpg"]
+    assert not cache_info(cache)["complete"]
+
+    stamps = _shard_stamps(cache)
+    report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2,
+                              progress=False)
+    assert (report.num_extracted, report.num_reused) == (2, 4)
+    assert not list(cache.glob("*.tmp"))
+    after = _shard_stamps(cache)
+    assert after["shard-00000.npz"] == stamps["shard-00000.npz"]
+    assert after["shard-00002.npz"] == stamps["shard-00002.npz"]
+    assert len(load_features(cache)[0]) == 6
+
+
+def test_damaged_shard_is_recomputed(tmp_path, tiny_encoder):
+    items = _write_images(tmp_path / "images", 4)
+    cache = tmp_path / "cache"
+    extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2, progress=False)
+    (cache / "shard-00001.npz").write_bytes(b"not a zip file")
+    report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2,
+                              progress=False)
+    assert (report.num_extracted, report.num_reused) == (2, 2)
+
+
+def test_concurrent_extraction_into_one_cache_is_refused(tmp_path, tiny_encoder):
+    items = _write_images(tmp_path / "images", 1)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with open(cache / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(FeatureCacheError, match="another extraction"):
+            extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
+
+
+def test_bad_arguments(tmp_path, tiny_encoder):
+    items = _write_images(tmp_path / "images", 1)
+    with pytest.raises(ValueError, match="appears twice"):
+        extract_features(items + items, tiny_encoder, tmp_path / "c", encoder_id="t")
+    with pytest.raises(FeatureCacheError, match="no feature cache"):
+        load_features(tmp_path / "nothing-here")
+
+
+CHILD = """
+import pathlib, sys
+from data.feature_cache import extract_features
+from model.encoder import EncoderConfig, build_encoder, encoder_id
+items = [(p.name, p) for p in sorted(pathlib.Path(sys.argv[1]).iterdir())]
+config = EncoderConfig("random", seed=0)
+extract_features(items, build_encoder(config), sys.argv[2], encoder_id=encoder_id(config),
+                 batch_size=1, shard_size=1, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path):
+    """SIGKILL a real ResNet50 extraction after its first shard, resume, compare with a clean run."""
+    items = _write_images(tmp_path / "images", 14)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "images"), str(cache)],
+                             env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (cache / "shard-00000.npz").exists():
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no shard within 300 s"
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    survivors = _shard_stamps(cache)
+    assert 1 <= len(survivors) < len(items), "the child finished before it could be killed"
+
+    config = EncoderConfig("random", seed=0)
+    encoder = build_encoder(config)
+    resumed = extract_features(items, encoder, cache, encoder_id=encoder_id(config),
+                               batch_size=1, shard_size=1, progress=False)
+    assert resumed.num_reused == len(survivors)
+    assert resumed.num_extracted == len(items) - len(survivors)
+    after = _shard_stamps(cache)
+    assert all(after[name] == stamp for name, stamp in survivors.items())
+    assert not list(cache.glob("*.tmp"))
+
+    clean = tmp_path / "clean"
+    extract_features(items, encoder, clean, encoder_id=encoder_id(config), batch_size=1,
+                     shard_size=1, progress=False)
+    names, features = load_features(cache)
+    clean_names, clean_features = load_features(clean)
+    assert names == clean_names and features.shape == (14, 2048)
+    np.testing.assert_allclose(features, clean_features, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,163 @@
+"""data/pipeline.py: element structure, teacher-forcing shift, padding, bucketing, order, seeds."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data.pipeline import (PipelineConfig, caption_examples, evaluation_dataset,
+                           feature_batches, training_dataset)
+
+START, END = 1, 2
+
+
+def _captions(num_images=12, per_image=3, seed=0, longest=30):
+    """Token lists [START, words.., END] of varied lengths; word ids encode (caption, position)
+    so every caption is recognisable in a batch."""
+    rng = np.random.default_rng(seed)
+    rows, token_lists = [], []
+    for image in range(num_images):
+        for _ in range(per_image):
+            n_words = int(rng.integers(1, longest))
+            caption_id = len(token_lists)
+            token_lists.append([START] + [1000 + caption_id] * n_words + [END])
+            rows.append(image)
+    features = np.arange(num_images, dtype=np.float32)[:, None] * np.ones([1, 6], np.float32)
+    return features, rows, token_lists
+
+
+def _batches(dataset):
+    return [(x["features"].numpy(), x["tokens"].numpy(), y.numpy()) for x, y in dataset]
+
+
+def _caption_ids(batches):
+    """Caption indices in dataset order (read back from the word ids / END-only captions)."""
+    return [int(row[0]) - 1000 for _, _, targets in batches for row in targets]
+
+
+def test_elements_shift_inputs_and_targets_and_pad_with_zero():
+    features = np.array([[0.5, 1.5], [2.5, 3.5]], np.float32)
+    tokens = [[START, 7, 8, END], [START, 9, END], [START, END]]
+    dataset = evaluation_dataset(features, [1, 0, 1], tokens, PipelineConfig(batch_size=3))
+    spec_inputs, spec_targets = dataset.element_spec
+    assert spec_inputs["features"].dtype == tf.float32 and spec_inputs["tokens"].dtype == tf.int32
+    assert spec_targets.dtype == tf.int32
+    [(batch_features, inputs, targets)] = _batches(dataset)
+    np.testing.assert_array_equal(batch_features, features[[1, 0, 1]])
+    np.testing.assert_array_equal(inputs, [[START, 7, 8], [START, 9, 0], [START, 0, 0]])
+    np.testing.assert_array_equal(targets, [[7, 8, END], [9, END, 0], [END, 0, 0]])
+
+
+def test_training_batches_pad_to_their_longest_caption_not_the_global_one():
+    features, rows, tokens = _captions(num_images=40, per_image=5, longest=40)
+    config = PipelineConfig(batch_size=8, bucket_width=4, seed=1)
+    batches = _batches(training_dataset(features, rows, tokens, config))
+    global_longest = max(len(t) for t in tokens) - 1
+    widths = []
+    for batch_features, inputs, targets in batches:
+        steps = (targets != 0).sum(axis=1)  # each caption's own T
+        assert inputs.shape == targets.shape and targets.shape[1] == steps.max()
+        assert steps.max() - steps.min() < config.bucket_width  # one bucket per batch
+        np.testing.assert_array_equal((inputs != 0).sum(axis=1), steps)  # <end> not an input
+        widths.append(targets.shape[1])
+    assert max(widths) == global_longest and np.mean(widths) < global_longest / 1.5
+    assert sorted(_caption_ids(batches)) == list(range(len(tokens)))  # each caption once
+
+
+def test_features_are_gathered_by_image_row():
+    features, rows, tokens = _captions()
+    for batch_features, _, targets in _batches(
+            training_dataset(features, rows, tokens, PipelineConfig(batch_size=5))):
+        expected = [rows[i] for i in (int(t[0]) - 1000 for t in targets)]
+        np.testing.assert_array_equal(batch_features[:, 0], expected)
+
+
+def test_evaluation_order_is_the_input_order_every_time():
+    features, rows, tokens = _captions()
+    dataset = evaluation_dataset(features, rows, tokens, PipelineConfig(batch_size=7))
+    first, second = _batches(dataset), _batches(dataset)
+    assert _caption_ids(first) == list(range(len(tokens)))
+    for a, b in zip(first, second):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_shuffle_is_seeded_and_changes_every_epoch():
+    features, rows, tokens = _captions(num_images=30)
+
+    def epochs(seed, count=2):
+        dataset = training_dataset(features, rows, tokens, PipelineConfig(batch_size=4, seed=seed))
+        return [_caption_ids(_batches(dataset)) for _ in range(count)]
+
+    first, second = epochs(seed=3)
+    assert epochs(seed=3) == [first, second]  # a new dataset object, same sequence of epochs
+    assert first != second  # reshuffled each epoch
+    assert epochs(seed=4, count=1)[0] != first
+    assert first != list(range(len(tokens)))
+
+
+def test_max_length_keeps_end_and_pad_to_fixes_the_width():
+    features = np.zeros([1, 3], np.float32)
+    tokens = [[START, 5, 6, 7, 8, END], [START, 5, END]]
+    config = PipelineConfig(batch_size=2, max_length=3, pad_to=6)
+    [(_, inputs, targets)] = _batches(evaluation_dataset(features, [0, 0], tokens, config))
+    np.testing.assert_array_equal(inputs, [[START, 5, 6, 0, 0, 0], [START, 5, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(targets, [[5, 6, END, 0, 0, 0], [5, END, 0, 0, 0, 0]])
+    assert training_dataset(features, [0, 0], tokens, config).element_spec[1].shape[1] == 6
+    with pytest.raises(ValueError, match="more than pad_to"):
+        evaluation_dataset(features, [0, 0], tokens, PipelineConfig(pad_to=2))
+
+
+def test_caption_examples_pack_tokens_as_a_ragged_tensor():
+    examples = caption_examples([0, 2], [[START, 9, END], [START, END]])
+    assert len(examples) == 2
+    assert examples.tokens.to_list() == [[START, 9, END], [START, END]]
+    assert examples.steps.tolist() == [2, 1]
+
+
+def test_feature_batches_keep_the_row_order():
+    features = np.arange(20, dtype=np.float32).reshape(10, 2)
+    batches = [b.numpy() for b in feature_batches(features, 4)]
+    assert [len(b) for b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate(batches), features)
+
+
+def test_bad_inputs_are_named():
+    features = np.zeros([2, 3], np.float32)
+    with pytest.raises(ValueError, match="image row 5.*2 rows"):
+        training_dataset(features, [5], [[START, END]], PipelineConfig())
+    with pytest.raises(ValueError, match="one image row per caption"):
+        training_dataset(features, [0, 1], [[START, END]], PipelineConfig())
+    with pytest.raises(ValueError, match=r"at least \[<start>, <end>\]"):
+        training_dataset(features, [0], [[START]], PipelineConfig())
+    with pytest.raises(ValueError, match="2-D"):
+        training_dataset(np.zeros(3), [0], [[START, END]], PipelineConfig())
+    with pytest.raises(ValueError, match="batch_size"):
+        PipelineConfig(batch_size=0)
+
+
+def test_flickr30k_sized_input_builds_and_iterates():
+    """29k x 2048 features (238 MB) and 145k captions: in memory, first batch promptly."""
+    features = np.zeros([29_000, 2048], np.float32)
+    rows = np.repeat(np.arange(29_000), 5)
+    tokens = [[START, 5, 6, END]] * len(rows)
+    dataset = training_dataset(features, rows, tokens, PipelineConfig())
+    x, y = next(iter(dataset))
+    assert x["features"].shape == (128, 2048) and y.shape == (128, 3)
+
+
+def test_keras_fit_runs_several_epochs_over_the_dataset():
+    features, rows, tokens = _captions(num_images=8, per_image=2, longest=6)
+    tokens = [[t if t < 1000 else 3 for t in ids] for ids in tokens]  # vocabulary of 4
+    feature_in = keras.Input((6,), name="features")
+    token_in = keras.Input((None,), dtype="int32", name="tokens")
+    embedded = keras.layers.Embedding(4, 4, mask_zero=True)(token_in)
+    state = keras.layers.Dense(4)(feature_in)
+    hidden = keras.layers.LSTM(4, return_sequences=True)(embedded, initial_state=[state, state])
+    model = keras.Model({"features": feature_in, "tokens": token_in},
+                        keras.layers.Dense(4)(hidden))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(training_dataset(features, rows, tokens, PipelineConfig(batch_size=4)),
+                        validation_data=evaluation_dataset(features, rows, tokens,
+                                                           PipelineConfig(batch_size=4)),
+                        epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
