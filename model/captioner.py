@@ -3,7 +3,7 @@
 Shape of the original ("seed") model, which the `seed` preset reproduces exactly:
     h0 = ReLU(Dense(2048 -> 512)(features)),  c0 = 0
     Embedding(V, 256) -> LSTM(512) -> Dense(V)
-Options beyond parity: dropout, an image-initialised c0, and (in model/train.py) gradient clipping,
+Options beyond parity: dropout, an image-initialised c0, feature standardisation, and (in model/train.py) gradient clipping,
 label smoothing and a learning-rate schedule.
 
 Training runs the whole sequence through keras.layers.LSTM (cuDNN on a GPU); decoding runs
@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -25,6 +26,10 @@ class ModelConfig:
     units: int = 512
     dropout: float = 0.0             # on embeddings and LSTM outputs (never recurrent: cuDNN)
     image_init_cell: bool = False    # c0 = tanh(Dense(features)) instead of zeros
+    normalize_features: bool = False  # standardise features with training-set mean/variance
+                                      # (Normalization layer, adapted before fit, exported with
+                                      # the weights). Essential for random-init encoders, whose
+                                      # features differ between images by ~0.5% of their energy.
 
     def __post_init__(self):
         for name in ("vocab_size", "feature_dim", "embed_dim", "units"):
@@ -42,12 +47,35 @@ class ModelConfig:
         return cls(**json.loads(Path(path).read_text()))
 
 
+class FeatureStandardizer(keras.layers.Layer):
+    """(x - mean) / std with statistics set once from the training features by `adapt`; they are
+    non-trainable weights, so checkpoints and the exported SavedModel carry them."""
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=(dim,), initializer="ones", trainable=False, name="std")
+
+    def adapt(self, features):
+        features = np.asarray(features, np.float64)
+        if not self.built:
+            self.build(features.shape)
+        self.mean.assign(features.mean(0).astype("float32"))
+        self.std.assign(np.maximum(features.std(0), 1e-6).astype("float32"))
+
+    def call(self, features):
+        return (features - keras.ops.cast(self.mean, features.dtype)) / \
+            keras.ops.cast(self.std, features.dtype)
+
+
 class Captioner(keras.Model):
     """inputs {"features": [B, F] float, "tokens": [B, T] int (0 = <pad>)} -> logits [B, T, V]."""
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         self.config = config
+        self.feature_norm = (FeatureStandardizer(name="feature_norm")
+                             if config.normalize_features else None)
         self.image_to_h = keras.layers.Dense(config.units, activation="relu", name="image_to_h")
         self.image_to_c = (keras.layers.Dense(config.units, activation="tanh", name="image_to_c")
                            if config.image_init_cell else None)
@@ -61,6 +89,8 @@ class Captioner(keras.Model):
 
     def initial_state(self, features, training=False):
         """Image features [B, F] -> LSTM state (h0, c0), each [B, units]."""
+        if self.feature_norm is not None:
+            features = self.feature_norm(features)
         h = self.image_to_h(features)
         c = self.image_to_c(features) if self.image_to_c is not None else keras.ops.zeros_like(h)
         return h, c

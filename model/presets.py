@@ -9,13 +9,16 @@ PRESETS = {
     # Dense(2048->512, ReLU) -> h0, c0 = 0; Embedding(V, 256); LSTM(512); Dense(V);
     # Adam(1e-3), batch 128, cross-entropy ignoring <pad>, teacher forcing; 5 epochs as the original.
     "seed": {
-        "model": {"embed_dim": 256, "units": 512, "dropout": 0.0, "image_init_cell": False},
+        "model": {"embed_dim": 256, "units": 512, "dropout": 0.0, "image_init_cell": False,
+                  "normalize_features": False},
         "train": {"learning_rate": 1e-3, "lr_schedule": "constant", "batch_size": 128,
                   "clipnorm": None, "label_smoothing": 0.0, "epochs": 5},
     },
-    # Beyond parity: dropout, an image-initialised c0, clipping, label smoothing, cosine decay.
+    # Beyond parity: feature standardisation, dropout, an image-initialised c0, clipping, label
+    # smoothing, cosine decay.
     "default": {
-        "model": {"embed_dim": 256, "units": 512, "dropout": 0.3, "image_init_cell": True},
+        "model": {"embed_dim": 256, "units": 512, "dropout": 0.3, "image_init_cell": True,
+                  "normalize_features": True},
         "train": {"learning_rate": 2e-3, "lr_schedule": "cosine", "batch_size": 128,
                   "clipnorm": 5.0, "label_smoothing": 0.1, "epochs": 20},
     },

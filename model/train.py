@@ -26,7 +26,7 @@ from data.vocabulary import Vocabulary
 from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig, EncoderWeightsError
-from model.features import ensure_features
+from model.features import default_cache_dir, ensure_features
 from model.plots import loss_curve_png
 from model.presets import PRESETS, preset
 from model.run_dir import RunPaths, write_json
@@ -147,8 +147,9 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     log.info("vocabulary: %d tokens, %.1f%% of training tokens covered",
              len(vocabulary), 100 * vocabulary.coverage)
 
-    cache_dir = Path(cache_dir or Path("cache") / _cache_name(data, encoder_config))
+    cache_dir = Path(cache_dir or default_cache_dir(data, encoder_config))
     extraction = ensure_features(dataset.images, cache_dir, encoder_config)
+    dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
     names, features = extraction.names, extraction.features
     row_of = {name: i for i, name in enumerate(names)}
 
@@ -179,6 +180,8 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     strategy = choose_strategy(train_config.distribute)
     with strategy.scope():
         captioner = build_captioner(model_config)
+        if captioner.feature_norm is not None:  # training images' statistics only
+            captioner.feature_norm.adapt(features[sorted(set(train_rows))])
         captioner.compile(optimizer=make_optimizer(train_config, steps_per_epoch),
                           loss=MaskedCaptionLoss(train_config.label_smoothing),
                           jit_compile=train_config.jit_compile)
@@ -196,12 +199,6 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
                                        dataset=dataset)
     write_json(paths.summary, summary)
     return summary
-
-
-def _cache_name(data, encoder_config: EncoderConfig) -> str:
-    from model.encoder import encoder_id
-    source = Path(data).resolve().name if data else "builtin"
-    return f"{source}-{encoder_id(encoder_config)}".replace("/", "_").replace(":", "_")
 
 
 def _history_summary(history_csv: Path) -> dict:
@@ -283,7 +280,10 @@ def main(argv=None):
     print(f"run folder: {args.run_dir}  epochs: {summary['epochs']}  "
           f"best epoch: {summary.get('best_epoch')}  best val_loss: {summary.get('best_val_loss')}")
     if "test" in summary:
-        print("test BLEU-1..4 (greedy):", summary["test"].get("greedy", {}).get("bleu"))
+        for method in ("greedy", "beam"):
+            scores = summary["test"][method]
+            print(f"test {method:>6}: " + "  ".join(
+                f"{k}={scores[k]:.3f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d")))
     return 0
 
 
