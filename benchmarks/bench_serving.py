@@ -1,0 +1,165 @@
+"""Local model server throughput vs the in-process SavedModel call, measured in the same run (JSON).
+
+    python benchmarks/bench_serving.py                                  # stand-in model (no export yet)
+    python benchmarks/bench_serving.py --model_base_path models/captioner --requests 50
+
+Runs, on the same JPEG images:
+- in-process: the SavedModel's serving_default through TF Serving's session path (tf.compat.v1
+  loader, tensors by name; serving.model_registry.LoadedVersion), one caller, requests of
+  --images-per-request images, back to back, measured right before and after each server run;
+- serving.model_server in a subprocess (batching on unless --no-batching), driven by serving.client
+  over REST with 1 and 8 concurrent clients and over gRPC with 1 and 8, same request size.
+Each server figure is images/s with its ratio to in-process (target >= 0.8 at 8 REST clients with
+batching on), plus request latency p50/p99. Without --model_base_path it benchmarks the stand-in model
+(serving/standin_model.py) and says so in the JSON.
+"""
+import argparse
+import concurrent.futures
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from serving.client import GrpcClient, RestClient  # noqa: E402
+from tests.serving_fixtures import ServerProcess, latest_version_dir  # noqa: E402
+
+
+def make_images(count: int, width: int, height: int, seed: int = 0) -> list[bytes]:
+    """Photo-sized JPEGs with some texture, so decoding costs what real photos cost."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        base = rng.integers(0, 256, size=3)
+        noise = rng.integers(-40, 40, size=(height, width, 3))
+        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+        images.append(buffer.getvalue())
+    return images
+
+
+def requests_of(images: list[bytes], per_request: int, count: int) -> list[list[bytes]]:
+    return [[images[(i * per_request + j) % len(images)] for j in range(per_request)] for i in range(count)]
+
+
+class InProcess:
+    """The SavedModel called in this process through TF Serving's session path."""
+
+    def __init__(self, version_dir: str):
+        from serving.model_registry import LoadedVersion
+        self.model = LoadedVersion("captioner", 0, version_dir)
+        self.signature = self.model.signature("serving_default")
+
+    def throughput(self, batches: list[list[bytes]]) -> float:
+        """images/s calling the model with each request's images, back to back."""
+        arrays = [np.array(b, dtype=object) for b in batches]
+        for batch in arrays[:3]:  # warm up
+            self.model.run(self.signature, {"image_bytes": batch})
+        started = time.perf_counter()
+        for batch in arrays:
+            self.model.run(self.signature, {"image_bytes": batch})
+        return sum(map(len, batches)) / (time.perf_counter() - started)
+
+
+def server_throughput(make_client, batches: list[list[bytes]], clients: int) -> dict:
+    """Each of `clients` threads sends its share of `batches` back to back with its own client.
+    Timed from the moment all clients have connected and warmed up."""
+    shares = [batches[i::clients] for i in range(clients)]
+    start = {}
+    ready = threading.Barrier(clients, action=lambda: start.setdefault("t", time.perf_counter()))
+
+    def run(share):
+        latencies, failures = [], 0
+        with make_client() as client:
+            client.caption(share[0])  # connect + warm up, untimed
+            ready.wait()
+            for batch in share:
+                started = time.perf_counter()
+                try:
+                    results = client.caption(batch)
+                    failures += sum(not r.ok for r in results)
+                except Exception:
+                    failures += len(batch)
+                latencies.append(time.perf_counter() - started)
+        return latencies, failures
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(run, shares))
+    elapsed = time.perf_counter() - start["t"]
+    latencies = sorted(l for lat, _ in results for l in lat)
+    return {"images_per_s": round(sum(map(len, batches)) / elapsed, 1),
+            "p50_ms": round(1000 * statistics.median(latencies), 1),
+            "p99_ms": round(1000 * latencies[max(0, int(0.99 * len(latencies)) - 1)], 1),
+            "failures": sum(f for _, f in results)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_base_path", help="export base folder (default: build the stand-in)")
+    parser.add_argument("--images", type=int, default=32, help="distinct test images")
+    parser.add_argument("--image-size", default="500x375", help="WxH of the JPEGs (Flickr-like)")
+    parser.add_argument("--images-per-request", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=160, help="requests per scenario")
+    parser.add_argument("--no-batching", action="store_true", help="serve without --enable_batching")
+    args = parser.parse_args()
+
+    width, height = map(int, args.image_size.split("x"))
+    images = make_images(args.images, width, height)
+    batches = requests_of(images, args.images_per_request, args.requests)
+    work = tempfile.mkdtemp(prefix="bench_serving_")
+    base = args.model_base_path
+    if not base:
+        from serving.standin_model import publish_version
+        base = os.path.join(work, "captioner")
+        publish_version(base, 1)
+
+    report = {
+        "model": "stand-in (serving/standin_model.py), not the real export" if not args.model_base_path
+                 else os.path.abspath(base),
+        "cpu_count": os.cpu_count(), "images": args.images, "image_size": args.image_size,
+        "images_per_request": args.images_per_request, "requests_per_scenario": args.requests,
+        "batching": not args.no_batching,
+        "server": [],
+    }
+    in_process = InProcess(latest_version_dir(base))
+    flags = [] if args.no_batching else [
+        "--enable_batching", f"--batching_parameters_file={REPO}/serving/batching.config"]
+    server = ServerProcess(os.path.join(work, "server.log"), *flags, "--file_system_poll_wait_seconds=0",
+                           base=base).start()
+    try:
+        for api, clients in (("rest", 1), ("rest", 8), ("grpc", 1), ("grpc", 8)):
+            def make_client(api=api):
+                if api == "rest":
+                    return RestClient(server.rest_url, batch_size=args.images_per_request, timeout=120)
+                return GrpcClient(server.grpc_target, batch_size=args.images_per_request, timeout=120)
+            # The 2 cores are shared with other work: measure in-process right before and after each
+            # server run and compare with their mean, so a load change skews both alike.
+            before = in_process.throughput(batches)
+            result = server_throughput(make_client, batches, clients)
+            after = in_process.throughput(batches)
+            baseline = (before + after) / 2
+            result = {"api": api, "clients": clients, **result,
+                      "in_process_images_per_s": round(baseline, 1),
+                      "ratio_vs_in_process": round(result["images_per_s"] / baseline, 2)}
+            report["server"].append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    rest8 = next(r for r in report["server"] if r["api"] == "rest" and r["clients"] == 8)
+    report["target"] = "server images/s >= 0.8 x in-process at 8 REST clients, batching on"
+    report["target_met"] = rest8["ratio_vs_in_process"] >= 0.8 and not args.no_batching
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
