@@ -6,9 +6,9 @@ real download. Every caption needs the image: colour, shape, count, size and pos
 independently.
 
 The encoder is a randomly initialised ResNet50 with average pooling (no ImageNet weights offline),
-so the visual signal is made strong: large saturated shapes on a plain light background. Colour and
-shape are the easiest to learn, count and size next; position survives average pooling only
-weakly, so it has just three large-scale values (left half, centre, right half).
+so the visual signal is made strong: large saturated shapes with a darker rim on a plain light
+background. Colour is the easiest to learn, then size and shape, then count; position has just
+three large-scale values (left half, centre, right half) so that average pooling keeps some of it.
 
 Generation is deterministic: the same seed gives byte-identical files (each image has its own
 numpy generator seeded by (seed, index)).
@@ -35,7 +35,7 @@ from data.splits import split_sizes
 DEFAULT_ROOT = pathlib.Path("datasets/builtin")
 # ~60-100 s of feature extraction at 15-25 images/s on 2 cores, leaving time to train.
 DEFAULT_NUM_IMAGES = 1500
-VERSION = 1  # bump when the scenes or captions change, so old folders are regenerated
+VERSION = 2  # bump when the scenes or captions change, so old folders are regenerated
 MANIFEST = "builtin.json"
 IMAGE_DIR = "Images"
 CAPTIONS_TXT = "captions.txt"
@@ -44,6 +44,11 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # a bigger test split than Karpathy's 3%, so 
 
 IMAGE_SIDE = 160
 JPEG_QUALITY = 90
+# A darker rim makes the outline's edge orientations (what tells shapes apart) stand out to a
+# random-init encoder: a ridge probe on its pooled features told 300 single shapes apart at 0.83
+# accuracy with a 4 px rim vs 0.67 without (chance 0.36); 6 px was no better; colour stayed ~0.98.
+OUTLINE_WIDTH = 4
+OUTLINE_SHADE = 0.45
 COLOURS = {  # saturated, far from each other and from the light background
     "red": (215, 25, 30), "green": (30, 165, 45), "blue": (30, 60, 215),
     "yellow": (240, 205, 15), "purple": (135, 40, 175), "orange": (245, 125, 15),
@@ -148,11 +153,12 @@ def render(scene: Scene, rng: np.random.Generator) -> bytes:
     for item in scene.shapes:
         fill = tuple(int(c) for c in np.clip(np.array(COLOURS[item.colour])
                                              + rng.integers(-12, 13, size=3), 0, 255))
+        edge = tuple(int(c * OUTLINE_SHADE) for c in fill)
         points = _outline(item)
         if item.shape == "circle":
-            draw.ellipse(points, fill=fill)
+            draw.ellipse(points, fill=fill, outline=edge, width=OUTLINE_WIDTH)
         else:
-            draw.polygon(points, fill=fill)
+            draw.polygon(points, fill=fill, outline=edge, width=OUTLINE_WIDTH)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()

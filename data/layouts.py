@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -186,24 +187,17 @@ def detect_layout(root) -> tuple[str, pathlib.Path]:
     layout, path = found[0]
     karpathy = [p for lay, p in found if lay == "karpathy_json"]
     if len(karpathy) > 1:  # Karpathy's zip ships both; take the one whose images are here
-        path = _best_karpathy_file(karpathy)
+        path = _best_karpathy_file(karpathy, root)
     return layout, path.resolve()
 
 
-def _best_karpathy_file(paths: list[pathlib.Path]) -> pathlib.Path:
-    """Of several Karpathy JSON files, the first one whose first image exists in an image folder."""
+def _best_karpathy_file(paths: list[pathlib.Path], root: pathlib.Path) -> pathlib.Path:
+    """Of several Karpathy JSON files, the first whose first images exist in an image folder."""
     for path in paths:
-        records = list(_take(_read_karpathy_json(path, SkipReport()), 5))
-        if _find_image_dir([path.parent], [r.name for r in records], required=False):
+        names = [r.name for r in itertools.islice(_read_karpathy_json(path, SkipReport()), 5)]
+        if _find_image_dir([path.parent, root], names, required=False):
             return path
     return paths[0]
-
-
-def _take(iterator: Iterator, n: int) -> Iterator:
-    for i, item in enumerate(iterator):
-        if i >= n:
-            return
-        yield item
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +373,8 @@ def load_dataset(root, layout: str | None = None) -> CaptionDataset:
 def _forced_caption_file(root: pathlib.Path, layout: str) -> pathlib.Path:
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if root.is_file() and root.name in CAPTION_FILES[layout]:
+        return root.resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
     for folder in [root] + sorted(p for p in root.iterdir() if p.is_dir()):

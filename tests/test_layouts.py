@@ -85,6 +85,7 @@ def test_captions_txt_without_header_and_root_given_as_file(tmp_path):
     ds = load_dataset(tmp_path / "captions.txt")
     assert ds.root == tmp_path.resolve()
     assert [i.captions for i in ds.images] == [("a red ball",)]
+    assert load_dataset(tmp_path / "captions.txt", layout="kaggle_captions_txt").num_captions == 1
 
 
 # --- Kaggle results.csv -----------------------------------------------------------------------
