@@ -177,11 +177,11 @@ class ServerProcess:
             time.sleep(0.3)
         raise RuntimeError(f"model server not ready after {timeout} s:\n{self.log_text()[-3000:]}")
 
-    def stop(self) -> int:
-        """SIGTERM, and the exit code (0 for a clean shutdown)."""
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Sends sig (SIGTERM or SIGINT); returns the exit code (0 for a clean shutdown)."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(sig)
         try:
             code = self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -235,6 +235,15 @@ def test_grpc_errors(channel, case, code):
     assert raised.value.code() == code
 
 
+def test_grpc_oversized_message(channel):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL_NAME
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([b"\xff\xd8\xff" + bytes(MAX_REQUEST_BYTES)]))
+    with pytest.raises(grpc.RpcError) as raised:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_grpc_hostile_images(channel):
     from data.images import ERROR_PIXELS
     request = predict_pb2.PredictRequest()

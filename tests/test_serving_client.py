@@ -1,6 +1,7 @@
 """serving.client (library and CLI) against a real local server: same captions over REST and gRPC as
 in-process, clear exceptions, retries only where they make sense."""
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -137,7 +138,7 @@ def test_retries_until_a_late_server_comes_up(served_model_base, reference, tmp_
         assert "error" not in outcome, outcome.get("error")
         assert outcome["results"][0].caption == reference.captions([image_bytes(BLUE)])[0][0]
     finally:
-        assert late.stop() == 0
+        assert late.stop(signal.SIGINT) == 0  # Ctrl-C stops it cleanly too
 
 
 # --- CLI ----------------------------------------------------------------------------------------
