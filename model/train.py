@@ -216,8 +216,8 @@ def _history_summary(history_csv: Path) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout); "
-                                   "omit for the built-in generated dataset")
+    p.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout) or a prepared "
+                                   "TFDS data dir; omit for the built-in generated dataset")
     p.add_argument("--run-dir", default="runs/builtin", help="where checkpoints and logs go")
     p.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))

@@ -1,0 +1,131 @@
+"""Training: it learns the built-in data, resumes after a kill, runs under MirroredStrategy, and
+its command line refuses bad input clearly."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "model.train", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=timeout, env=env)
+
+
+def test_model_learns_the_builtin_data(trained_run):
+    test = trained_run.summary["test"]
+    baseline = test["majority_baseline"]["bleu4"]
+    # Threshold written down: the always-the-most-frequent-caption baseline scores ~0.1 here;
+    # a model that reads colour, shape and count from the image scores far higher.
+    assert test["greedy"]["bleu4"] > baseline + 0.2, (test["greedy"], baseline)
+    assert test["beam"]["bleu4"] > baseline + 0.2
+    assert test["images"] == 30
+
+
+def test_run_folder_has_everything(trained_run):
+    run = trained_run.run
+    for name in ("settings.json", "vocab.txt", "vocab.json", "best.weights.h5", "history.csv",
+                 "loss_curve.png", "summary.json", "evaluation/report.json",
+                 "evaluation/samples.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()  # BackupAndRestore deletes it when the run finishes
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] >= 1 and summary["best_val_loss"] > 0
+    assert summary["settings"]["train"]["preset"] == "default"
+    with (run / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == summary["epochs"]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+
+
+def test_resume_after_kill(small_builtin, tmp_path):
+    """SIGKILL a run after its first epoch; the same command resumes from the backup."""
+    args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"), "--encoder-weights",
+            "random", "--cache-dir", str(tmp_path / "cache"), "--epochs", "6", "--patience", "6",
+            "--min-count", "2", "--batch-size", "64", "--no-eval"]
+    process = subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = tmp_path / "run" / "history.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if history.is_file() and len(history.read_text().strip().splitlines()) >= 3:
+            break  # header + 2 finished epochs
+        time.sleep(0.5)
+    assert process.poll() is None, "training ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = len(history.read_text().strip().splitlines()) - 1
+    assert 2 <= killed_at < 6
+    assert (tmp_path / "run" / "backup").exists()
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with history.open() as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    # Resumed where it was: epochs are never repeated from 0 and end at the 6th.
+    assert epochs[-1] == 5 and epochs[0] == 0
+    assert sorted(set(epochs)) == list(range(6))
+    assert len(epochs) <= 6 + 1  # at most the interrupted epoch logged twice
+
+
+MIRRORED = """
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from model.encoder import EncoderConfig
+from model.train import TrainConfig, train
+summary = train(sys.argv[1], data=sys.argv[2], cache_dir=sys.argv[3], verbose=0, evaluate=False,
+                encoder_config=EncoderConfig(weights="random"),
+                train_config=TrainConfig(epochs=1, batch_size=64, min_count=2, distribute="mirrored"))
+print("REPLICAS", summary["replicas"], "LOSS", summary["final_loss"])
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(small_builtin, tmp_path):
+    result = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path / "run"),
+                             str(small_builtin), str(tmp_path / "cache")], cwd=ROOT, text=True,
+                            capture_output=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [l for l in result.stdout.splitlines() if l.startswith("REPLICAS")][-1]
+    replicas, loss = int(line.split()[1]), float(line.split()[3])
+    assert replicas == 2 and 0 < loss < 10
+
+
+MIXED = """
+import keras, tensorflow as tf, numpy as np
+keras.mixed_precision.set_global_policy("mixed_float16")
+from model.captioner import ModelConfig, build_captioner, MaskedCaptionLoss
+from model.decoding import greedy_search
+m = build_captioner(ModelConfig(vocab_size=20, normalize_features=True))
+m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=MaskedCaptionLoss(0.1))
+x = {"features": np.random.rand(4, 2048).astype("float32"), "tokens": np.array([[1, 5, 6, 0]] * 4)}
+y = np.array([[5, 6, 2, 0]] * 4)
+print("LOSS", m.train_on_batch(x, y), m.lstm.cell.kernel.dtype, m.optimizer.__class__.__name__)
+ids, lp = greedy_search(m.step, m.initial_state(tf.constant(x["features"])), 4, 5)
+print("DECODED", ids.shape, lp.dtype)
+"""
+
+
+def test_mixed_precision_trains_and_decodes():
+    result = subprocess.run([sys.executable, "-c", MIXED], cwd=ROOT, text=True,
+                            capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LossScaleOptimizer" in result.stdout and "float32" in result.stdout
+    assert "DECODED (4," in result.stdout
+
+
+def test_cli_bad_flags_and_missing_data(tmp_path):
+    result = run_cli("--preset", "nonsense")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    result = run_cli("--data", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("--epochs", "0", "--run-dir", str(tmp_path / "r"))
+    assert result.returncode == 2 and "epochs" in result.stderr
