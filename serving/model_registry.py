@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.config_protos import ModelConfig
-from serving.errors import InvalidArgumentError, NotFoundError
+from serving.errors import DeadlineExceededError, InvalidArgumentError, NotFoundError
 
 log = logging.getLogger("serving.model_registry")
 
@@ -75,14 +75,21 @@ class LoadedVersion:
             raise InvalidArgumentError(f'Serving signature name: "{name}" not found in signature def')
         return self.signatures[name]
 
-    def run(self, signature: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """All outputs of `signature` for already validated inputs (alias -> array)."""
+    def run(self, signature: Signature, inputs: dict[str, np.ndarray],
+            timeout: float | None = None) -> dict[str, np.ndarray]:
+        """All outputs of `signature` for already validated inputs (alias -> array); a run longer
+        than `timeout` seconds is cancelled by TensorFlow and raises DeadlineExceededError."""
         feeds = {signature.inputs[alias].tensor_name: value for alias, value in inputs.items()}
         fetches = {alias: spec.tensor_name for alias, spec in signature.outputs.items()}
+        options = None
+        if timeout is not None:
+            options = tf.compat.v1.RunOptions(timeout_in_ms=max(1, int(timeout * 1000)))
         try:
-            return self.session.run(fetches, feeds)
+            return self.session.run(fetches, feeds, options=options)
         except tf.errors.InvalidArgumentError as e:
             raise InvalidArgumentError(e.message) from e
+        except tf.errors.DeadlineExceededError as e:
+            raise DeadlineExceededError(f"Model run timed out after {timeout} s") from e
 
     def warm_up(self) -> int:
         """Replays <version>/assets.extra/tf_serving_warmup_requests; returns the record count.

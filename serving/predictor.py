@@ -33,7 +33,7 @@ class Predictor:
             raise InvalidArgumentError(f"output tensor alias not found in signature: {unknown[0]}. "
                                        f"Outputs expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
         if self.batcher is None or _is_empty(inputs):
-            outputs = loaded.run(signature, inputs)
+            outputs = loaded.run(signature, inputs, timeout)
         else:
             key = (loaded.model_name, loaded.version, id(loaded), signature.name)
             future = self.batcher.submit(key, lambda merged: loaded.run(signature, merged), inputs)

@@ -5,6 +5,7 @@ import base64
 import os
 import shutil
 
+import numpy as np
 import pytest
 import requests
 import tensorflow as tf
@@ -43,11 +44,13 @@ def test_versions_are_picked_up_and_retired(served_model_base, reference, tmp_pa
     base = copy_model_base(served_model_base, str(tmp_path / "captioner"), versions=[1])
     config = tmp_path / "models.config"
     config.write_text('model_config_list { config { name: "%s" base_path: "%s" model_platform: "tensorflow" '
-                      'model_version_policy { latest { num_versions: 2 } } } }' % (MODEL_NAME, base))
+                      'model_version_policy { latest { num_versions: 2 } } '
+                      'version_labels { key: "stable" value: 2 } } }' % (MODEL_NAME, base))
     expected = reference.captions([image_bytes(RED)])[0][0]
     with running_server(str(tmp_path / "server.log"), f"--model_config_file={config}",
                         "--file_system_poll_wait_seconds=0.3") as server:
         assert available_versions(server.rest_url) == [1]
+        assert predict_caption(server.rest_url, "/labels/stable").status_code == 404  # not loaded yet
 
         # A half-written version (no saved_model.pb yet) and temp/non-numeric folders are ignored.
         half = os.path.join(base, "3")
@@ -58,6 +61,8 @@ def test_versions_are_picked_up_and_retired(served_model_base, reference, tmp_pa
         # A new version published atomically (written beside, renamed into place) is loaded.
         publish_version(base, 2, source_dir=os.path.join(base, "1"))
         wait_for(lambda: available_versions(server.rest_url) == [1, 2], message="version 2 to load")
+        assert predict_caption(server.rest_url, "/labels/stable").json()["predictions"][0]["caption"] == expected
+        assert statuses(server.rest_url)[2]["state"] == "AVAILABLE"
         assert 3 not in statuses(server.rest_url)
 
         # Completing version 3 loads it (after its warmup) and the policy (latest 2) drops version 1.
@@ -94,3 +99,19 @@ def test_version_policies(policy, expected):
     config = text_format.Parse(f'name: "m" base_path: "/x" model_version_policy {{ {policy} }}', ModelConfig())
     assert sorted(aspired_versions(config.model_version_policy, [1, 2, 3])) == expected
     assert sorted(aspired_versions(ModelConfig().model_version_policy, [1, 2, 3])) == [3]  # default
+
+
+def test_loaded_version_runs_by_tensor_name_and_times_out(served_model_base, reference):
+    from serving.errors import DeadlineExceededError
+    from serving.model_registry import LoadedVersion
+    loaded = LoadedVersion(MODEL_NAME, 1, os.path.join(served_model_base, "1"))
+    try:
+        signature = loaded.signature("")  # "" means serving_default, as in TF Serving
+        images = [image_bytes(RED)]
+        outputs = loaded.run(signature, {"image_bytes": np.array(images, dtype=object)})
+        assert outputs["caption"][0].decode() == reference.captions(images)[0][0]
+        big = [image_bytes(RED, size=(2000, 1500), fmt="JPEG")] * 16
+        with pytest.raises(DeadlineExceededError):
+            loaded.run(signature, {"image_bytes": np.array(big, dtype=object)}, timeout=0.001)
+    finally:
+        loaded.unload()
