@@ -12,6 +12,7 @@ import os
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only matters with --grpc (see above)
 
 import gradio as gr  # noqa: E402  (after the analytics switch)
 

@@ -375,6 +375,7 @@ def _parse_args(argv):
 def main(argv=None) -> int:
     """Exit 0: all captioned; 1: some images had errors; 2: the request failed (message on stderr)."""
     args = _parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TensorFlow's C++ logs if --grpc loads it
     try:
         with make_client(args.rest, args.grpc, model=args.model, version=args.version,
                          label=args.label, timeout=args.timeout, retries=args.retries,

@@ -6,7 +6,7 @@ import time
 
 import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, model_service_pb2_grpc, predict_pb2,
+from tensorflow_serving.apis import (model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import api_protos

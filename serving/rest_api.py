@@ -5,11 +5,10 @@
     POST /v1/models/NAME[/versions/N|/labels/L]:predict    row ("instances") or columnar ("inputs")
 
 Errors are `{"error": "message"}` with TF Serving's HTTP statuses (400 invalid argument, 404 not
-found, 413 over the size cap, 503 unavailable, 504 timeout). Predict bodies are read with a size cap
-and decoded on the event loop; the model runs in FastAPI's thread pool, so requests run concurrently.
+found, 413 over the size cap, 503 unavailable, 504 timeout). Predict bodies are read on the event loop with a
+size cap; JSON decoding and the model run in the thread pool, so requests run concurrently.
 """
 import json
-import logging
 import time
 
 from fastapi import FastAPI, Request
@@ -21,9 +20,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import api_protos, rest_json
 from serving.errors import InvalidArgumentError, ResourceExhaustedError, ServingError
 from serving.predictor import Predictor
-
-log = logging.getLogger("serving.rest_api")
-
 
 def json_response(payload, status: int = 200) -> Response:
     # json.dumps (not FastAPI's JSONResponse) so NaN/Infinity print as TF Serving prints them.
@@ -101,12 +97,8 @@ def create_app(predictor: Predictor, max_request_bytes: int, timeout_seconds: fl
         started = time.monotonic()
         try:
             body = await _read_capped_body(request, max_request_bytes)
-            try:
-                payload = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise InvalidArgumentError(f"JSON Parse error: {e}") from None
             number = _version_number(version, request)
-            result = await run_in_threadpool(_predict_sync, predictor, payload, name, number, label,
+            result = await run_in_threadpool(_predict_sync, predictor, body, name, number, label,
                                              timeout_seconds)
             response = json_response(result)
         except ServingError as error:
@@ -134,7 +126,11 @@ def create_app(predictor: Predictor, max_request_bytes: int, timeout_seconds: fl
     return app
 
 
-def _predict_sync(predictor: Predictor, payload, name, version, label, timeout_seconds):
+def _predict_sync(predictor: Predictor, body: bytes, name, version, label, timeout_seconds):
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidArgumentError(f"JSON Parse error: {e}") from None
     with predictor.version(name, version, label) as loaded:
         signature_name = payload.get("signature_name", "") if isinstance(payload, dict) else ""
         if not isinstance(signature_name, str):
