@@ -56,7 +56,8 @@ def describe_signatures(signatures) -> str:
     dtype_name = lambda d: tf.dtypes.as_dtype(d).name  # noqa: E731
     shape = lambda s: [d.size for d in s.dim]  # noqa: E731
     lines = []
-    for name in sorted(signatures):
+    # "__saved_model_init_op" is the loader's own (it initialises tables), not a servable signature
+    for name in sorted(n for n in signatures if not n.startswith("__")):
         sig = signatures[name]
         lines.append(f"signature_def['{name}']  method: {sig.method_name}")
         for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):

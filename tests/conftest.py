@@ -44,3 +44,11 @@ def trained_run(small_builtin, tmp_path_factory) -> TrainedFixture:
                     encoder_config=EncoderConfig(weights="random"), cache_dir=base / "cache",
                     verbose=0)
     return TrainedFixture(small_builtin, base / "cache", base / "run", summary)
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory) -> Path:
+    """The trained run exported as <base>/1 (the folder TF Serving would be pointed at: .parent)."""
+    from export.saved_model import export_run
+    base = tmp_path_factory.mktemp("models") / "captioner"
+    return export_run(trained_run.run, base, "auto")

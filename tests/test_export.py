@@ -1,0 +1,207 @@
+"""The exported SavedModel, run as TF Serving runs it: the C++ loader into a TF1 session,
+signatures fed and fetched by tensor names."""
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, ERROR_PIXELS
+from data.feature_cache import load_features
+from data.layouts import load_dataset
+from data.splits import split_dataset
+from export.inspect import SessionModel
+from export.saved_model import WARMUP_FILE
+from model.evaluate import caption_features
+from model.run_dir import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGNATURES = {"serving_default", "beam_search", "caption_features"}
+
+
+@pytest.fixture(scope="module")
+def session_model(exported_model):
+    model = SessionModel(exported_model)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def test_split(trained_run):
+    images = split_dataset(load_dataset(trained_run.data))["test"]
+    names, features = load_features(trained_run.cache, [i.name for i in images])
+    assert names == [i.name for i in images]
+    return images, features
+
+
+def encode(image, fmt, **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_signatures_match_the_contract(session_model):
+    sigs = session_model.signatures
+    assert SIGNATURES <= set(sigs)
+    for name in SIGNATURES:
+        sig = sigs[name]
+        assert sig.method_name == "tensorflow/serving/predict"
+        assert set(sig.outputs) == {"caption", "log_prob", "error"}
+        assert sig.outputs["caption"].dtype == tf.string.as_datatype_enum
+        assert sig.outputs["log_prob"].dtype == tf.float32.as_datatype_enum
+        for info in sig.outputs.values():
+            assert info.tensor_shape.dim[0].size == -1  # batch-major, any batch size
+    image_input = sigs["serving_default"].inputs["image_bytes"]
+    assert image_input.dtype == tf.string.as_datatype_enum
+    assert [d.size for d in image_input.tensor_shape.dim] == [-1]
+    assert [d.size for d in sigs["caption_features"].inputs["features"].tensor_shape.dim] == [-1, 2048]
+
+
+def test_served_captions_equal_in_process_greedy(session_model, trained_run, test_split):
+    images, features = test_split
+    run = load_run(trained_run.run)
+    expected, expected_lp = caption_features(run.load_captioner(), run.vocabulary.tokens, features,
+                                             run.decode_config, "greedy", progress=False)
+    served = session_model.run("serving_default", {
+        "image_bytes": np.array([i.path.read_bytes() for i in images], dtype=object)})
+    assert [e.decode() for e in served["error"]] == [""] * len(images)
+    got = [c.decode() for c in served["caption"]]
+    assert got == expected
+    np.testing.assert_allclose(served["log_prob"], expected_lp, atol=1e-2)
+    from_features = session_model.run("caption_features", {"features": features})
+    assert [c.decode() for c in from_features["caption"]] == expected
+    assert all(c for c in expected)  # real, non-empty captions
+
+
+def test_beam_signature_equals_in_process_beam(session_model, trained_run, test_split):
+    images, features = test_split
+    run = load_run(trained_run.run)
+    expected, _ = caption_features(run.load_captioner(), run.vocabulary.tokens, features[:8],
+                                   run.decode_config, "beam", progress=False)
+    served = session_model.run("beam_search", {
+        "image_bytes": np.array([i.path.read_bytes() for i in images[:8]], dtype=object)})
+    assert [c.decode() for c in served["caption"]] == expected
+
+
+def test_one_bad_image_never_fails_the_batch(session_model, test_split):
+    images, _ = test_split
+    good = images[0].path.read_bytes()
+    png = encode(Image.open(images[0].path), "PNG")
+    hostile = [good, b"", b"plain text, not an image", png[: len(png) // 2],
+               encode(Image.new("RGB", (8, 8)), "TIFF"), encode(Image.new("L", (9000, 9000)), "PNG"),
+               good]
+    for signature in ("serving_default", "beam_search"):
+        out = session_model.run(signature, {"image_bytes": np.array(hostile, dtype=object)})
+        errors = [e.decode() for e in out["error"]]
+        assert errors == ["", ERROR_EMPTY, ERROR_FORMAT, ERROR_CORRUPT, ERROR_FORMAT, ERROR_PIXELS, ""]
+        captions = [c.decode() for c in out["caption"]]
+        assert captions[0] and captions[0] == captions[6]
+        assert captions[1:6] == [""] * 5 and list(out["log_prob"][1:6]) == [0.0] * 5
+
+
+def test_every_image_variant_is_captioned(session_model, test_split):
+    images, _ = test_split
+    picture = Image.open(images[0].path).convert("RGB")
+    variants = [encode(picture.convert("L"), "PNG"), encode(picture.convert("RGBA"), "PNG"),
+                encode(picture.convert("P"), "PNG"),
+                encode(Image.fromarray((np.asarray(picture.convert("L"), np.uint16) * 257)), "PNG"),
+                encode(picture.convert("CMYK"), "JPEG"),
+                encode(picture, "GIF", save_all=True, append_images=[picture.rotate(90)]),
+                encode(picture, "BMP"), encode(picture, "JPEG", progressive=True)]
+    out = session_model.run("serving_default", {"image_bytes": np.array(variants, dtype=object)})
+    assert [e.decode() for e in out["error"]] == [""] * len(variants)
+    assert all(c.decode() for c in out["caption"])
+
+
+def test_empty_request(session_model):
+    out = session_model.run("serving_default", {"image_bytes": np.array([], dtype=object)})
+    assert out["caption"].shape == (0,) and out["error"].shape == (0,)
+
+
+def graph_ops(meta_graph) -> set[str]:
+    ops = {node.op for node in meta_graph.graph_def.node}
+    for function in meta_graph.graph_def.library.function:
+        ops |= {node.op for node in function.node_def}
+    return ops
+
+
+def test_every_op_is_a_stock_tensorflow_op(session_model):
+    """The server links TF's own kernels only: check each op against the registry of a process
+    that imported nothing but tensorflow. And never PyFunc or XLA-compiled functions."""
+    ops = graph_ops(session_model.meta_graph)
+    assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless", "XlaLaunch"}
+    for function in session_model.meta_graph.graph_def.library.function:
+        assert "_XlaMustCompile" not in function.attr
+    check = ("import json, sys, tensorflow as tf\n"
+             "from tensorflow.python.framework import op_def_registry\n"
+             "ops = json.loads(sys.stdin.read())\n"
+             "print(json.dumps([op for op in ops if op_def_registry.get(op) is None]))")
+    result = subprocess.run([sys.executable, "-c", check], input=json.dumps(sorted(ops)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    assert {"While", "StatelessWhile"} & ops and "DecodeImage" in ops  # the loop and decode are in
+
+
+def test_assets_and_warmup(exported_model, session_model):
+    assets = exported_model / "assets"
+    assert (assets / "vocab.txt").is_file() and (assets / "vocab.json").is_file()
+    settings = json.loads((assets / "export_settings.json").read_text())
+    assert settings["decode"]["beam_width"] == 3 and settings["tensorflow"] == tf.__version__
+    from tensorflow_serving.apis import prediction_log_pb2
+    warmup = exported_model / "assets.extra" / WARMUP_FILE
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+               for r in tf.data.TFRecordDataset(str(warmup))]
+    assert {r.predict_log.request.model_spec.signature_name for r in records} == SIGNATURES
+    for record in records:  # replaying them works (what the server does at load time)
+        request = record.predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        out = session_model.run(request.model_spec.signature_name, inputs)
+        assert all(e == b"" for e in out["error"])
+
+
+def test_version_auto_and_killed_export_leaves_no_version(trained_run, exported_model, tmp_path):
+    base = tmp_path / "captioner"
+    base.mkdir()
+    (base / "7").mkdir()  # an existing version: auto must take 8
+    process = subprocess.Popen([sys.executable, "-m", "export.saved_model", "--run-dir",
+                                str(trained_run.run), "--model-base", str(base)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(base.glob(".tmp-*/saved_model.pb")):
+        time.sleep(0.05)  # the archive is being written
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert sorted(p.name for p in base.iterdir() if p.name.isdigit()) == ["7"]
+    result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
+                             str(trained_run.run), "--model-base", str(base)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (base / "8" / "saved_model.pb").is_file()
+    assert not list(base.glob(".tmp-*"))  # the killed export's leftovers were tidied
+
+
+def test_export_errors_are_clear(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
+                             str(tmp_path / "missing")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_inspect_command(exported_model, test_split):
+    images, _ = test_split
+    result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported_model.parent),
+                             "--image", str(images[0].path), "--signature", "beam_search"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "signature_def['serving_default']" in result.stdout
+    assert "input image_bytes: string [-1]" in result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(str(images[0].path)) and "ERROR" not in last
