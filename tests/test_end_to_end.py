@@ -1,0 +1,86 @@
+"""The whole path with the real model: train (shared fixture) -> export -> the local TF-Serving-
+compatible server (batching on) -> REST client, gRPC client and the Gradio app (gradio_client
+and a real headless Chromium) all return the in-process model's captions."""
+import os
+from pathlib import Path
+
+import pytest
+
+from data.feature_cache import load_features
+from data.layouts import load_dataset
+from data.splits import split_dataset
+from model.evaluate import caption_features
+from model.run_dir import load_run
+from serving.client import GrpcClient, RestClient
+from tests.serving_fixtures import REPO, running_server
+from tests.test_serving_app import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, AppProcess
+
+NUM_IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def expected(trained_run):
+    """Test-split image files and the in-process greedy/beam captions from cached features."""
+    images = split_dataset(load_dataset(trained_run.data))["test"][:NUM_IMAGES]
+    names, features = load_features(trained_run.cache, [i.name for i in images])
+    run = load_run(trained_run.run)
+    captioner = run.load_captioner()
+    greedy, _ = caption_features(captioner, run.vocabulary.tokens, features, run.decode_config,
+                                 "greedy", progress=False)
+    beam, _ = caption_features(captioner, run.vocabulary.tokens, features, run.decode_config,
+                               "beam", progress=False)
+    return images, greedy, beam
+
+
+@pytest.fixture(scope="module")
+def server(exported_model, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("e2e")
+    batching = os.path.join(REPO, "serving", "batching.config")
+    with running_server(str(logs / "server.log"), "--enable_batching",
+                        f"--batching_parameters_file={batching}",
+                        base=str(exported_model.parent)) as server:
+        yield server
+
+
+def test_rest_and_grpc_return_the_in_process_captions(server, expected):
+    images, greedy, beam = expected
+    payload = [image.path.read_bytes() for image in images]
+    with RestClient(server.rest_url) as rest, GrpcClient(server.grpc_target) as grpc:
+        for client in (rest, grpc):
+            got = client.caption(payload)
+            assert [r.error for r in got] == [""] * len(images)
+            assert [r.caption for r in got] == greedy
+            assert [r.caption for r in client.caption(payload, "beam_search")] == beam
+        assert rest.status() == grpc.status()
+
+
+def test_gradio_app_and_browser_show_the_model_caption(server, expected, tmp_path):
+    from gradio_client import Client, handle_file
+    images, greedy, beam = expected
+    app = AppProcess(server.rest_url, str(tmp_path / "app.log"))
+    try:
+        client = Client(app.url, verbose=False)
+        assert client.predict(None, handle_file(str(images[0].path)), "greedy",
+                              api_name="/caption_image") == greedy[0]
+        assert client.predict(None, handle_file(str(images[1].path)), "beam search",
+                              api_name="/caption_image") == beam[1]
+        if not Path(CHROMIUM).exists():
+            pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium (as .ci/run does)")
+        from playwright.sync_api import sync_playwright
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(app.url, wait_until="networkidle")
+            page.locator("#image input[type=file]").set_input_files(str(images[2].path))
+            page.locator("#image img").first.wait_for(timeout=30000)  # upload done, preview shown
+            page.click("#caption-button")
+            page.wait_for_function(
+                "() => document.querySelector('#captions textarea').value.length > 0",
+                timeout=60000)
+            shown = page.input_value("#captions textarea")
+            os.makedirs(ARTIFACTS, exist_ok=True)
+            page.screenshot(path=os.path.join(ARTIFACTS, "end_to_end_app.png"), full_page=True)
+            browser.close()
+        assert shown == greedy[2]
+    finally:
+        app.stop()
