@@ -7,6 +7,7 @@ place when complete: TF Serving polls the base path and would load a half-writte
 """
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -97,6 +98,8 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
         "encoder": dataclasses.asdict(run.encoder_config),
         "encoder_id": encoder_id(run.encoder_config),
         "model": run.settings["model"], "signatures": list(SIGNATURES),
+        "run_dir": str(run.paths.root.resolve()),
+        "weights_digest": hashlib.sha256(run.paths.weights.read_bytes()).hexdigest()[:16],
         "tensorflow": tf.__version__}, indent=2))
     images = warmup_images if warmup_images is not None else _warmup_images(run, config)
     if images:
