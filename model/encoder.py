@@ -31,7 +31,8 @@ FEATURE_DIM = 2048
 
 # What Keras' own ResNet50(weights="imagenet", include_top=False) downloads and checks.
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE
+IMAGENET_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+                + IMAGENET_FILE)
 IMAGENET_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 
 NETWORK_PROBE_SECONDS = 5.0  # DNS + TCP connect; getaddrinfo has no timeout, so it runs in a thread
@@ -105,7 +106,7 @@ def _load(model: keras.Model, path: pathlib.Path, what: str) -> keras.Model:
 
 
 def _keras_model_dirs() -> list[pathlib.Path]:
-    """Where Keras' get_file keeps downloaded weights ($KERAS_HOME or ~/.keras, else /tmp/.keras)."""
+    """Where Keras' get_file keeps downloads: $KERAS_HOME or ~/.keras, else /tmp/.keras."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return [pathlib.Path(home) / "models", pathlib.Path("/tmp/.keras/models")]
 

@@ -1,4 +1,4 @@
-"""data/feature_cache.py on real generated image files, a real Keras encoder and real shard files."""
+"""data/feature_cache.py on real generated image files, real Keras encoders and real shards."""
 import fcntl
 import os
 import subprocess
@@ -212,7 +212,7 @@ extract_features(items, build_encoder(config), sys.argv[2], encoder_id=encoder_i
 
 @pytest.mark.slow
 def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path):
-    """SIGKILL a real ResNet50 extraction after its first shard, resume, compare with a clean run."""
+    """SIGKILL a real ResNet50 extraction after its first shard; resume; compare to a clean run."""
     items = _write_images(tmp_path / "images", 14)
     cache = tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
@@ -246,3 +246,61 @@ def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path):
     clean_names, clean_features = load_features(clean)
     assert names == clean_names and features.shape == (14, 2048)
     np.testing.assert_allclose(features, clean_features, rtol=1e-4, atol=1e-4)
+
+
+# model/features.py: the command and ensure_features, on a tiny dataset in the Kaggle layout.
+
+
+def _tiny_dataset(root):
+    good = _write_images(root / "Images", 3)
+    (root / "Images" / "broken.jpg").write_text("not an image")
+    lines = ["image,caption"] + [f"{name},A picture number {i}." for i, (name, _) in
+                                 enumerate(good)] + ["broken.jpg,A broken file."]
+    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    return [name for name, _ in good]
+
+
+def test_features_command_extracts_then_reuses(tmp_path, capsys):
+    from model.features import main
+    good = _tiny_dataset(tmp_path / "data")
+    argv = ["--data", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"),
+            "--encoder-weights", "random", "--batch-size", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "images: 4  extracted: 3  reused: 0  skipped: 1" in out
+    assert f"1 x {ERROR_FORMAT}" in out and "e.g. broken.jpg" in out
+    assert main(argv) == 0
+    assert "extracted: 0  reused: 3" in capsys.readouterr().out
+    names, features = load_features(tmp_path / "cache", encoder_id="random-seed0")
+    assert sorted(names) == sorted(good) and features.shape == (3, 2048)
+
+
+def test_ensure_features_returns_rows_in_image_order_and_skips(tmp_path):
+    from data.layouts import load_dataset
+    from model.features import ensure_features
+    _tiny_dataset(tmp_path / "data")
+    dataset = load_dataset(tmp_path / "data")
+    result = ensure_features(dataset.images, tmp_path / "cache", EncoderConfig("random"),
+                             progress=False)
+    report, names, features, skipped = result  # a plain tuple as well
+    assert names == [image.name for image in dataset.images if image.name != "broken.jpg"]
+    assert features.shape == (3, 2048) and report.num_extracted == 3
+    assert skipped.as_dict()["counts"] == {ERROR_FORMAT: 1}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--batch-size", "0"], "expected a positive integer"),
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--data", "{data}", "--encoder-weights", "/no/weights.h5"], "does not exist"),
+])
+def test_features_command_rejects_bad_input_with_exit_2(tmp_path, capsys, argv, expected):
+    from model.features import main
+    _tiny_dataset(tmp_path / "data")
+    argv = [arg.format(data=tmp_path / "data") for arg in argv] + ["--cache", str(tmp_path / "c")]
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
