@@ -85,6 +85,11 @@ def _rates(count: int, start: float, cpu: float) -> tuple[float, float]:
     return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
 
 
+def _cores_used(rates: tuple[float, float]) -> float:
+    """CPU seconds per wall second: ~os.cpu_count() when the machine is ours alone."""
+    return rates[0] / rates[1]
+
+
 def bench_extraction(num_images: int, rounds: int) -> dict:
     encoder = build_encoder(EncoderConfig("random", seed=0))
     encode = _encode_function(encoder)  # the very function the pipeline calls
@@ -107,6 +112,8 @@ def bench_extraction(num_images: int, rounds: int) -> dict:
         for _ in range(max(1, rounds // 2)):
             predict.append(time_bare(encoder.predict_on_batch, images)[0])
     ratios = [p[0] / b[0] for p, b in zip(piped, bare)]
+    cores = {"bare": _rounded([_cores_used(b) for b in bare]),
+             "pipeline": _rounded([_cores_used(p) for p in piped])}
     cpu_ratios = [p[1] / b[1] for p, b in zip(piped, bare)]
     bare, bare_cpu = [b[0] for b in bare], [b[1] for b in bare]
     piped, piped_cpu = [p[0] for p in piped], [p[1] for p in piped]
@@ -122,6 +129,7 @@ def bench_extraction(num_images: int, rounds: int) -> dict:
         "pipeline_images_per_cpu_s": _rounded(piped_cpu),
         "cpu_ratio_per_round": _rounded(cpu_ratios, 3),
         "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
+        "cores_used_per_round": cores,
         "bare_predict_on_batch_images_per_s": _rounded(predict),
         "tf_function_over_predict_on_batch": round(
             statistics.median(bare) / statistics.median(predict), 3),

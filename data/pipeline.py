@@ -157,9 +157,14 @@ def _bucketed(indices: tf.data.Dataset, steps: np.ndarray,
     if not boundaries:
         return indices.batch(config.batch_size)
     steps_table = tf.constant(steps, tf.int32)
-    return indices.bucket_by_sequence_length(
+    batches = indices.bucket_by_sequence_length(
         lambda i: tf.gather(steps_table, i), boundaries,
         [config.batch_size] * (len(boundaries) + 1), no_padding=True)
+    # Every bucket ends with one partial batch, so the count is known without iterating; telling
+    # tf.data lets Keras show epoch progress and skips its "ran out of data" warning.
+    per_bucket = np.bincount(np.searchsorted(boundaries, steps, side="right"))
+    count = int(np.sum(-(-per_bucket // config.batch_size)))
+    return batches.apply(tf.data.experimental.assert_cardinality(count))
 
 
 def _assemble(batches: tf.data.Dataset, examples: CaptionExamples, table: tf.Variable,

@@ -60,6 +60,7 @@ def test_training_batches_pad_to_their_longest_caption_not_the_global_one():
         np.testing.assert_array_equal((inputs != 0).sum(axis=1), steps)  # <end> not an input
         widths.append(targets.shape[1])
     assert max(widths) == global_longest and np.mean(widths) < global_longest / 1.5
+    assert len(batches) == len(training_dataset(features, rows, tokens, config))  # cardinality
     assert sorted(_caption_ids(batches)) == list(range(len(tokens)))  # each caption once
 
 
