@@ -50,14 +50,16 @@ class TrainConfig:
     mixed_precision: bool = False        # mixed_float16: for GPUs with tensor cores
     jit_compile: bool = False            # measured on CPU: XLA ran the LSTM at half speed; and
                                          # bucketed shapes would recompile for every bucket
-    distribute: str = "auto"             # "auto": MirroredStrategy when >1 GPU; "mirrored"; "none"
+    distribute: str = "auto"             # "auto": MirroredStrategy when >1 GPU; "mirrored";
+                                         # "multiworker" (TF_CONFIG, see README); "none"
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism()
 
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.distribute not in ("auto", "mirrored", "none"):
-            raise ValueError(f"distribute must be auto, mirrored or none, got {self.distribute!r}")
+        if self.distribute not in ("auto", "mirrored", "multiworker", "none"):
+            raise ValueError("distribute must be auto, mirrored, multiworker or none, "
+                             f"got {self.distribute!r}")
         for name in ("epochs", "batch_size", "min_count", "max_caption_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -67,7 +69,10 @@ class TrainConfig:
 
 def choose_strategy(mode: str) -> tf.distribute.Strategy:
     """One GPU or CPU: the default strategy. Several GPUs (or, for tests, several logical CPUs
-    with mode="mirrored"): MirroredStrategy, which all-reduces gradients between replicas."""
+    with mode="mirrored"): MirroredStrategy, which all-reduces gradients between replicas.
+    Several machines: MultiWorkerMirroredStrategy, configured by the TF_CONFIG variable."""
+    if mode == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if mode == "none" or (mode == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
@@ -237,7 +242,8 @@ def parse_args(argv=None):
                                               "data, imagenet otherwise)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
     p.add_argument("--xla", action="store_true", help="jit_compile=True (slower on CPU)")
-    p.add_argument("--distribute", choices=["auto", "mirrored", "none"])
+    p.add_argument("--distribute", choices=["auto", "mirrored", "multiworker", "none"],
+                   help="auto: MirroredStrategy on >1 GPU; multiworker reads TF_CONFIG")
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--max-length", type=int, help="longest generated caption (tokens)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
