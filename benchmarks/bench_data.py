@@ -40,6 +40,7 @@ from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
 from model.encoder import EncoderConfig, build_encoder  # noqa: E402
 
 BATCH = 32
+WAITS: list[float] = []  # per pipeline run: share of its time spent waiting for decoded images
 FLICKR_IMAGES, CAPTIONS_PER_IMAGE, VOCAB, FEATURE_DIM = 29_000, 5, 20_013, 2048
 MEAN_WORDS = 12.3  # Flickr30k captions: ~12.3 words, so ~14.3 tokens with <start>/<end>
 
@@ -76,6 +77,7 @@ def time_pipeline(items, encoder, folder: pathlib.Path, run: int) -> tuple[float
                               batch_size=BATCH, progress=False)
     rates = _rates(len(items), start, cpu)
     assert report.num_extracted == len(items), report
+    WAITS.append(report.input_wait_seconds / (time.perf_counter() - start))
     return rates
 
 
@@ -130,6 +132,7 @@ def bench_extraction(num_images: int, rounds: int) -> dict:
         "cpu_ratio_per_round": _rounded(cpu_ratios, 3),
         "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
         "cores_used_per_round": cores,
+        "pipeline_input_wait_share_per_round": _rounded(WAITS[1:], 3),
         "bare_predict_on_batch_images_per_s": _rounded(predict),
         "tf_function_over_predict_on_batch": round(
             statistics.median(bare) / statistics.median(predict), 3),

@@ -75,11 +75,15 @@ class ExtractionReport:
     images_per_second: float  # images processed in this run / seconds
     seconds: float
     failures: list = field(default_factory=list)  # (name, reason) pairs, for SkipReport examples
+    # Time the encoder sat waiting for decoded images: near 0 when decoding keeps up (the first
+    # batch only); large on slow disks or when decoding is the bottleneck.
+    input_wait_seconds: float = 0.0
 
     def summary(self) -> str:
         lines = [f"images: {self.num_images}  extracted: {self.num_extracted}  "
                  f"reused: {self.num_reused}  skipped: {sum(self.skipped.values())}",
-                 f"speed: {self.images_per_second:.1f} images/s over {self.seconds:.1f} s"]
+                 f"speed: {self.images_per_second:.1f} images/s over {self.seconds:.1f} s "
+                 f"({self.input_wait_seconds:.1f} s waiting for decoded images)"]
         lines += [f"  skipped {count} x {reason}" for reason, count in sorted(self.skipped.items())]
         return "\n".join(lines)
 
@@ -287,7 +291,14 @@ def _compute(shards: list[_Shard], paths: dict[str, str], encoder, cache_dir: pa
                desc="image features", disable=not progress, smoothing=0.1)
     cursor, written = 0, 0  # `order` items resolved so far; shards written so far
     start = time.perf_counter()
-    for names, images, errors in _decoded_batches(order, paths, batch_size):
+    batches = iter(_decoded_batches(order, paths, batch_size))
+    while True:
+        waited = time.perf_counter()
+        batch = next(batches, None)
+        report.input_wait_seconds += time.perf_counter() - waited
+        if batch is None:
+            break
+        names, images, errors = batch
         names = [n.decode("utf-8") for n in names.numpy()]
         errors = [e.decode("utf-8") for e in errors.numpy()]
         ok = [i for i, error in enumerate(errors) if not error]
@@ -342,7 +353,8 @@ _encode_functions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _encode_function(encoder):
     """The encoder as one traced graph with an unknown batch size: a single trace serves full,
     masked and last batches, and is kept per encoder so later calls skip tracing ResNet50 again.
-    (Measured against encoder.predict_on_batch in benchmarks/bench_data.py.)"""
+    benchmarks/bench_data.py measured encoder.predict_on_batch at the same speed within noise
+    (0.95-1.24x across runs on 2 CPU cores); this avoids Keras' per-call predict machinery."""
     if encoder not in _encode_functions:
         model = weakref.ref(encoder)  # a strong reference would keep the cache entry alive
 
