@@ -146,9 +146,9 @@ STEP_VARIANTS = {
     "bf16_logits": bf16_logits,
 }
 NOTES = {
-    "cached_input_table": "snapshot [V, 4U] table: stale after any weight change; 4x the "
-                          "embedding's memory; computing it from the live weights costs "
-                          "2*V*E*4U FLOPs (21 GFLOP at V=20,013) per refresh",
+    "cached_input_table": "snapshot [V, 4U] table: stale after any weight change; 4U/E = 8x "
+                          "the embedding's memory (164 MB at V=20,013); computing it from the "
+                          "live weights costs 2*V*E*4U FLOPs (21 GFLOP at V=20,013) per refresh",
     "cached_concat_kernel": "snapshot [E+U, 4U] kernel: stale after any weight change",
     "bf16_logits": "bfloat16 output projection: not numerically equivalent, for scale only",
 }
