@@ -10,7 +10,8 @@ Cache layout (cache_dir/):
   manifest.json       format_version, encoder_id, image_size, feature_dim, shard_size and, per
                       shard, its file name and the sorted image names assigned to it
   shard-00000.npz     names (unicode [k]), features (float32 [k, feature_dim]),
-                      failed_names, failed_reasons (unicode [m]); k + m = the shard's names
+                      failed_names, failed_reasons (unicode [m]); k + m = the shard's names;
+                      stamps (unicode [k + m]): "size:mtime_ns" of each file, in manifest order
   .lock               held (flock) while an extraction writes, so two runs never interleave
 
 Names are sorted and cut into shards of `shard_size`, so a resumed run plans the very same shards
@@ -26,8 +27,9 @@ Reuse rules:
   new names only (sorted among themselves); existing shards are untouched.
 - both new names and cached names not requested -> FeatureCacheError: the cache belongs to another
   image list.
-Entries are keyed by image name only: after replacing an image file under the same name, delete
-the cache. Images that failed are recorded as failed and are not retried on later runs (their
+Each shard also records every image file's size and modification time: a shard whose files
+changed since (an image replaced under the same name, a regenerated dataset) is recomputed, never
+served stale. Images that failed are recorded as failed and are not retried on later runs (their
 reasons are reported again); delete the cache to retry after fixing the files.
 """
 from __future__ import annotations
@@ -51,11 +53,11 @@ from tqdm import tqdm
 
 from data.images import ERROR_CORRUPT, IMAGE_SIZE, decode_one
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards carry file stamps
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
-SHARD_KEYS = ("names", "features", "failed_names", "failed_reasons")
+SHARD_KEYS = ("names", "features", "failed_names", "failed_reasons", "stamps")
 # A missing file, no read permission, a folder: the same words data.layouts uses for empty files.
 ERROR_UNREADABLE = "unreadable image"
 
@@ -120,7 +122,9 @@ def extract_features(items: Sequence[tuple[str, pathlib.Path]],
         wanted = [s for s in manifest["shards"] if not set(s.names).isdisjoint(paths)]
         done, pending = [], []
         for shard in wanted:
-            (done if _shard_readable(cache_dir / shard.file) else pending).append(shard)
+            current = (_shard_readable(cache_dir / shard.file)
+                       and _files_unchanged(cache_dir / shard.file, shard, paths))
+            (done if current else pending).append(shard)
         report = _count_reused(cache_dir, done, paths)
         for shard in pending:
             unknown = [n for n in shard.names if n not in paths]
@@ -314,14 +318,14 @@ def _compute(shards: list[_Shard], paths: dict[str, str], encoder, cache_dir: pa
             cursor += 1
         bar.update(cursor - before)
         while written < len(shards) and ends[written] <= cursor:
-            _write_shard(cache_dir, shards[written], results, dim, report)
+            _write_shard(cache_dir, shards[written], results, dim, report, paths)
             written += 1
     for name in order[cursor:]:  # dropped at the very end
         results[name] = ERROR_CORRUPT
     bar.update(len(order) - cursor)
     bar.close()
     for shard in shards[written:]:
-        _write_shard(cache_dir, shard, results, dim, report)
+        _write_shard(cache_dir, shard, results, dim, report, paths)
     report.seconds = time.perf_counter() - start
     processed = sum(len(shard.names) for shard in shards)
     report.images_per_second = processed / report.seconds if report.seconds > 0 else 0.0
@@ -368,22 +372,40 @@ def _encode_function(encoder):
 
 
 def _write_shard(cache_dir: pathlib.Path, shard: _Shard, results: dict, dim: int,
-                 report: ExtractionReport) -> None:
+                 report: ExtractionReport, paths: dict[str, str]) -> None:
     good = [name for name in shard.names if not isinstance(results[name], str)]
     failed = [name for name in shard.names if isinstance(results[name], str)]
     reasons = [results[name] for name in failed]
     features = np.zeros((len(good), dim), np.float32)
     for row, name in enumerate(good):
         features[row] = results[name]
+    stamps = np.array([_file_stamp(paths[name]) for name in shard.names], dtype=str)
     _atomic_write(cache_dir / shard.file, lambda handle: np.savez(
         handle, names=np.array(good, dtype=str), features=features,
-        failed_names=np.array(failed, dtype=str), failed_reasons=np.array(reasons, dtype=str)))
+        failed_names=np.array(failed, dtype=str), failed_reasons=np.array(reasons, dtype=str),
+        stamps=stamps))
     report.num_extracted += len(good)
     for name, reason in zip(failed, reasons):
         report.skipped[reason] = report.skipped.get(reason, 0) + 1
         report.failures.append((name, reason))
     for name in shard.names:  # free memory once written
         results.pop(name, None)
+
+
+def _file_stamp(path: str) -> str:
+    """Size and modification time: what tells a changed image file from the one cached."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return ""
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _files_unchanged(shard_path: pathlib.Path, shard: _Shard, paths: dict[str, str]) -> bool:
+    """True when every requested image of the shard is the same file as when it was cached."""
+    with np.load(shard_path, allow_pickle=False) as data:
+        stamps = dict(zip(shard.names, data["stamps"].tolist()))
+    return all(stamps.get(name) == _file_stamp(paths[name]) for name in shard.names if name in paths)
 
 
 def _is_readable(path: str) -> bool:

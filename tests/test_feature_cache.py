@@ -304,3 +304,30 @@ def test_features_command_rejects_bad_input_with_exit_2(tmp_path, capsys, argv, 
     assert code == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+def test_changed_image_file_is_recomputed_not_served_stale(tmp_path, tiny_encoder):
+    """An image replaced under the same name (a regenerated dataset) must not reuse old features."""
+    import os
+    from PIL import Image as PILImage
+    from data.feature_cache import extract_features, load_features
+    folder = tmp_path / "images"
+    folder.mkdir()
+    items = []
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        path = folder / f"im{i}.png"
+        PILImage.new("RGB", (40, 40), colour).save(path)
+        items.append((path.name, path))
+    encoder = tiny_encoder
+    extract_features(items, encoder, tmp_path / "cache", encoder_id="tiny", progress=False)
+    _, before = load_features(tmp_path / "cache")
+    PILImage.new("RGB", (40, 40), (0, 255, 0)).save(folder / "im0.png")  # same name, new content
+    os.utime(folder / "im0.png", ns=(1, 1))  # a different mtime even on coarse clocks
+    report = extract_features(items, encoder, tmp_path / "cache", encoder_id="tiny",
+                              progress=False)
+    _, after = load_features(tmp_path / "cache")
+    assert report.num_extracted == 2 and report.num_reused == 0  # the shard was recomputed
+    assert not np.allclose(before[0], after[0])
+    np.testing.assert_allclose(before[1], after[1], rtol=1e-5)
+    again = extract_features(items, encoder, tmp_path / "cache", encoder_id="tiny", progress=False)
+    assert again.num_reused == 2 and again.num_extracted == 0
