@@ -5,7 +5,7 @@
 1. feature_extraction: images/s of the whole feature pipeline (JPEG files -> read -> decode ->
    ResNet50 -> shard files) against the bare encoder on the same images already decoded in memory,
    same batch size, random-init weights. Both are warmed up (traced) first and measured in
-   alternating rounds (A-B, B-A, ...), so load from other processes hits both alike; ratio =
+   rounds of rotating order, so load from other processes hits both alike; ratio =
    pipeline / bare, target >= 0.9. On a shared machine wall clock is noisy: the CPU-time ratio
    (images per CPU-second of this process) shows the work the pipeline adds regardless.
    Also: the bare encoder via tf.function against model.predict_on_batch.
@@ -104,38 +104,39 @@ def bench_extraction(num_images: int, rounds: int) -> dict:
         # Warm-up: trace the encoder, the decode graph and the predict function once.
         cold = time_pipeline(items[:BATCH], encoder, folder, run=-1)[0]
         encoder.predict_on_batch(images[:BATCH])
-        bare, piped, predict = [], [], []
-        for run in range(rounds):  # A-B, B-A, ...: a drift in background load hits both
-            if run % 2 == 0:
-                bare.append(time_bare(encode, images))
-            piped.append(time_pipeline(items, encoder, folder, run))
-            if run % 2 == 1:
-                bare.append(time_bare(encode, images))
-        for _ in range(max(1, rounds // 2)):
-            predict.append(time_bare(encoder.predict_on_batch, images)[0])
-    ratios = [p[0] / b[0] for p, b in zip(piped, bare)]
-    cores = {"bare": _rounded([_cores_used(b) for b in bare]),
-             "pipeline": _rounded([_cores_used(p) for p in piped])}
-    cpu_ratios = [p[1] / b[1] for p, b in zip(piped, bare)]
-    bare, bare_cpu = [b[0] for b in bare], [b[1] for b in bare]
-    piped, piped_cpu = [p[0] for p in piped], [p[1] for p in piped]
+        measures = {
+            "bare": lambda run: time_bare(encode, images),
+            "pipeline": lambda run: time_pipeline(items, encoder, folder, run),
+            "predict_on_batch": lambda run: time_bare(encoder.predict_on_batch, images),
+        }
+        rates = {name: [] for name in measures}
+        order = list(measures)
+        for run in range(rounds):  # rotate the order so a drift in background load hits all
+            for name in order[run % 3:] + order[:run % 3]:
+                rates[name].append(measures[name](run))
+    wall = {name: [r[0] for r in values] for name, values in rates.items()}
+    cpu = {name: [r[1] for r in values] for name, values in rates.items()}
+    ratios = [p / b for p, b in zip(wall["pipeline"], wall["bare"])]
+    cpu_ratios = [p / b for p, b in zip(cpu["pipeline"], cpu["bare"])]
     return {
         "images": num_images, "image_size": "500x375 JPEG", "mean_file_kb": round(mean_kb, 1),
         "batch_size": BATCH, "weights": "random-seed0", "rounds": rounds,
-        "bare_encoder_images_per_s": _rounded(bare),
-        "pipeline_images_per_s": _rounded(piped),
+        "bare_encoder_images_per_s": _rounded(wall["bare"]),
+        "pipeline_images_per_s": _rounded(wall["pipeline"]),
         "ratio_per_round": _rounded(ratios, 3),
         "ratio_median": round(statistics.median(ratios), 3),
         "target": 0.9,
-        "bare_encoder_images_per_cpu_s": _rounded(bare_cpu),
-        "pipeline_images_per_cpu_s": _rounded(piped_cpu),
+        "bare_encoder_images_per_cpu_s": _rounded(cpu["bare"]),
+        "pipeline_images_per_cpu_s": _rounded(cpu["pipeline"]),
         "cpu_ratio_per_round": _rounded(cpu_ratios, 3),
         "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
-        "cores_used_per_round": cores,
+        "cores_used_per_round": {name: _rounded([_cores_used(r) for r in values])
+                                 for name, values in rates.items()},
         "pipeline_input_wait_share_per_round": _rounded(WAITS[1:], 3),
-        "bare_predict_on_batch_images_per_s": _rounded(predict),
-        "tf_function_over_predict_on_batch": round(
-            statistics.median(bare) / statistics.median(predict), 3),
+        "predict_on_batch_images_per_s": _rounded(wall["predict_on_batch"]),
+        "predict_on_batch_images_per_cpu_s": _rounded(cpu["predict_on_batch"]),
+        "tf_function_over_predict_on_batch_cpu": round(
+            statistics.median(cpu["bare"]) / statistics.median(cpu["predict_on_batch"]), 3),
         "first_call_32_images_per_s_incl_tracing": round(cold, 2),
     }
 
