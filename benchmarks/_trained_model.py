@@ -52,7 +52,7 @@ def ensure_benchmark_model(workdir="benchmarks/work",
 
     if not (run_dir / "summary.json").is_file():
         data = ensure_builtin(work / "data", num_images=config.num_images, seed=config.seed)
-        if (model_base).exists():  # an export of an older run must not be reused
+        if model_base.exists():  # an export of an older run must not be reused
             shutil.rmtree(model_base)
         preset = PRESETS["default"]
         train_config = TrainConfig(**dict(preset["train"], epochs=config.epochs,
