@@ -87,19 +87,6 @@ class Vocabulary:
         return ([self.start_id] + [self.token_id(w) for w in caption_words(caption)]
                 + [self.end_id])
 
-    def decode(self, ids) -> str:
-        """Words of `ids` up to the first <end>, without <pad>/<start>/<end>."""
-        words = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < len(self.tokens):
-                raise ValueError(f"token id {i} is outside the vocabulary (size {len(self)})")
-            if i == self.end_id:
-                break
-            if i not in (self.pad_id, self.start_id):
-                words.append(self.tokens[i])
-        return " ".join(words)
-
     # --- files ---------------------------------------------------------------------------------
     def settings(self) -> dict:
         return {"min_count": self.min_count, "size": len(self), "coverage": self.coverage,
