@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from data.images import ERROR_CORRUPT, IMAGE_SIZE, decode_one
+from data.images import ERROR_CORRUPT, IMAGE_SIZE, PREPROCESSING, decode_one
 
 FORMAT_VERSION = 2  # 2: shards carry file stamps
 MANIFEST = "manifest.json"
@@ -233,13 +233,18 @@ def _plan(old: dict | None, names: list[str], cache_dir: pathlib.Path, encoder_i
     """The manifest for this request: the old one, possibly extended by shards of new names."""
     if old is None:
         return {"format_version": FORMAT_VERSION, "encoder_id": encoder_id,
-                "image_size": IMAGE_SIZE, "feature_dim": None, "shard_size": shard_size,
+                "image_size": IMAGE_SIZE, "preprocessing": PREPROCESSING,
+                "feature_dim": None, "shard_size": shard_size,
                 "shards": _cut(names, shard_size, 0)}
     if old["encoder_id"] != encoder_id:
         raise FeatureCacheError(_encoder_mismatch(cache_dir, old["encoder_id"], encoder_id))
     if old["image_size"] != IMAGE_SIZE:
         raise FeatureCacheError(f"{cache_dir} holds features of {old['image_size']}px images, "
                                 f"this code makes {IMAGE_SIZE}px; use another cache directory")
+    if old.get("preprocessing") != PREPROCESSING:
+        raise FeatureCacheError(f"{cache_dir} holds features of another image preprocessing "
+                                f"({old.get('preprocessing')!r}, this code: {PREPROCESSING!r}); "
+                                "use another cache directory or delete this one")
     cached = {name for shard in old["shards"] for name in shard.names}
     new = [name for name in names if name not in cached]
     if not new:

@@ -13,6 +13,9 @@ import keras
 import tensorflow as tf
 
 IMAGE_SIZE = 224  # ResNet50's input side
+# Names this exact preprocessing; feature caches record it, so changing the code below (and this
+# name) makes old caches refuse to be reused instead of serving features of other pixels.
+PREPROCESSING = "rgb-antialias-resize224-resnet50-caffe-v1"
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # checked from the header, before any decoding allocates memory
 

@@ -331,3 +331,17 @@ def test_changed_image_file_is_recomputed_not_served_stale(tmp_path, tiny_encode
     np.testing.assert_allclose(before[1], after[1], rtol=1e-5)
     again = extract_features(items, encoder, tmp_path / "cache", encoder_id="tiny", progress=False)
     assert again.num_reused == 2 and again.num_extracted == 0
+
+
+def test_cache_of_another_preprocessing_is_refused(tmp_path, tiny_encoder, monkeypatch):
+    import data.feature_cache as feature_cache
+    from data.feature_cache import FeatureCacheError, extract_features
+    from PIL import Image as PILImage
+    path = tmp_path / "a.png"
+    PILImage.new("RGB", (30, 30), (9, 9, 9)).save(path)
+    extract_features([("a.png", path)], tiny_encoder, tmp_path / "cache", encoder_id="tiny",
+                     progress=False)
+    monkeypatch.setattr(feature_cache, "PREPROCESSING", "something-else")
+    with pytest.raises(FeatureCacheError, match="preprocessing"):
+        extract_features([("a.png", path)], tiny_encoder, tmp_path / "cache", encoder_id="tiny",
+                         progress=False)
