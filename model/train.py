@@ -60,9 +60,11 @@ class TrainConfig:
         if self.distribute not in ("auto", "mirrored", "multiworker", "none"):
             raise ValueError("distribute must be auto, mirrored, multiworker or none, "
                              f"got {self.distribute!r}")
-        for name in ("epochs", "batch_size", "min_count", "max_caption_tokens"):
+        for name in ("epochs", "batch_size", "min_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_caption_tokens < 3:  # <start>, at least one word, <end>
+            raise ValueError(f"max_caption_tokens must be >= 3, got {self.max_caption_tokens}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -80,18 +82,16 @@ def choose_strategy(mode: str) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices)
 
 
-def caption_tokens(images, vocabulary: Vocabulary, row_of: dict, max_tokens: int):
-    """(image row in the feature matrix, token ids) for every caption of images with features."""
+def caption_tokens(images, vocabulary: Vocabulary, row_of: dict):
+    """(image row in the feature matrix, token ids) for every caption of images with features.
+    Over-long captions are cut by the pipeline (PipelineConfig.max_length), which keeps <end>."""
     rows, tokens = [], []
     for image in images:
         if image.name not in row_of:
             continue  # its image failed to decode: counted by feature extraction
         for caption in image.captions:
-            ids = vocabulary.encode(caption)
-            if len(ids) > max_tokens:  # keep <end>: the model must learn to stop
-                ids = ids[:max_tokens - 1] + [vocabulary.end_id]
             rows.append(row_of[image.name])
-            tokens.append(ids)
+            tokens.append(vocabulary.encode(caption))
     return rows, tokens
 
 
@@ -158,11 +158,11 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     names, features = extraction.names, extraction.features
     row_of = {name: i for i, name in enumerate(names)}
 
-    pipeline = PipelineConfig(batch_size=train_config.batch_size, seed=train_config.seed)
-    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of,
-                                              train_config.max_caption_tokens)
-    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of,
-                                          train_config.max_caption_tokens)
+    # max_length counts steps: <start> w1..wn as inputs, w1..wn <end> as targets.
+    pipeline = PipelineConfig(batch_size=train_config.batch_size, seed=train_config.seed,
+                              max_length=train_config.max_caption_tokens - 1)
+    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of)
+    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of)
     train_ds = training_dataset(features, train_rows, train_tokens, pipeline)
     val_ds = evaluation_dataset(features, val_rows, val_tokens, pipeline)
     steps_per_epoch = math.ceil(len(train_tokens) / train_config.batch_size)
