@@ -83,16 +83,12 @@ class InProcessModel:
     signature tensors fed and fetched by name): the reference served answers must equal."""
 
     def __init__(self, version_dir: str):
-        import tensorflow as tf
-        self.session = tf.compat.v1.Session(graph=tf.Graph())
-        meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], version_dir)
-        self.signatures = meta_graph.signature_def
+        from export.inspect import SessionModel
+        self.model = SessionModel(version_dir)
+        self.signatures = self.model.signatures
 
     def run(self, signature: str, input_name: str, values) -> dict:
-        sig = self.signatures[signature]
-        outputs = self.session.run({k: v.name for k, v in sig.outputs.items()},
-                                   {sig.inputs[input_name].name: values})
-        return outputs
+        return self.model.run(signature, {input_name: values})
 
     def captions(self, images: list[bytes], signature: str = "serving_default") -> list[tuple]:
         """[(caption, log_prob, error)] per image."""
