@@ -66,7 +66,7 @@ def format_report(report: dict) -> str:
         f"captions:   {report['captions']} ({per_image['min']}-{per_image['max']} per image, "
         f"mean {per_image['mean']})",
         f"skipped:    {skip_summary}",
-        f"splits:     " + ", ".join(f"{name} {splits[name]['images']} images / "
+        "splits:     " + ", ".join(f"{name} {splits[name]['images']} images / "
                                     f"{splits[name]['captions']} captions" for name in SPLITS)
         + f" ({report['split_mode']} split)",
         f"vocabulary: {vocabulary['size']} tokens (min count {vocabulary['min_count']}, from the "

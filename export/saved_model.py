@@ -17,7 +17,6 @@ from pathlib import Path
 import tensorflow as tf
 
 from export.signatures import SIGNATURES, build_archive
-from model.decoding import DecodeConfig
 from model.encoder import EncoderWeightsError, build_encoder, encoder_id
 from model.run_dir import load_run
 

@@ -6,7 +6,6 @@
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.captioner import Captioner, MaskedCaptionLoss, ModelConfig, build_captioner
+from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner
 from model.decoding import greedy_search
 from model.presets import PRESETS
 
