@@ -46,8 +46,9 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
                 "error": tf.fill(tf.shape(captions), "")}
 
     archive = keras.export.ExportArchive()
-    archive.track(encoder)
-    archive.track(captioner)
+    # Only the table: ExportArchive already saves every tf.Variable the endpoints capture (as
+    # `_all_variables`). track(model) would add the Keras wrappers of those same variables, which
+    # TensorFlow cannot tell apart from them, and write every weight twice (keras-team/keras#23553).
     archive.track(table)
     archive.add_endpoint("serving_default", lambda image_bytes: from_images(image_bytes, "greedy"),
                          input_signature=[IMAGE_INPUT])
