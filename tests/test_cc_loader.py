@@ -1,0 +1,124 @@
+"""Every kind of export, loaded by TensorFlow's C++ SavedModel loader (the one TF Serving calls)
+through the C API in a process without TensorFlow's Python package (export/cc_loader.py), gives
+the same per-image captions and errors as the in-process TF1 session; and it stores each weight
+once."""
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, ERROR_PIXELS
+from data.layouts import load_dataset
+from data.splits import split_dataset
+from export.inspect import SessionModel
+from export.saved_model import ExportConfig, export_run
+from model.encoder import build_encoder
+from model.run_dir import load_run
+from tests.serving_fixtures import huge_png_header
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SIGNATURES = ("serving_default", "beam_search")
+
+# Export kinds the C++ loader must run: name -> ExportConfig (None: the session's shared export).
+# Add a kind here (a 16-bit precision export, the attention model) and every test below covers it.
+EXPORT_KINDS = {
+    "default": None,
+    "beam2_max12": ExportConfig(beam_width=2, max_length=12),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPORT_KINDS))
+def export_dir(request, trained_run, tmp_path_factory) -> Path:
+    config = EXPORT_KINDS[request.param]
+    if config is None:
+        return request.getfixturevalue("exported_model")
+    base = tmp_path_factory.mktemp(request.param) / "captioner"
+    return export_run(trained_run.run, base, "auto", config, warmup_images=[])
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+# The hostile batch: good images of the small built-in dataset mixed with broken inputs.
+HOSTILE_ERRORS = ["", ERROR_EMPTY, ERROR_FORMAT, ERROR_CORRUPT, "", ERROR_FORMAT, ERROR_PIXELS, ""]
+
+
+@pytest.fixture(scope="module")
+def hostile_files(trained_run, tmp_path_factory) -> list[Path]:
+    good = [i.path for i in split_dataset(load_dataset(trained_run.data))["test"][:3]]
+    png = encode(Image.open(good[0]).convert("RGB"), "PNG")
+    contents = [good[0].read_bytes(), b"", b"plain text, not an image\n", png[: len(png) // 2],
+                png, encode(Image.new("RGB", (8, 8)), "TIFF"), huge_png_header(20000, 20000),
+                good[1].read_bytes()]
+    folder = tmp_path_factory.mktemp("hostile")
+    names = ["good.jpg", "empty.jpg", "text.txt", "truncated.png", "good.png", "header.tiff",
+             "huge.png", "good2.jpg"]
+    for name, data in zip(names, contents):
+        (folder / name).write_bytes(data)
+    return [folder / name for name in names]
+
+
+def cc_loader_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export.cc_loader", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, hostile_files):
+    result = cc_loader_cli(str(export_dir), "--image", *map(str, hostile_files),
+                           "--signature", *IMAGE_SIGNATURES, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cc = json.loads(result.stdout)
+    session = SessionModel(export_dir)
+    try:
+        for signature in IMAGE_SIGNATURES:
+            expected = session.run(signature, {"image_bytes": np.array(
+                [f.read_bytes() for f in hostile_files], dtype=object)})
+            rows = cc[signature]
+            assert [r["image"] for r in rows] == list(map(str, hostile_files))
+            assert [r["error"] for r in rows] == [e.decode() for e in expected["error"]]
+            assert [r["error"] for r in rows] == HOSTILE_ERRORS
+            assert [r["caption"] for r in rows] == [c.decode() for c in expected["caption"]]
+            np.testing.assert_allclose([r["log_prob"] for r in rows], expected["log_prob"],
+                                       rtol=1e-5, atol=1e-5)
+            assert all(r["caption"] for r in rows if not r["error"])  # real captions
+    finally:
+        session.close()
+
+
+def test_cc_loader_runs_without_tensorflow_python_and_reports_errors(exported_model, tmp_path):
+    script = ("import sys, numpy as np\n"
+              "from export.cc_loader import CcSavedModel\n"
+              f"with CcSavedModel({str(exported_model)!r}) as m:\n"
+              "    out = m.run('caption_features', {'features': np.zeros([2, 2048], np.float32)})\n"
+              "print(len(out['caption']), 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["2", "False"]
+
+    missing = cc_loader_cli(str(tmp_path / "no-such-export"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "no-such-export" in missing.stderr and "loading the SavedModel failed" in missing.stderr
+
+
+def stored_arrays(export_dir: Path) -> dict[str, list[int]]:
+    """The checkpoint's arrays (variable values only, not its bookkeeping) by key."""
+    return {name: shape for name, shape in tf.train.list_variables(
+        str(export_dir / "variables" / "variables")) if name.endswith("VARIABLE_VALUE")}
+
+
+def test_every_weight_is_stored_once(exported_model, trained_run):
+    run = load_run(trained_run.run)
+    encoder, captioner = build_encoder(run.encoder_config), run.load_captioner()
+    expected = encoder.count_params() + captioner.count_params()
+    arrays = stored_arrays(exported_model)
+    assert sum(int(np.prod(shape)) for shape in arrays.values()) == expected
