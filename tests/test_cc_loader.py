@@ -25,21 +25,31 @@ from tests.serving_fixtures import huge_png_header
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIGNATURES = ("serving_default", "beam_search")
 
-# Export kinds the C++ loader must run: name -> ExportConfig (None: the session's shared export).
-# Add a kind here (a 16-bit precision export, the attention model) and every test below covers it.
+
+def shared_export(request, base: Path) -> Path:
+    return request.getfixturevalue("exported_model")
+
+
+def exported_with(config: ExportConfig):
+    def export(request, base: Path) -> Path:
+        run = request.getfixturevalue("trained_run").run
+        return export_run(run, base, "auto", config, warmup_images=[])
+    return export
+
+
+# Export kinds the C++ loader must run: name -> (pytest request, empty model base) -> version dir.
+# A new kind (a 16-bit precision export, an attention model from its own trained-run fixture) is one
+# more entry here, and every test taking `export_dir` covers it.
 EXPORT_KINDS = {
-    "default": None,
-    "beam2_max12": ExportConfig(beam_width=2, max_length=12),
+    "default": shared_export,
+    "beam2_max12": exported_with(ExportConfig(beam_width=2, max_length=12)),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(EXPORT_KINDS))
-def export_dir(request, trained_run, tmp_path_factory) -> Path:
-    config = EXPORT_KINDS[request.param]
-    if config is None:
-        return request.getfixturevalue("exported_model")
+def export_dir(request, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp(request.param) / "captioner"
-    return export_run(trained_run.run, base, "auto", config, warmup_images=[])
+    return EXPORT_KINDS[request.param](request, base)
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
