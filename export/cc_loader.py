@@ -3,7 +3,8 @@ SavedModelBundle calls, by way of TensorFlow's C API (`TF_LoadSessionFromSavedMo
 wheel's `libtensorflow_cc.so.2`), and feed/fetch the signatures by tensor name as the server does.
 
     python -m export.cc_loader models/captioner/1 --image a.jpg b.png
-    python -m export.cc_loader models/captioner/1 --image a.jpg --signature serving_default beam_search --json
+    python -m export.cc_loader models/captioner/1 --image a.jpg \
+        --signature serving_default beam_search --json
 
 This module never imports TensorFlow's Python package: loading the C library next to it crashes
 the process (clashing symbols). Signature names come from the MetaGraphDef the loader itself
@@ -159,7 +160,8 @@ class CcSavedModel:
                            f"missing {sorted(missing)}")
         in_names, out_names = sorted(sig.inputs), sorted(sig.outputs)
         feeds = (_Output * len(in_names))(*(self._output(sig.inputs[n].name) for n in in_names))
-        fetches = (_Output * len(out_names))(*(self._output(sig.outputs[n].name) for n in out_names))
+        fetches = (_Output * len(out_names))(*(self._output(sig.outputs[n].name)
+                                                for n in out_names))
         in_tensors = (_p * len(in_names))()
         out_tensors = (_p * len(out_names))()
         status = _Status(self.lib, self.export_dir)
