@@ -3,8 +3,7 @@ SavedModelBundle calls, by way of TensorFlow's C API (`TF_LoadSessionFromSavedMo
 wheel's `libtensorflow_cc.so.2`), and feed/fetch the signatures by tensor name as the server does.
 
     python -m export.cc_loader models/captioner/1 --image a.jpg b.png
-    python -m export.cc_loader models/captioner/1 --image a.jpg \
-        --signature serving_default beam_search --json
+    python -m export.cc_loader models/captioner/1 --image a.jpg --signature beam_search --json
 
 This module never imports TensorFlow's Python package: loading the C library next to it crashes
 the process (clashing symbols). Signature names come from the MetaGraphDef the loader itself
