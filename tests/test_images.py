@@ -150,7 +150,8 @@ def test_truncated_webp_is_corrupt_never_raises(name):
     data, _ = webp_kinds()[name]
     cuts = [13, 16, 20, 22, 25, 28, 30] + [int(len(data) * f) for f in (0.1, 0.5, 0.9)] + [-1]
     # One batch: the truncated items fail one by one, the good image after them survives.
-    assert errors_of([data[:cut] for cut in cuts] + [PNG]) == [images.ERROR_CORRUPT] * len(cuts) + [""]
+    assert errors_of([data[:cut] for cut in cuts] + [PNG]) == (
+        [images.ERROR_CORRUPT] * len(cuts) + [""])
 
 
 def test_webp_header_too_short_or_unknown_chunk_is_corrupt():
