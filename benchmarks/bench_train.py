@@ -146,6 +146,7 @@ def mode_summary(name, model_config, batches, seconds_per_repeat, matmul):
 
 
 def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
+    started = machine()  # the load average before the run
     features, rows, tokens = synthetic_captions(config.images, config.captions_per_image,
                                                 config.vocab_size, config.mean_words, config.seed)
     words = np.array([len(t) - 2 for t in tokens])
@@ -188,7 +189,7 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
     ratios = [(b["captions"] / sb) / (a["captions"] / sa) for sa, sb in zip(padded_s, bucketed_s)]
     result = {
         "benchmark": "bench_train",
-        "machine": machine(),
+        "machine": started,
         "settings": dataclasses.asdict(config),
         "model": dataclasses.asdict(model_config),
         "jit_compile": False,
@@ -264,6 +265,7 @@ def bench_full_scale(steps: int | None) -> dict:
     the real training_dataset and keras fit. With `steps`, only the first `steps` batches are
     trained and the epoch is extrapolated by padded tokens (the twin dataset gives every batch's
     shape of that same epoch)."""
+    started = machine()
     config = TrainBenchConfig(vocab_size=7_500)
     features, rows, tokens = synthetic_captions(config.images, config.captions_per_image,
                                                 config.vocab_size, config.mean_words, config.seed)
@@ -288,7 +290,7 @@ def bench_full_scale(steps: int | None) -> dict:
     epoch_seconds = first_step + steady * (epoch_tokens - tokens_of[0]) / steady_tokens
     return {
         "benchmark": "bench_train_full_scale",
-        "machine": machine(),
+        "machine": started,
         "model": dataclasses.asdict(model_config),
         "jit_compile": False,
         "data": {"images": config.images, "captions": len(tokens),
