@@ -127,11 +127,12 @@ def test_webp_decodes_like_pillow(name):
     fmt = images.sniff_format(tf.constant(data))
     assert fmt.numpy() == images.WEBP
     assert images.header_pixels(tf.constant(data), fmt).numpy() == 61 * 37
+    # Same size and pixels as Pillow's decode (both use libwebp; alpha dropped, as Pillow's
+    # convert("RGB") does), then through the same resize and preprocessing.
+    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(images._decode_rgb(tf.constant(data), fmt), pillow)
     batch, errors = decode_batch(tf.constant([data]))
     assert errors.numpy()[0] == b""
-    # Same pixels as Pillow's decode (alpha dropped, as Pillow's convert("RGB") does), through
-    # the same resize and preprocessing.
-    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     expected = images.preprocess_for_encoder(tf.constant(pillow))
     np.testing.assert_allclose(batch[0], expected, atol=1e-3)
 
