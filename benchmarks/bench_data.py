@@ -12,9 +12,9 @@
    (images per CPU-second of this process) shows the work the pipeline adds regardless.
    Also: the bare encoder via tf.function against model.predict_on_batch.
 2. input_pipeline: batches/s of training_dataset alone at Flickr30k scale (29,000 images x 5
-   captions, random features, benchmarks/_synthetic.py's caption lengths, batch 128), against the time of one training
-   step of a plain Embedding(20013,256) + LSTM(512) + Dense(20013) Keras model at that batch size
-   (jit_compile=False); headroom = batches the pipeline makes during one training step.
+   captions, random features, benchmarks/_synthetic.py's caption lengths, batch 128), against
+   the time of one training step of a plain Embedding(20013,256) + LSTM(512) + Dense(20013)
+   Keras model at that batch size (jit_compile=False); headroom = batches the pipeline makes during one training step.
 """
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
         tasks[f"bucketed_{i}"] = train_steps(model, [bucketed[j] for j in chunk])
     wall = round_robin(tasks, config.repeats, warmup=0)[0]
     padded_s, bucketed_s = ([sum(wall[f"{mode}_{i}"][rep] for i in range(len(chunks)))
-                             for rep in range(config.repeats)] for mode in ("pad_to_80", "bucketed"))
+                             for rep in range(config.repeats)]
+                            for mode in ("pad_to_80", "bucketed"))
     matmul = [MATMUL_FLOPS / seconds / 1e9 for seconds in wall["matmul"]]
     matmul_median = statistics.median(matmul)
 
