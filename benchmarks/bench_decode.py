@@ -2,7 +2,7 @@
 tf.function with an input_signature, as model/evaluate.py runs it), seed-preset model (embed 256,
 units 512), vocabulary 20,013 (the original's) and 7,500 (min count 5 on Flickr30k):
 
-    python -m benchmarks.bench_decode             # ~3 min on 2 shared cores
+    python -m benchmarks.bench_decode             # full run: not timed since the variants went
     python -m benchmarks.bench_decode --quick     # fewer repetitions, no thread children (~1 min)
 
 Prints one JSON object and writes it to benchmarks/results/bench_decode.json (gitignored).
