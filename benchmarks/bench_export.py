@@ -2,19 +2,19 @@
 
     python benchmarks/bench_export.py              # ~5-8 min on 2 shared cores (+3 min the first
                                                    # time: trains and exports the benchmark model)
+    python benchmarks/bench_export.py --quick      # batch 8, 2 repetitions, 5 latency calls
 
 Prints one JSON object and writes it to benchmarks/results/bench_export.json (gitignored).
 
 The model is benchmarks/_trained_model.py's small run (built-in data, random-init ResNet50,
 vocabulary of 64 words), exported with export.saved_model.export_run and loaded with
 export.inspect.SessionModel (the TF1 session loader TF Serving uses). The images are 32
-Flickr-like JPEGs (500x375, quality 94, ~110 KB: gradients, soft colour regions, texture, hard
-edges), because JPEG decoding cost depends on content.
+photo-like JPEGs from benchmarks/_synthetic.py (500x375, quality 94, ~110 KB).
 
 Figures (all batch 32 unless said; every call is timed alone, the calls of one repetition run
 round-robin, forwards then backwards, so other people's load on the 2 shared cores hits them
-alike; medians over --repeats repetitions are reported, ratios as the median of per-repetition
-ratios of calls run back to back):
+alike (benchmarks/_timing.round_robin); medians over --repeats repetitions are reported, ratios
+as the median of per-repetition ratios of calls run back to back):
   end_to_end          serving_default, image bytes -> caption, vs the bare encoder: the same
                       random-init ResNet50 (build_encoder) on the same images already decoded and
                       preprocessed, in memory, called the fastest in-process way (tf.function,
@@ -32,13 +32,11 @@ ratios of calls run back to back):
 """
 import argparse
 import dataclasses
-import io
-import json
+import itertools
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,17 +45,15 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
+from benchmarks._synthetic import photo_jpegs  # noqa: E402
+from benchmarks._timing import machine, report, round_robin  # noqa: E402
 from benchmarks._trained_model import ensure_benchmark_model  # noqa: E402
 from data.images import decode_batch  # noqa: E402
 from export.inspect import SessionModel, latest_version  # noqa: E402
 from model.decoding import decode_features  # noqa: E402
 from model.encoder import build_encoder  # noqa: E402
-from model.run_dir import load_run, write_json  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
+from model.run_dir import load_run  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -75,65 +71,7 @@ class ExportBenchConfig:
     workdir: str = "benchmarks/work"
 
 
-# ---- images -------------------------------------------------------------------------------------
-
-def photo_jpeg(rng: np.random.Generator, width: int, height: int, quality: int) -> bytes:
-    """A JPEG with a photo-like spectrum: a vertical gradient (sky/ground), soft colour regions,
-    mid-scale texture, fine grain and a few hard-edged objects. Neither flat colour (decodes too
-    fast) nor pure noise (decodes too slowly)."""
-    def field(cell, amplitude, channels=3):  # smooth random field with features ~`cell` px
-        small = rng.normal(0, amplitude, size=(max(2, height // cell), max(2, width // cell),
-                                               channels))
-        image = Image.fromarray(np.clip(small + 128, 0, 255).astype(np.uint8).squeeze())
-        out = np.asarray(image.resize((width, height), Image.BICUBIC), np.float32) - 128
-        return out if channels == 3 else out[:, :, None]
-
-    top, bottom = rng.uniform(40, 220, size=(2, 3))
-    ramp = np.linspace(0, 1, height)[:, None, None]
-    pixels = (top * (1 - ramp) + bottom * ramp + field(90, 45) + field(12, 30, 1)
-              + field(3, 30, 1) + rng.normal(0, 9, size=(height, width, 1)))
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(4, 9)):
-        x0, y0 = rng.integers(0, width - 40), rng.integers(0, height - 40)
-        box = (x0, y0, x0 + rng.integers(30, width // 2), y0 + rng.integers(30, height // 2))
-        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    pixels = np.asarray(image, np.float32) + field(2, 22, 1)  # texture on the objects too
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG",
-                                                                    quality=quality)
-    return buffer.getvalue()
-
-
-def make_images(config: ExportBenchConfig) -> list[bytes]:
-    rng = np.random.default_rng(config.seed)
-    return [photo_jpeg(rng, config.width, config.height, config.jpeg_quality)
-            for _ in range(config.batch_size)]
-
-
-# ---- timing -------------------------------------------------------------------------------------
-
-def seconds(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def round_robin(tasks: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each task, `repeats` times. Each repetition runs every task once,
-    forwards then backwards in turn (ABBA): neighbours in `tasks` always run back to back, so
-    their per-repetition ratio compares calls made under the same load from other people's work,
-    and a steady change in that load hits the early and late tasks alike."""
-    names = list(tasks)
-    for name in names:
-        for _ in range(warmup):
-            tasks[name]()
-    times = {name: [] for name in names}
-    for rep in tqdm(range(repeats), desc="round-robin repetitions", file=sys.stderr):
-        for name in (names if rep % 2 == 0 else names[::-1]):
-            times[name].append(seconds(tasks[name]))
-    return times
+QUICK = {"batch_size": 8, "repeats": 2, "latency_calls": 5, "calibration_calls": 1}
 
 
 def median(values) -> float:
@@ -164,7 +102,7 @@ def bare_encoder_callers(encoder) -> dict:
 def fastest_caller(callers: dict, images, config: ExportBenchConfig):
     """(name, median seconds of every style): the quickest calling style on this machine."""
     times = round_robin({name: (lambda c=c: c(images)) for name, c in callers.items()},
-                        config.calibration_calls, warmup=1)
+                        config.calibration_calls, warmup=1, desc="calibration")[0]
     medians = {name: median(t) for name, t in times.items()}
     return min(medians, key=medians.get), medians
 
@@ -212,11 +150,12 @@ def write_profile_archive(run_dir: Path, path: Path) -> Path:
 def run_benchmark(config: ExportBenchConfig) -> dict:
     run_dir, model_base = ensure_benchmark_model(config.workdir)
     version_dir = latest_version(model_base)
-    images = make_images(config)
+    images = photo_jpegs(config.batch_size, config.width, config.height, config.jpeg_quality,
+                         config.seed)
     image_array = np.array(images, dtype=object)
-    report = {
+    result = {
+        "benchmark": "bench_export", "machine": machine(),
         "model": str(version_dir), "run_dir": str(run_dir),
-        "cpu_count": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
         "images": {"count": len(images), "size": f"{config.width}x{config.height}",
                    "jpeg_quality": config.jpeg_quality,
                    "mean_kb": round(sum(map(len, images)) / len(images) / 1024, 1)},
@@ -235,7 +174,7 @@ def run_benchmark(config: ExportBenchConfig) -> dict:
     bare_name, calibration = fastest_caller(callers, pixels, config)
     bare = callers[bare_name]
     features = bare(pixels)
-    report["bare_encoder_calibration_s"] = {k: round(v, 3) for k, v in calibration.items()}
+    result["bare_encoder_calibration_s"] = {k: round(v, 3) for k, v in calibration.items()}
 
     # Order matters (see round_robin): serving_default runs next to the bare encoder (the
     # headline ratio) and to beam_search; decode_only next to decode_encode (their difference).
@@ -245,7 +184,7 @@ def run_benchmark(config: ExportBenchConfig) -> dict:
         with tempfile.TemporaryDirectory(dir=REPO / config.workdir) as tmp:
             profile_model = SessionModel(write_profile_archive(run_dir, Path(tmp) / "profile"))
         served = profile_model.run("decode_encode", {"image_bytes": image_array})["features"]
-        report["same_weights_check_max_abs_feature_diff"] = float(np.max(np.abs(served - features)))
+        result["same_weights_check_max_abs_feature_diff"] = float(np.max(np.abs(served - features)))
         p = lambda sig, **inputs: profile_model.run(sig, inputs)  # noqa: E731
         tasks.update({
             "profile_decoder_ids": lambda: p("decoder_ids", features=features),
@@ -259,8 +198,8 @@ def run_benchmark(config: ExportBenchConfig) -> dict:
     })
     if config.profile:
         tasks["profile_encode_only_session"] = lambda: p("encode_only", images=pixels.numpy())
-    times = round_robin(tasks, config.repeats, config.warmup_calls)
-    report["seconds_per_batch_all_repeats"] = {k: [round(t, 3) for t in v]
+    times = round_robin(tasks, config.repeats, config.warmup_calls)[0]
+    result["seconds_per_batch_all_repeats"] = {k: [round(t, 3) for t in v]
                                                for k, v in times.items()}
 
     batch = config.batch_size
@@ -270,7 +209,7 @@ def run_benchmark(config: ExportBenchConfig) -> dict:
     greedy = run("serving_default", image_bytes=image_array)
     beam = run("beam_search", image_bytes=image_array)
     words = lambda out: round(float(np.mean([len(c.split()) for c in out["caption"]])), 1)  # noqa: E731
-    report["end_to_end"] = {
+    result["end_to_end"] = {
         "exported_serving_default_images_per_s": round(batch / med["serving_default"], 2),
         "bare_encoder_images_per_s": round(batch / med["bare_encoder"], 2),
         "bare_encoder_call": bare_name,
@@ -284,13 +223,13 @@ def run_benchmark(config: ExportBenchConfig) -> dict:
         "mean_caption_words": words(greedy),
         "sample_caption": greedy["caption"][0].decode(),
     }
-    report["beam_vs_greedy"] = {
+    result["beam_vs_greedy"] = {
         "beam_search_images_per_s": round(batch / med["beam_search"], 2),
         "serving_default_images_per_s": round(batch / med["serving_default"], 2),
         "ratio_beam_over_greedy": round(median(paired("serving_default", "beam_search")), 3),
         "beam_mean_caption_words": words(beam),
     }
-    report["caption_features"] = {
+    result["caption_features"] = {
         "ms_per_batch": ms(med["caption_features"]),
         "images_per_s": round(batch / med["caption_features"], 1),
         "share_of_serving_default": round(median(paired("caption_features", "serving_default")),
@@ -298,14 +237,13 @@ def run_benchmark(config: ExportBenchConfig) -> dict:
     }
     if profile_model is not None:
         steps = profile_model.run("decoder_ids", {"features": features})["ids"].shape[1]
-        report["profile"] = profile_breakdown(times, batch)
-        report["profile"]["greedy_steps_for_this_batch"] = int(steps)
-    report["latency_batch1"] = latency(exported, images, config)
-    report["load_average_at_end"] = round(os.getloadavg()[0], 2)
+        result["profile"] = profile_breakdown(times, batch)
+        result["profile"]["greedy_steps_for_this_batch"] = int(steps)
+    result["latency_batch1"] = latency(exported, images, config)
     exported.close()
     if profile_model is not None:
         profile_model.close()
-    return report
+    return result
 
 
 def profile_breakdown(times: dict, batch: int) -> dict:
@@ -339,12 +277,10 @@ def profile_breakdown(times: dict, batch: int) -> dict:
 
 
 def latency(model: SessionModel, images: list[bytes], config: ExportBenchConfig) -> dict:
-    arrays = [np.array([image], dtype=object) for image in images]
-    for array in arrays[:config.warmup_calls + 1]:
-        model.run("serving_default", {"image_bytes": array})
-    times = [seconds(lambda a=arrays[i % len(arrays)]: model.run("serving_default",
-                                                                 {"image_bytes": a}))
-             for i in tqdm(range(config.latency_calls), desc="batch-1 latency", file=sys.stderr)]
+    arrays = itertools.cycle([np.array([image], dtype=object) for image in images])
+    call = lambda: model.run("serving_default", {"image_bytes": next(arrays)})  # noqa: E731
+    times = round_robin({"batch_1": call}, config.latency_calls, config.warmup_calls + 1,
+                        desc="batch-1 latency")[0]["batch_1"]
     return {"calls": len(times), "median_ms": ms(median(times)), "p95_ms": ms(percentile(times, 95)),
             "min_ms": ms(min(times)), "max_ms": ms(max(times))}
 
@@ -356,16 +292,15 @@ def main(argv=None):
     p.add_argument("--latency-calls", type=int, default=defaults.latency_calls)
     p.add_argument("--no-profile", action="store_true", help="skip the stage breakdown")
     p.add_argument("--workdir", default=defaults.workdir, help="benchmark model folder")
+    p.add_argument("--quick", action="store_true", help="a smoke run: " + str(QUICK))
     args = p.parse_args(argv)
     for name in ("repeats", "latency_calls"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    config = ExportBenchConfig(repeats=args.repeats, latency_calls=args.latency_calls,
-                               profile=not args.no_profile, workdir=args.workdir)
-    report = run_benchmark(config)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / "bench_export.json", report)
-    print(json.dumps(report, indent=2))
+    config = ExportBenchConfig(**{"repeats": args.repeats, "latency_calls": args.latency_calls,
+                                  "profile": not args.no_profile, "workdir": args.workdir,
+                                  **(QUICK if args.quick else {})})
+    report("bench_export", run_benchmark(config))
 
 
 if __name__ == "__main__":

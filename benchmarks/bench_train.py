@@ -5,6 +5,7 @@ caption lengths:
     python -m benchmarks.bench_train            # pad-to-80 vs bucketed captions/s, GFLOP/s (~7 min)
     python -m benchmarks.bench_train --jit      # + jit_compile=True vs False at one batch shape
     python -m benchmarks.bench_train --full-scale [--steps N]   # one Flickr30k-sized epoch
+    python -m benchmarks.bench_train --quick    # a smoke run of the first line (~3 min)
 
 Prints one JSON object and writes it to benchmarks/results/<name>.json (gitignored).
 
@@ -23,7 +24,6 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,13 +32,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from benchmarks._synthetic import synthetic_captions  # noqa: E402
+from benchmarks._timing import machine, report, round_robin  # noqa: E402
 from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
 from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner  # noqa: E402
 from model.presets import PRESETS  # noqa: E402
-from model.run_dir import write_json  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-START_ID, END_ID, FIRST_WORD_ID = 1, 2, 4  # data/vocabulary.py's reserved ids
 
 
 @dataclasses.dataclass
@@ -48,35 +46,15 @@ class TrainBenchConfig:
     captions_per_image: int = 5
     batch_size: int = 128
     pad_to: int = 80               # the original's padding
-    mean_words: float = 14.0       # Flickr-like: lognormal words per caption, clipped
-    min_words: int = 5
-    max_words: int = 38            # + <start>/<end> = 40 tokens = TrainConfig.max_caption_tokens
+    mean_words: float = 14.0       # benchmarks._synthetic.caption_words: lognormal, 5..38 words
     padded_batches: int = 2        # timed (a) batches per repetition (all the same shape)
     bucketed_batches: int = 8      # timed (b) batches per repetition (length quantiles)
     repeats: int = 3
     seed: int = 0
 
 
-def caption_lengths(config: TrainBenchConfig, rng) -> np.ndarray:
-    """Words per caption: lognormal (sigma 0.4, like Flickr30k's right-skewed lengths) with the
-    requested mean, rounded and clipped to [min_words, max_words]."""
-    sigma = 0.4
-    mu = np.log(config.mean_words) - sigma ** 2 / 2
-    count = config.images * config.captions_per_image
-    words = np.rint(rng.lognormal(mu, sigma, count))
-    return np.clip(words, config.min_words, config.max_words).astype(np.int64)
-
-
-def synthetic_captions(config: TrainBenchConfig):
-    """(features [images, 2048], image row per caption, token lists [<start> w.. <end>])."""
-    rng = np.random.default_rng(config.seed)
-    words = caption_lengths(config, rng)
-    ids = rng.integers(FIRST_WORD_ID, config.vocab_size, int(words.sum()))
-    ends = np.cumsum(words)
-    tokens = [[START_ID, *chunk, END_ID] for chunk in np.split(ids, ends[:-1])]
-    rows = np.arange(len(tokens)) // config.captions_per_image
-    features = rng.standard_normal((config.images, 2048), dtype=np.float32)
-    return features, rows, tokens
+# A smoke run: a tenth of the captions, one repetition of one padded and two bucketed batches.
+QUICK = {"images": 2_900, "repeats": 1, "padded_batches": 1, "bucketed_batches": 2}
 
 
 def batch_shapes(rows, tokens, pipeline: PipelineConfig, images: int):
@@ -102,19 +80,17 @@ def flops_per_batch(model: ModelConfig, captions: int, steps: int) -> float:
     return 3.0 * (captions * steps * per_token + captions * 2 * f * u)
 
 
-def matmul_gflops(repeats=5) -> float:
-    """Plain float32 matmul [128*16, 512] x [512, 20013] (the logits matmul of a T=16 batch):
-    what this machine gives right now, to compare the training step against."""
+MATMUL_FLOPS = 2 * 128 * 16 * 512 * 20_013
+
+
+def matmul_task():
+    """A plain float32 matmul [128*16, 512] x [512, 20013] (the logits matmul of a T=16 batch),
+    traced: timed next to the training steps, it says what this machine gives right now."""
     a = tf.random.normal([128 * 16, 512])
     b = tf.random.normal([512, 20_013])
     run = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
     run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run().numpy()
-        seconds.append(time.perf_counter() - start)
-    return 2 * 128 * 16 * 512 * 20_013 / statistics.median(seconds) / 1e9
+    return lambda: run().numpy()
 
 
 def seed_model(vocab_size: int, jit_compile=False):
@@ -136,12 +112,12 @@ def take_batches(dataset, wanted_indices):
     return [found[i] for i in wanted_indices]
 
 
-def time_batches(model, batches) -> float:
-    """Seconds for one train_on_batch over each batch (train_on_batch returns after the step)."""
-    start = time.perf_counter()
-    for inputs, targets in batches:
-        model.train_on_batch(inputs, targets)
-    return time.perf_counter() - start
+def train_steps(model, batches):
+    """A task: one train_on_batch over each batch (train_on_batch returns after the step)."""
+    def call():
+        for inputs, targets in batches:
+            model.train_on_batch(inputs, targets)
+    return call
 
 
 def mode_summary(name, model_config, batches, seconds_per_repeat, matmul):
@@ -170,7 +146,9 @@ def mode_summary(name, model_config, batches, seconds_per_repeat, matmul):
 
 
 def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
-    features, rows, tokens = synthetic_captions(config)
+    started = machine()  # the load average before the run
+    features, rows, tokens = synthetic_captions(config.images, config.captions_per_image,
+                                                config.vocab_size, config.mean_words, config.seed)
     words = np.array([len(t) - 2 for t in tokens])
     padded_cfg = PipelineConfig(batch_size=config.batch_size, seed=config.seed, pad_to=config.pad_to)
     bucketed_cfg = PipelineConfig(batch_size=config.batch_size, seed=config.seed)
@@ -196,15 +174,15 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
     # Within a repetition the modes alternate in chunks of similar length (one padded batch,
     # then its share of the bucketed batches), so a burst of outside load hits both.
     chunks = np.array_split(np.arange(len(bucketed)), len(padded))
-    matmul, padded_s, bucketed_s = [], [], []
-    for _ in tqdm(range(config.repeats), desc="repeats", file=sys.stderr):
-        matmul.append(matmul_gflops())
-        padded_s.append(0.0)
-        bucketed_s.append(0.0)
-        for padded_batch, chunk in zip(padded, chunks):
-            padded_s[-1] += time_batches(model, [padded_batch])
-            bucketed_s[-1] += time_batches(model, [bucketed[i] for i in chunk])
-    matmul.append(matmul_gflops())
+    tasks = {"matmul": matmul_task()}
+    for i, chunk in enumerate(chunks):
+        tasks[f"pad_to_80_{i}"] = train_steps(model, [padded[i]])
+        tasks[f"bucketed_{i}"] = train_steps(model, [bucketed[j] for j in chunk])
+    wall = round_robin(tasks, config.repeats, warmup=0)[0]
+    padded_s, bucketed_s = ([sum(wall[f"{mode}_{i}"][rep] for i in range(len(chunks)))
+                             for rep in range(config.repeats)]
+                            for mode in ("pad_to_80", "bucketed"))
+    matmul = [MATMUL_FLOPS / seconds / 1e9 for seconds in wall["matmul"]]
     matmul_median = statistics.median(matmul)
 
     a = mode_summary("pad_to_80", model_config, padded, padded_s, matmul_median)
@@ -212,6 +190,7 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
     ratios = [(b["captions"] / sb) / (a["captions"] / sa) for sa, sb in zip(padded_s, bucketed_s)]
     result = {
         "benchmark": "bench_train",
+        "machine": started,
         "settings": dataclasses.asdict(config),
         "model": dataclasses.asdict(model_config),
         "jit_compile": False,
@@ -227,7 +206,6 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
         "speedup_per_repeat": [round(r, 2) for r in ratios],
         "target_speedup": 4.0,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
     del model
     if jit:
@@ -240,21 +218,17 @@ def bench_jit(config: TrainBenchConfig, batch, distinct_shapes: int) -> dict:
     """jit_compile=True vs False on one bucketed batch (the median length): XLA compiles once per
     distinct batch shape, so the first call's cost is reported too."""
     inputs, targets = batch
-    timings = {}
-    models = {}
-    for jit in (False, True):
+    first_call, tasks = {}, {}
+    for jit, name in ((False, "jit_compile_false"), (True, "jit_compile_true")):
         model, _ = seed_model(config.vocab_size, jit_compile=jit)
         start = time.perf_counter()
         model.train_on_batch(inputs, targets)
-        timings[jit] = {"first_call_s": round(time.perf_counter() - start, 2), "steps": []}
-        models[jit] = model
-    for _ in range(config.repeats + 2):  # interleaved, one step each
-        for jit in (False, True):
-            timings[jit]["steps"].append(time_batches(models[jit], [batch]))
+        first_call[name] = round(time.perf_counter() - start, 2)
+        tasks[name] = train_steps(model, [batch])
+    wall = round_robin(tasks, config.repeats + 2, warmup=0, desc="jit vs no jit")[0]
     row = {}
-    for jit, name in ((False, "jit_compile_false"), (True, "jit_compile_true")):
-        steps = timings[jit]["steps"]
-        row[name] = {"first_call_s": timings[jit]["first_call_s"],
+    for name, steps in wall.items():
+        row[name] = {"first_call_s": first_call[name],
                      "seconds_per_step": [round(s, 3) for s in steps],
                      "seconds_per_step_median": round(statistics.median(steps), 3),
                      "captions_per_s": round(int(targets.shape[0]) / statistics.median(steps), 2)}
@@ -292,8 +266,10 @@ def bench_full_scale(steps: int | None) -> dict:
     the real training_dataset and keras fit. With `steps`, only the first `steps` batches are
     trained and the epoch is extrapolated by padded tokens (the twin dataset gives every batch's
     shape of that same epoch)."""
+    started = machine()
     config = TrainBenchConfig(vocab_size=7_500)
-    features, rows, tokens = synthetic_captions(config)
+    features, rows, tokens = synthetic_captions(config.images, config.captions_per_image,
+                                                config.vocab_size, config.mean_words, config.seed)
     pipeline = PipelineConfig(batch_size=config.batch_size, seed=config.seed)
     shapes = batch_shapes(rows, tokens, pipeline, config.images)
     dataset = training_dataset(features, rows, tokens, pipeline)
@@ -315,6 +291,7 @@ def bench_full_scale(steps: int | None) -> dict:
     epoch_seconds = first_step + steady * (epoch_tokens - tokens_of[0]) / steady_tokens
     return {
         "benchmark": "bench_train_full_scale",
+        "machine": started,
         "model": dataclasses.asdict(model_config),
         "jit_compile": False,
         "data": {"images": config.images, "captions": len(tokens),
@@ -334,19 +311,11 @@ def bench_full_scale(steps: int | None) -> dict:
         "minutes_per_epoch": round((epoch_seconds if extrapolated else wall) / 60, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "target_peak_rss_mb": 4096,
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def report(name: str, result: dict):
-    import json
-    print(json.dumps(result, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    write_json(RESULTS / f"{name}.json", result)
 
 
 def main(argv=None):
@@ -357,13 +326,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, help="--full-scale: train only the first N steps and "
                                              "extrapolate the epoch (said so in the JSON)")
     p.add_argument("--repeats", type=int, default=TrainBenchConfig.repeats)
+    p.add_argument("--quick", action="store_true", help="a smoke run: " + str(QUICK))
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 2:
         p.error(f"--steps must be >= 2, got {args.steps}")
     if args.full_scale:
         report("bench_train_full_scale", bench_full_scale(args.steps))
     else:
-        report("bench_train", bench_modes(TrainBenchConfig(repeats=args.repeats), args.jit))
+        config = TrainBenchConfig(**{"repeats": args.repeats, **(QUICK if args.quick else {})})
+        report("bench_train", bench_modes(config, args.jit))
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def test_all_bad_and_empty_batches():
 
 def test_decode_batch_in_graph():
     fn = tf.function(decode_batch, input_signature=[tf.TensorSpec([None], tf.string)])
-    _, errors = fn(tf.constant([PNG, b""]))
-    assert list(errors.numpy()) == [b"", images.ERROR_EMPTY.encode()]
+    webp = webp_kinds()["extended alpha"][0]
+    _, errors = fn(tf.constant([PNG, b"", webp]))
+    assert list(errors.numpy()) == [b"", images.ERROR_EMPTY.encode(), b""]
 
 
 def test_decode_one_preprocessing_is_resnet_caffe():
@@ -88,3 +89,96 @@ def test_decode_one_preprocessing_is_resnet_caffe():
     assert error.numpy() == b""
     # caffe mode: RGB -> BGR, minus the ImageNet means (103.939, 116.779, 123.68)
     np.testing.assert_allclose(image.numpy()[10, 10], [-103.939, -116.779, 255 - 123.68], atol=1e-3)
+
+
+# ---- WebP: the three first-chunk kinds, animation, truncation, the pixel cap from the header ----
+
+# Odd, non-square sides catch an off-by-one in the "minus one" fields and swapped width/height.
+NOISE = np.random.RandomState(1).randint(0, 255, (37, 61, 3), np.uint8)
+
+
+def webp_kinds():
+    """{name: (bytes, FourCC of the first chunk)}: what Pillow writes for each option."""
+    exif = Image.Exif()
+    exif[0x010E] = "a WebP with EXIF"  # ImageDescription; any EXIF forces the VP8X layout
+    rgba = Image.fromarray(np.dstack([NOISE, np.full(NOISE.shape[:2], 128, np.uint8)]))
+    return {
+        "lossy": (encode(Image.fromarray(NOISE), "WEBP", quality=90), b"VP8 "),
+        "lossless": (encode(Image.fromarray(NOISE), "WEBP", lossless=True), b"VP8L"),
+        "extended alpha": (encode(rgba, "WEBP", quality=90), b"VP8X"),
+        "extended exif": (encode(Image.fromarray(NOISE), "WEBP", quality=90, exif=exif.tobytes()),
+                          b"VP8X"),
+        "lossless alpha": (encode(rgba, "WEBP", lossless=True), b"VP8L"),
+    }
+
+
+def errors_of(items):
+    return [e.decode() for e in decode_batch(tf.constant(items))[1].numpy()]
+
+
+def test_format_error_names_webp():
+    assert "WebP" in images.ERROR_FORMAT
+
+
+@pytest.mark.parametrize("name", list(webp_kinds()))
+def test_webp_decodes_like_pillow(name):
+    data, chunk = webp_kinds()[name]
+    assert data[12:16] == chunk, "Pillow wrote another WebP layout than this test is about"
+    fmt = images.sniff_format(tf.constant(data))
+    assert fmt.numpy() == images.WEBP
+    assert images.header_pixels(tf.constant(data), fmt).numpy() == 61 * 37
+    # Same size and pixels as Pillow's decode (both use libwebp; alpha dropped, as Pillow's
+    # convert("RGB") does), then through the same resize and preprocessing.
+    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(images._decode_rgb(tf.constant(data), fmt), pillow)
+    batch, errors = decode_batch(tf.constant([data]))
+    assert errors.numpy()[0] == b""
+    expected = images.preprocess_for_encoder(tf.constant(pillow))
+    np.testing.assert_allclose(batch[0], expected, atol=1e-3)
+
+
+def test_animated_webp_refused_before_decoding():
+    # TF 2.21's decoder aborts the process on this file with channels=0: it must never reach it.
+    frames = [Image.fromarray(NOISE), Image.new("RGB", (61, 37), (0, 0, 255))]
+    for options in ({"lossless": True}, {"quality": 80}):
+        animated = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], **options)
+        assert animated[12:16] == b"VP8X" and animated[20] & 0x02
+        assert errors_of([animated, PNG]) == [images.ERROR_ANIMATED_WEBP, ""]
+
+
+@pytest.mark.parametrize("name", list(webp_kinds()))
+def test_truncated_webp_is_corrupt_never_raises(name):
+    data, _ = webp_kinds()[name]
+    cuts = [13, 16, 20, 22, 25, 28, 30] + [int(len(data) * f) for f in (0.1, 0.5, 0.9)] + [-1]
+    # One batch: the truncated items fail one by one, the good image after them survives.
+    assert errors_of([data[:cut] for cut in cuts] + [PNG]) == (
+        [images.ERROR_CORRUPT] * len(cuts) + [""])
+
+
+def test_webp_header_too_short_or_unknown_chunk_is_corrupt():
+    riff = b"RIFF\x00\x10\x00\x00WEBP"
+    short = [riff, riff + b"VP8 ", riff + b"VP8L\x00\x10\x00\x00\x2f\x01",
+             riff + b"VP8X\x0a\x00\x00\x00" + bytes(6),
+             riff + b"ABCD" + bytes(40)]  # the spec allows only VP8, VP8L or VP8X first
+    assert errors_of(short + [PNG]) == [images.ERROR_CORRUPT] * len(short) + [""]
+    assert errors_of([b"RIFF\x00\x10\x00\x00WAVE" + bytes(40)]) == [images.ERROR_FORMAT]
+
+
+def forge(data: bytes, offset: int, field: bytes) -> bytes:
+    return data[:offset] + field + data[offset + len(field):]
+
+
+def test_oversize_webp_refused_from_header():
+    kinds = webp_kinds()
+    lossy, lossless, extended = (kinds[k][0] for k in ("lossy", "lossless", "extended exif"))
+    side = (16383).to_bytes(2, "little")  # VP8's largest: 14 bits, scale bits 0
+    ones = (2 ** 28 - 1).to_bytes(4, "little")  # VP8L: both 14-bit "minus one" fields all ones
+    canvas = (2 ** 24 - 1).to_bytes(3, "little") * 2  # VP8X: 2^24 x 2^24
+    forged = {16383 * 16383: forge(lossy, 26, side + side),
+              16384 * 16384: forge(lossless, 21, ones),
+              2 ** 48: forge(extended, 24, canvas)}
+    for pixels, data in forged.items():
+        assert images.header_pixels(tf.constant(data), tf.constant(images.WEBP)).numpy() == pixels
+    # ERROR_PIXELS, not ERROR_CORRUPT: refused from the header, the decoder never ran (the
+    # bitstreams are tiny, so decoding them would have failed).
+    assert errors_of(list(forged.values()) + [lossy]) == [images.ERROR_PIXELS] * 3 + [""]
