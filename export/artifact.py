@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"  # inside a version folder
@@ -129,6 +130,10 @@ class SessionModel:
         if unknown or missing:
             raise ValueError(f"input tensor alias {'not found in signature' if unknown else 'missing'}: "
                              f"{(unknown or missing)[0]}. Inputs expected to be in the set {expected}.")
+        for name, value in inputs.items():  # a float for a string input must not reach the graph
+            want, got = tf.dtypes.as_dtype(sig.inputs[name].dtype), np.asarray(value).dtype
+            if (got.kind in "OSU") != (want == tf.string):
+                raise ValueError(f"Expects input '{name}' to be {want.name} but {got} is provided")
         feed = {sig.inputs[name].name: value for name, value in inputs.items()}
         fetch = {name: info.name for name, info in sig.outputs.items()}
         return self.session.run(fetch, feed)
