@@ -1,17 +1,17 @@
-"""A DEVELOPMENT server for one exported model: TF Serving's REST and gRPC API, in Python. Production
-runs the real server, the tensorflow/serving:2.21.0 container (serving/README-deploy.md); this one is
-for machines without Docker (development, the notebook, the Gradio page, tests). It takes
-tensorflow_model_server's flags for what it does and refuses the others:
+"""A DEVELOPMENT server: TF Serving's REST and gRPC API for one exported model, in Python, for
+machines without Docker (development, the notebook, the Gradio page, tests). Production runs the
+tensorflow/serving:2.21.0 container (serving/README-deploy.md). It takes tensorflow_model_server's
+flags for what it does and refuses the others:
 
     python -m serving.model_server --port=8500 --rest_api_port=8501 \\
         --model_name=captioner --model_base_path=models/captioner
 
-Versions: the newest version folder is loaded, warmup included, before the ports open. Every
---file_system_poll_wait_seconds (default 1) the base path is read again; a newer version is loaded
-in the background and swapped in once ready, so no request waits or fails, and the one it replaces
-is dropped. A version pinned by number (/versions/N, model_spec.version) is loaded on its first
-request and kept while its folder exists. A version that fails to load is reported (state END) and
-not retried. Binds 127.0.0.1; requests over 16 MiB are refused; stops on SIGINT/SIGTERM.
+The newest version folder is loaded, warmup included, before the ports open. Every
+--file_system_poll_wait_seconds (default 1) the base path is read again: a newer version is loaded in
+the background and swapped in once ready (no request waits or fails), and the one it replaces is
+dropped. A version pinned by number (/versions/N) is loaded on its first request and kept while its
+folder exists. A version that fails to load is reported (state END), never retried. Binds 127.0.0.1;
+refuses requests over 16 MiB; stops on SIGINT/SIGTERM.
 """
 import argparse
 import base64
@@ -24,21 +24,21 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
-
+from pathlib import Path
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format, text_format
+from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc as model_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc as predict_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from export.artifact import DEFAULT_SIGNATURE, SessionModel, list_versions
-from serving.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, ServingError
+from serving.client import metadata_json, proto_json
+from serving.errors import InvalidArgumentError, NotFoundError, ServingError
 
 log = logging.getLogger("serving.model_server")
 HOST = "127.0.0.1"
@@ -78,8 +78,8 @@ def model_source(settings: ServerSettings) -> tuple[str, str]:
     """(model name, base path), from the flags or from the config file's only model."""
     if not settings.model_config_file:
         return settings.model_name, os.path.abspath(settings.model_base_path)
-    with open(settings.model_config_file) as f:
-        models = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig()).model_config_list.config
+    text = Path(settings.model_config_file).read_text()
+    models = text_format.Parse(text, model_server_config_pb2.ModelServerConfig()).model_config_list.config
     if len(models) != 1:
         raise ValueError(f"{settings.model_config_file} lists {len(models)} models; this development "
                          "server serves one (several are a TF Serving feature)")
@@ -123,9 +123,10 @@ class Versions:
             for version in sorted(on_disk, reverse=True):
                 model = self._load(version, on_disk[version])
                 if model is not None:
-                    if not self.current or self.current[0] != version:
-                        self.current = (version, model)
+                    self.current = (version, model)
                     break
+            else:
+                self.current = None  # no loadable version left on disk
             keep = self.pinned | {self.current and self.current[0]}
             for version in [v for v in self.loaded if v not in on_disk or v not in keep]:
                 del self.loaded[version]
@@ -159,11 +160,11 @@ class Versions:
 
     def metadata(self, name: str, version: int | None = None):
         number, model = self.get(name, version)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name, response.model_spec.version.value = name, number
-        signatures = get_model_metadata_pb2.SignatureDefMap(signature_def=model.signatures)
-        response.metadata["signature_def"].Pack(signatures)
-        return response, signatures
+        response = get_model_metadata_pb2.GetModelMetadataResponse(
+            model_spec={"name": name, "version": {"value": number}})
+        response.metadata["signature_def"].Pack(
+            get_model_metadata_pb2.SignatureDefMap(signature_def=model.signatures))
+        return response
 
 
 def checked(call, *args):
@@ -177,11 +178,6 @@ def checked(call, *args):
 # --- REST: TF Serving's JSON (api_rest.md) ------------------------------------------------------
 ROUTE = re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/(?P<kind>versions|labels)/(?P<ref>[^/:]+))?"
                    r"(?P<action>/metadata|:predict)?")
-
-
-def to_dict(message) -> dict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
 
 
 def is_b64(value) -> bool:
@@ -211,9 +207,7 @@ def rest_inputs(request: dict, sig) -> tuple[dict, bool]:
         raise InvalidArgumentError("Give exactly one of 'instances' (rows) or 'inputs' (columns)")
     rows = "instances" in request
     data = request["instances" if rows else "inputs"]
-    if rows and not isinstance(data, list):
-        raise InvalidArgumentError("'instances' must be a JSON list")
-    if rows and data and all(isinstance(row, dict) and not is_b64(row) for row in data):
+    if rows and isinstance(data, list) and data and all(isinstance(row, dict) and not is_b64(row) for row in data):
         data = {name: [row.get(name) for row in data] for name in data[0]}
     elif not isinstance(data, dict) or is_b64(data):
         if len(sig.inputs) != 1:
@@ -252,8 +246,7 @@ def rest_predict(versions: Versions, name: str, version: int | None, body: bytes
 class RestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, which clients' sessions rely on
 
-    def log_message(self, *args):  # a line per request is noise here
-        pass
+    log_message = lambda self, *args: None  # noqa: E731  (a line per request is noise here)
 
     def do_GET(self) -> None:  # and do_POST
         method = self.command
@@ -280,8 +273,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         while size > 0:  # read and drop it, so the client gets the error, not a reset connection
             chunk = self.rfile.read(min(size, 1 << 20))
             size = size - len(chunk) if chunk else 0
-        raise ResourceExhaustedError(f"Request body of {declared} bytes is over this server's "
-                                     f"limit of {MAX_REQUEST_BYTES}", http_status=413)
+        raise ServingError(f"Request body of {declared} bytes is over this server's limit of "
+                           f"{MAX_REQUEST_BYTES}", code="RESOURCE_EXHAUSTED", http_status=413)
 
     def route(self, method: str, body: bytes) -> dict:
         match = ROUTE.fullmatch(self.path.split("?")[0])
@@ -295,10 +288,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         if match["action"] == ":predict":
             return rest_predict(versions, name, version, body)
         if match["action"] == "/metadata":
-            response, signatures = versions.metadata(name, version)
-            return {"model_spec": to_dict(response.model_spec),
-                    "metadata": {"signature_def": to_dict(signatures)}}
-        return to_dict(versions.status(name, version))
+            return metadata_json(versions.metadata(name, version))
+        return proto_json(versions.status(name, version))
 
 
 # --- gRPC: tensorflow-serving-api's PredictionService and ModelService ---------------------------
@@ -327,18 +318,13 @@ class GrpcApi(predict_grpc.PredictionServiceServicer, model_grpc.ModelServiceSer
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         number, model = self.versions.get(*model_spec(request.model_spec))
         outputs = checked(model.run, signature, inputs)
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name, response.model_spec.version.value = request.model_spec.name, number
-        response.model_spec.signature_name = signature
-        for name, value in outputs.items():
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
-        return response
+        spec = {"name": request.model_spec.name, "version": {"value": number}, "signature_name": signature}
+        return predict_pb2.PredictResponse(
+            model_spec=spec, outputs={name: tf.make_tensor_proto(value) for name, value in outputs.items()})
 
     @grpc_errors
-    def GetModelMetadata(self, request, context):
-        if list(request.metadata_field) != ["signature_def"]:
-            raise InvalidArgumentError('Metadata field must be exactly ["signature_def"]')
-        return self.versions.metadata(*model_spec(request.model_spec))[0]
+    def GetModelMetadata(self, request, context):  # the signature_def field, whatever was asked
+        return self.versions.metadata(*model_spec(request.model_spec))
 
     @grpc_errors
     def GetModelStatus(self, request, context):
@@ -346,69 +332,60 @@ class GrpcApi(predict_grpc.PredictionServiceServicer, model_grpc.ModelServiceSer
 
 
 # --- the server ---------------------------------------------------------------------------------
-class ModelServer:
-    def __init__(self, settings: ServerSettings):
-        self.settings, self.versions = settings, Versions(*model_source(settings))
-        self.stopping = threading.Event()
-        self.grpc = self.rest = None
+def serve(settings: ServerSettings):
+    """Loads the newest version, then opens the ports (as TF Serving does) and starts polling.
+    Returns a function that stops it all."""
+    versions, stopping = Versions(*model_source(settings)), threading.Event()
+    versions.refresh()
+    grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(16), options=[
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)])
+    predict_grpc.add_PredictionServiceServicer_to_server(GrpcApi(versions), grpc_server)
+    model_grpc.add_ModelServiceServicer_to_server(GrpcApi(versions), grpc_server)
+    grpc_server.add_insecure_port(f"{HOST}:{settings.port}")  # raises RuntimeError if taken
+    grpc_server.start()
+    log.info("Running gRPC ModelServer at %s:%d (development server) ...", HOST, settings.port)
+    port = settings.rest_api_port
+    rest = http.server.ThreadingHTTPServer((HOST, port), RestHandler) if port else None
+    if rest:
+        rest.versions = versions
+        threading.Thread(target=rest.serve_forever, daemon=True).start()
+        log.info("Exporting HTTP/REST API at %s:%d (development server) ...", HOST, port)
 
-    def start(self) -> None:
-        s = self.settings
-        options = [("grpc.max_receive_message_length", MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)]
-        self.versions.refresh()  # as TF Serving: the newest version is loaded before the ports open
-        self.grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(16), options=options)
-        predict_grpc.add_PredictionServiceServicer_to_server(GrpcApi(self.versions), self.grpc)
-        model_grpc.add_ModelServiceServicer_to_server(GrpcApi(self.versions), self.grpc)
-        if not self.grpc.add_insecure_port(f"{HOST}:{s.port}"):
-            raise OSError(f"cannot bind gRPC to {HOST}:{s.port}")
-        self.grpc.start()
-        log.info("Running gRPC ModelServer at %s:%d (development server) ...", HOST, s.port)
-        if s.rest_api_port:
-            self.rest = http.server.ThreadingHTTPServer((HOST, s.rest_api_port), RestHandler)
-            self.rest.versions = self.versions
-            threading.Thread(target=self.rest.serve_forever, daemon=True).start()
-            log.info("Exporting HTTP/REST API at %s:%d (development server) ...", HOST, s.rest_api_port)
-        if s.file_system_poll_wait_seconds > 0:
-            threading.Thread(target=self.poll, daemon=True).start()
-
-    def poll(self) -> None:
-        while not self.stopping.wait(self.settings.file_system_poll_wait_seconds):
+    def poll():
+        while not stopping.wait(settings.file_system_poll_wait_seconds):
             try:
-                self.versions.refresh()
+                versions.refresh()
             except Exception:  # e.g. the base folder briefly gone: try again at the next poll
                 log.exception("version poll failed")
+    if settings.file_system_poll_wait_seconds > 0:
+        threading.Thread(target=poll, daemon=True).start()
 
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.rest is not None:
-            self.rest.shutdown()
-            self.rest.server_close()
-        if self.grpc is not None:
-            self.grpc.stop(grace=2).wait()
+    def stop():
+        stopping.set()
+        if rest:
+            rest.shutdown()
+            rest.server_close()
+        grpc_server.stop(grace=2).wait()
+    return stop
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
-    stop = threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stop.set())
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # before any thread starts: all inherit it
     try:
-        server = ModelServer(settings)
-        server.start()
-    except (OSError, ValueError, text_format.ParseError) as error:
+        stop = serve(settings)
+    except (OSError, RuntimeError, ValueError, text_format.ParseError) as error:
         log.error("%s", error)
         return 1
-    while not stop.wait(0.5):  # signal handlers run in the main thread, between waits
-        pass
+    signal.sigwait(signals)
     log.info("shutting down")
-    server.stop()
+    stop()
     return 0
 
 
 if __name__ == "__main__":
     code = main()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
     os._exit(code)  # skip tearing down TensorFlow's and gRPC's native state (~5 s, nothing to save)
