@@ -23,14 +23,15 @@ TMP_PREFIX = ".tmp-"  # .tmp-<version>-<pid>: not a number, so no server takes i
 DEFAULT_SIGNATURE = "serving_default"
 
 
+def _numbered_folders(model_base) -> dict[int, Path]:
+    base = Path(model_base)
+    return {int(p.name): p for p in base.iterdir() if p.name.isdigit()} if base.is_dir() else {}
+
+
 def list_versions(model_base) -> dict[int, Path]:
     """Numeric folders holding a saved_model.pb, by version number. A numeric folder without it
-    is still being written (or is not a model) and is left out."""
-    base = Path(model_base)
-    if not base.is_dir():
-        return {}
-    return {int(p.name): p for p in base.iterdir()
-            if p.name.isdigit() and (p / "saved_model.pb").is_file()}
+    is still being written (or is not a model) and is left out, as TF Serving leaves it."""
+    return {v: p for v, p in _numbered_folders(model_base).items() if (p / "saved_model.pb").is_file()}
 
 
 def latest_version(path) -> Path:
@@ -47,9 +48,7 @@ def latest_version(path) -> Path:
 
 def next_version(model_base) -> int:
     """One above every numeric folder, complete or not (a half-written one still takes its number)."""
-    base = Path(model_base)
-    taken = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
-    return max(taken, default=0) + 1
+    return max(_numbered_folders(model_base), default=0) + 1
 
 
 def publish_version(model_base, write: Callable[[Path, int], None], version="auto") -> Path:
