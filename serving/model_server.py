@@ -95,8 +95,8 @@ class Versions:
         self.name, self.base_path = name, base_path
         self.current: tuple[int, SessionModel] | None = None  # the newest loaded version
         self.loaded: dict[int, SessionModel] = {}
-        self.pinned: set[int] = set()
-        self.failed: dict[int, str] = {}
+        self.pinned: set[int] = set()  # versions asked for by number
+        self.failed: dict[int, str] = {}  # version -> why it did not load
         self._loading = threading.Lock()  # one load at a time: no version is loaded twice
 
     def _load(self, version: int, path) -> SessionModel | None:
@@ -333,8 +333,7 @@ class GrpcApi(predict_grpc.PredictionServiceServicer, model_grpc.ModelServiceSer
 
 # --- the server ---------------------------------------------------------------------------------
 def serve(settings: ServerSettings):
-    """Loads the newest version, then opens the ports (as TF Serving does) and starts polling.
-    Returns a function that stops it all."""
+    """Loads the newest version, then opens the ports (as TF Serving does), polls; returns stop()."""
     versions, stopping = Versions(*model_source(settings)), threading.Event()
     versions.refresh()
     grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(16), options=[
@@ -372,15 +371,16 @@ def serve(settings: ServerSettings):
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
-    signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # before any thread starts: all inherit it
+    stopping = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):  # Python runs handlers in the main thread
+        signal.signal(number, lambda *_: stopping.set())
     try:
         stop = serve(settings)
     except (OSError, RuntimeError, ValueError, text_format.ParseError) as error:
         log.error("%s", error)
         return 1
-    signal.sigwait(signals)
-    log.info("shutting down")
+    while not stopping.wait(0.5):  # woken between waits by a signal handler
+        pass
     stop()
     return 0
 
