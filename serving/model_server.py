@@ -127,7 +127,7 @@ class Versions:
                     break
             else:
                 self.current = None  # no loadable version left on disk
-            keep = self.pinned | {self.current and self.current[0]}
+            keep = self.pinned | {self.current and self.current[0]}  # pinned + the served one
             for version in [v for v in self.loaded if v not in on_disk or v not in keep]:
                 del self.loaded[version]
 
@@ -138,7 +138,6 @@ class Versions:
         model = self.loaded.get(version) if name == self.name else None
         path = list_versions(self.base_path).get(version) if name == self.name and not model else None
         if path is not None:
-            self.pinned.add(version)
             with self._loading:
                 model = self._load(version, path)
         if model is None:
