@@ -24,7 +24,7 @@ import numpy as np
 from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset
-from export.inspect import SessionModel, latest_version
+from export.artifact import SessionModel, latest_version
 from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
 from model.presets import PRESETS
@@ -100,7 +100,8 @@ def print_summary(summary, version, samples, seconds):
           f"{RUN_DIR / 'evaluation' / 'report.json'}\ncheckpoints  {RUN_DIR / 'best.weights.h5'}"
           f"\nfeatures     {data['feature_cache']}\nserve it     python -m serving.model_server "
           f"--port=8500 --rest_api_port=8501 --model_name=captioner --model_base_path={MODEL_BASE}"
-          f"\ntry it       python -m serving.app --server http://127.0.0.1:8501")
+          f"   (development server; production: the tensorflow/serving:2.21.0 container, "
+          f"serving/README-deploy.md)\ntry it       python -m serving.app --server http://127.0.0.1:8501")
     print(f"done in {seconds:.0f} s")
 
 

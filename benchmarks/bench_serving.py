@@ -1,17 +1,18 @@
-"""Local model server throughput vs the in-process SavedModel call, measured in the same run (JSON).
+"""Development server throughput vs the in-process SavedModel call, measured in the same run (JSON).
 
     python benchmarks/bench_serving.py                                  # stand-in model (no export yet)
     python benchmarks/bench_serving.py --model_base_path models/captioner --requests 50
 
 Runs, on the same JPEG images:
 - in-process: the SavedModel's serving_default through TF Serving's session path (tf.compat.v1
-  loader, tensors by name; serving.model_registry.LoadedVersion), one caller, requests of
+  loader, tensors by name; export.artifact.SessionModel), one caller, requests of
   --images-per-request images, back to back, measured right before and after each server run;
-- serving.model_server in a subprocess (batching on unless --no-batching), driven by serving.client
+- serving.model_server (the development server: no server-side batching, that is the container's
+  job) in a subprocess, driven by serving.client
   over REST with 1 and 8 concurrent clients and over gRPC with 1 and 8, same request size.
-Each server figure (median of --repeats runs) is images/s with its ratio to in-process (target >= 0.8 at 8 REST clients with
-batching on), plus request latency p50/p99. Without --model_base_path it benchmarks the stand-in model
-(serving/standin_model.py) and says so in the JSON.
+Each server figure (median of --repeats runs) is images/s with its ratio to in-process (target >= 0.8 at 8 REST clients),
+plus request latency p50/p99. Without --model_base_path it benchmarks the stand-in model
+(tests/standin_model.py) and says so in the JSON.
 """
 import argparse
 import concurrent.futures
@@ -32,7 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from serving.client import GrpcClient, RestClient  # noqa: E402
-from tests.serving_fixtures import ServerProcess, latest_version_dir  # noqa: E402
+from export.artifact import SessionModel, latest_version  # noqa: E402
+from tests.serving_fixtures import ServerProcess  # noqa: E402
 
 
 def make_images(count: int, width: int, height: int, seed: int = 0) -> list[bytes]:
@@ -57,18 +59,16 @@ class InProcess:
     """The SavedModel called in this process through TF Serving's session path."""
 
     def __init__(self, version_dir: str):
-        from serving.model_registry import LoadedVersion
-        self.model = LoadedVersion("captioner", 0, version_dir)
-        self.signature = self.model.signature("serving_default")
+        self.model = SessionModel(version_dir)
 
     def throughput(self, batches: list[list[bytes]]) -> float:
         """images/s calling the model with each request's images, back to back."""
         arrays = [np.array(b, dtype=object) for b in batches]
         for batch in arrays[:3]:  # warm up
-            self.model.run(self.signature, {"image_bytes": batch})
+            self.model.run("serving_default", {"image_bytes": batch})
         started = time.perf_counter()
         for batch in arrays:
-            self.model.run(self.signature, {"image_bytes": batch})
+            self.model.run("serving_default", {"image_bytes": batch})
         return sum(map(len, batches)) / (time.perf_counter() - started)
 
 
@@ -113,7 +113,6 @@ def main() -> None:
     parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--requests", type=int, default=160, help="requests per scenario")
     parser.add_argument("--repeats", type=int, default=3, help="runs per scenario; the median is reported")
-    parser.add_argument("--no-batching", action="store_true", help="serve without --enable_batching")
     args = parser.parse_args()
 
     width, height = map(int, args.image_size.split("x"))
@@ -122,23 +121,20 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench_serving_")
     base = args.model_base_path
     if not base:
-        from serving.standin_model import publish_version
+        from tests.standin_model import publish_standin
         base = os.path.join(work, "captioner")
-        publish_version(base, 1)
+        publish_standin(base, 1)
 
     report = {
-        "model": "stand-in (serving/standin_model.py), not the real export" if not args.model_base_path
+        "model": "stand-in (tests/standin_model.py), not the real export" if not args.model_base_path
                  else os.path.abspath(base),
         "cpu_count": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
         "images": args.images, "image_size": args.image_size,
         "images_per_request": args.images_per_request, "requests_per_scenario": args.requests,
-        "batching": not args.no_batching,
         "server": [],
     }
-    in_process = InProcess(latest_version_dir(base))
-    flags = [] if args.no_batching else [
-        "--enable_batching", f"--batching_parameters_file={REPO}/serving/batching.config"]
-    server = ServerProcess(os.path.join(work, "server.log"), *flags, "--file_system_poll_wait_seconds=0",
+    in_process = InProcess(latest_version(base))
+    server = ServerProcess(os.path.join(work, "server.log"), "--file_system_poll_wait_seconds=0",
                            base=base).start()
     try:
         for api, clients in (("rest", 1), ("rest", 8), ("grpc", 1), ("grpc", 8)):
@@ -164,8 +160,8 @@ def main() -> None:
     finally:
         server.stop()
     rest8 = next(r for r in report["server"] if r["api"] == "rest" and r["clients"] == 8)
-    report["target"] = "server images/s >= 0.8 x in-process at 8 REST clients, batching on"
-    report["target_met"] = rest8["ratio_vs_in_process"] >= 0.8 and not args.no_batching
+    report["target"] = "server images/s >= 0.8 x in-process at 8 REST clients"
+    report["target_met"] = rest8["ratio_vs_in_process"] >= 0.8
     print(json.dumps(report, indent=2))
 
 

@@ -11,45 +11,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-
-class SessionModel:
-    """A SavedModel loaded by the C++ loader into a TF1 session, its signatures run by tensor
-    names: the path tensorflow_model_server takes (not Python's tf.saved_model.load)."""
-
-    def __init__(self, export_dir):
-        self.export_dir = str(export_dir)
-        self.session = tf.compat.v1.Session(graph=tf.Graph())
-        meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], self.export_dir)
-        self.signatures = dict(meta_graph.signature_def)
-        self.meta_graph = meta_graph
-
-    def run(self, signature: str, inputs: dict) -> dict:
-        if signature not in self.signatures:
-            raise KeyError(f"signature {signature!r} not in {sorted(self.signatures)}")
-        sig = self.signatures[signature]
-        missing = set(sig.inputs) - set(inputs)
-        if missing:
-            raise KeyError(f"signature {signature!r} needs inputs {sorted(sig.inputs)}, "
-                           f"missing {sorted(missing)}")
-        feed = {sig.inputs[name].name: value for name, value in inputs.items()}
-        fetch = {name: info.name for name, info in sig.outputs.items()}
-        return self.session.run(fetch, feed)
-
-    def close(self):
-        self.session.close()
-
-
-def latest_version(path) -> Path:
-    """A version folder, or the newest numeric version inside a model base folder."""
-    path = Path(path)
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = sorted((p for p in path.glob("*") if p.name.isdigit()
-                       and (p / "saved_model.pb").is_file()), key=lambda p: int(p.name))
-    if not versions:
-        raise FileNotFoundError(f"{path} holds no SavedModel (saved_model.pb) nor numeric "
-                                "version folders with one; export first (python -m export.saved_model)")
-    return versions[-1]
+# SessionModel and latest_version are re-exported: callers import them from here too.
+from export.artifact import SessionModel, latest_version  # noqa: F401
 
 
 def describe_signatures(signatures) -> str:

@@ -2,26 +2,25 @@
 
     python -m export.saved_model --run-dir runs/builtin --model-base models/captioner --version auto
 
-The version folder is written beside its final place (`.tmp-<version>-<pid>`) and renamed into
-place when complete: TF Serving polls the base path and would load a half-written numeric folder.
+The version folder is published by export/artifact.py: written beside its final place
+(`.tmp-<version>-<pid>`) and renamed into place when complete, because TF Serving polls the base
+path and would load a half-written numeric folder.
 """
 import argparse
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
+from data.files import atomic_write
+from export.artifact import publish_version, write_warmup
 from export.signatures import SIGNATURES, build_archive
 from model.encoder import EncoderWeightsError, build_encoder, encoder_id
 from model.run_dir import load_run
-
-WARMUP_FILE = "tf_serving_warmup_requests"
-TMP_PREFIX = ".tmp-"
 
 
 @dataclasses.dataclass
@@ -34,37 +33,11 @@ class ExportConfig:
     warmup_images: int = 4        # real images from the run's dataset, per image signature
 
 
-def next_version(model_base: Path) -> int:
-    versions = [int(p.name) for p in model_base.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
-def _remove_stale_tmp(model_base: Path) -> None:
-    """A killed export leaves `.tmp-<version>-<pid>`; the server ignores it, we tidy it."""
-    for tmp in model_base.glob(TMP_PREFIX + "*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_warmup(path: Path, images: list[bytes], feature_dim: int) -> None:
-    """PredictionLog records the server replays at load time, so no user meets the first (slow,
-    graph-initialising) call. One record per signature."""
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for signature in SIGNATURES:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.signature_name = signature
-            if signature == "caption_features":
-                value = tf.make_tensor_proto(tf.zeros([1, feature_dim]).numpy())
-                request.inputs["features"].CopyFrom(value)
-            else:
-                request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, tf.string))
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+def warmup_requests(images: list[bytes], feature_dim: int) -> list[tuple[str, dict]]:
+    """One request per signature, replayed by the server at load time."""
+    features = {"features": np.zeros([1, feature_dim], np.float32)}
+    return [(signature, features if signature == "caption_features"
+             else {"image_bytes": np.array(images, dtype=object)}) for signature in SIGNATURES]
 
 
 def export_run(run_dir, model_base, version="auto", config: ExportConfig | None = None,
@@ -72,39 +45,29 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     """Writes the SavedModel of a trained run and returns its version folder."""
     config = config or ExportConfig()
     run = load_run(run_dir)
-    model_base = Path(model_base)
-    model_base.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(model_base)
-    version = next_version(model_base) if str(version) == "auto" else int(version)
-    final = model_base / str(version)
-    if final.exists():
-        raise FileExistsError(f"{final} already exists; pass --version auto or a new number")
-
     chosen = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
     decode = dataclasses.replace(run.decode_config, **{
         k: v for k, v in chosen.items() if k in ("max_length", "beam_width", "length_penalty")})
     encoder = build_encoder(run.encoder_config)
     captioner = run.load_captioner()
     archive = build_archive(encoder, captioner, str(run.paths.vocab_file), decode)
-
-    tmp = model_base / f"{TMP_PREFIX}{version}-{os.getpid()}"
-    archive.write_out(str(tmp), verbose=False)
-    assets = tmp / "assets"
-    assets.mkdir(exist_ok=True)
-    shutil.copy(run.paths.root / "vocab.json", assets / "vocab.json")
-    (assets / "export_settings.json").write_text(json.dumps({
-        "version": version, "decode": dataclasses.asdict(decode),
-        "encoder": dataclasses.asdict(run.encoder_config),
-        "encoder_id": encoder_id(run.encoder_config),
-        "model": run.settings["model"], "signatures": list(SIGNATURES),
-        "run_dir": str(run.paths.root.resolve()),
-        "weights_digest": hashlib.sha256(run.paths.weights.read_bytes()).hexdigest()[:16],
-        "tensorflow": tf.__version__}, indent=2))
     images = warmup_images if warmup_images is not None else _warmup_images(run, config)
-    if images:
-        write_warmup(tmp / "assets.extra" / WARMUP_FILE, images, captioner.config.feature_dim)
-    os.replace(tmp, final)  # atomic on one filesystem: the server sees all of it or nothing
-    return final
+
+    def write(folder: Path, number: int) -> None:
+        archive.write_out(str(folder), verbose=False)
+        atomic_write(folder / "assets" / "vocab.json", (run.paths.root / "vocab.json").read_bytes())
+        atomic_write(folder / "assets" / "export_settings.json", json.dumps({
+            "version": number, "decode": dataclasses.asdict(decode),
+            "encoder": dataclasses.asdict(run.encoder_config),
+            "encoder_id": encoder_id(run.encoder_config),
+            "model": run.settings["model"], "signatures": list(SIGNATURES),
+            "run_dir": str(run.paths.root.resolve()),
+            "weights_digest": hashlib.sha256(run.paths.weights.read_bytes()).hexdigest()[:16],
+            "tensorflow": tf.__version__}, indent=2))
+        if images:
+            write_warmup(folder, warmup_requests(images, captioner.config.feature_dim))
+
+    return publish_version(model_base, write, version)
 
 
 def _warmup_images(run, config: ExportConfig) -> list[bytes]:

@@ -10,6 +10,7 @@ Binds 127.0.0.1, share=False, analytics off. gradio_client's endpoint is /captio
 import argparse
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only matters with --grpc (see above)
@@ -41,21 +42,16 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
             paths.append(image)
         if not paths:
             return "Upload one or more images first."
-        images = []
-        for path in paths:
-            with open(path, "rb") as f:
-                images.append(f.read())
         try:
-            results = client.caption(images, MODES.get(mode, "serving_default"))
+            results = client.caption([Path(p).read_bytes() for p in paths], MODES.get(mode, "serving_default"))
         except UnavailableError as e:
             return f"The model server at {server_label} is not reachable or not ready: {e.message}"
         except ServingError as e:
             return f"The model server at {server_label} returned an error: {e}"
-        lines = []
-        for path, result in zip(paths, results):
-            text = result.caption if result.ok else f"ERROR: {result.error}"
-            lines.append(text if len(paths) == 1 else f"{os.path.basename(path)}: {text}")
-        return "\n".join(lines)
+        texts = [r.caption if r.ok else f"ERROR: {r.error}" for r in results]
+        if len(paths) == 1:
+            return texts[0]
+        return "\n".join(f"{os.path.basename(path)}: {text}" for path, text in zip(paths, texts))
 
     with gr.Blocks(title="Neural Storyteller") as app:
         gr.Markdown(f"# Neural Storyteller\nCaptions from the model server at `{server_label}`.")
@@ -87,7 +83,7 @@ def main(argv=None) -> int:
                         help=f"folder of example images (default {DEFAULT_EXAMPLES}, if present)")
     args = parser.parse_args(argv)
     target = args.server.removeprefix("http://") if args.grpc else args.server
-    client = make_client(grpc=target, model=args.model) if args.grpc else make_client(rest=target, model=args.model)
+    client = make_client(**{"grpc" if args.grpc else "rest": target}, model=args.model)
     app = build_app(client, target, args.examples)
     app.launch(server_name="127.0.0.1", server_port=args.port, share=False, show_error=True)
     return 0

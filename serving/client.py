@@ -1,22 +1,11 @@
-"""Client for the captioner behind TF Serving (the container or serving.model_server), REST or gRPC.
-
-    from serving.client import RestClient
-    with RestClient("http://127.0.0.1:8501") as client:
-        for result in client.caption([open("dog.jpg", "rb").read()]):
-            print(result.caption if result.ok else result.error)
+"""REST and gRPC client for the captioner behind TF Serving (or serving.model_server), and its CLI:
 
     python -m serving.client --rest http://127.0.0.1:8501 photos/        # path<TAB>caption lines
     python -m serving.client --grpc 127.0.0.1:8500 --signature beam_search dog.jpg
-    python -m serving.client --status | --metadata
 
-REST needs only `requests` and never imports TensorFlow. gRPC uses the tensorflow-serving-api protos,
-and `tensorflow_serving.apis` (like any `tensorflow.core...` proto module) cannot be imported
-without running TensorFlow's package __init__, i.e. importing TensorFlow (~3 s, checked with TF 2.21).
-So GrpcClient imports them lazily, on first use; tensors are still built by hand from the
-TensorProto fields, not with tf.make_tensor_proto.
-
-Retries: only for failures worth retrying — connection refused, HTTP 503, gRPC UNAVAILABLE — with
-exponential backoff; a 400/404 fails at once with InvalidArgumentError/NotFoundError.
+REST needs only `requests`, never TensorFlow. gRPC needs the tensorflow-serving-api protos, whose
+package imports TensorFlow (~3 s), so GrpcClient imports them on first use. Retries (exponential
+backoff) only where they can help: connection refused, HTTP 503, gRPC UNAVAILABLE.
 """
 import argparse
 import base64
@@ -26,6 +15,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import requests
@@ -51,8 +41,7 @@ class CaptionResult:
 @dataclasses.dataclass
 class ClientSettings:
     model: str = "captioner"
-    version: int | None = None  # pin a version ...
-    label: str | None = None  # ... or a version label; neither = the latest
+    version: int | None = None  # pin a version; None = the newest
     timeout: float = 30.0  # seconds per request
     retries: int = 3  # extra attempts after a retryable failure
     backoff: float = 0.5  # first retry delay in seconds, doubled each time
@@ -71,14 +60,15 @@ class _Client:
         """One CaptionResult per encoded image (JPEG/PNG/GIF/BMP), in order. A bad image gives a
         result with .error set; a failed request raises ServingError."""
         results: list[CaptionResult | None] = [None] * len(images)
+        cap = self.settings.max_request_bytes
         for indices in self._chunks(images):
-            if len(indices) == 1 and self._encoded_size(images[indices[0]]) > self.settings.max_request_bytes:
-                results[indices[0]] = CaptionResult("", 0.0, f"image of {len(images[indices[0]])} bytes "
-                                                    f"is over the {self.settings.max_request_bytes}-byte request cap; not sent")
-                continue
             chunk = [images[i] for i in indices]
-            outputs = self._retrying(self._predict, signature, "image_bytes", chunk)
-            for i, result in zip(indices, _results(outputs, len(chunk))):
+            if len(chunk) == 1 and self._encoded_size(chunk[0]) > cap:  # alone and still too big
+                found = [CaptionResult("", 0.0, f"image of {len(chunk[0])} bytes is over the "
+                                       f"{cap}-byte request cap; not sent")]
+            else:
+                found = _results(self._retrying(self._predict, signature, "image_bytes", chunk), len(chunk))
+            for i, result in zip(indices, found):
                 results[i] = result
         return results
 
@@ -92,15 +82,13 @@ class _Client:
             results += _results(outputs, len(chunk))
         return results
 
-    def status(self) -> dict:
-        """Model status as TF Serving's REST API prints it ({"model_version_status": [...]})."""
+    def status(self) -> dict:  # as TF Serving's REST API prints it, over either transport
         return self._retrying(self._status)
 
-    def metadata(self) -> dict:
-        """Signature defs as TF Serving's REST API prints them ({"model_spec", "metadata"})."""
+    def metadata(self) -> dict:  # the signature defs, likewise
         return self._retrying(self._metadata)
 
-    def close(self) -> None:
+    def close(self) -> None:  # the transports free their connections here
         pass
 
     def __enter__(self):
@@ -140,13 +128,10 @@ class _Client:
 
 def _results(outputs: dict, expected: int) -> list[CaptionResult]:
     """Columns caption/log_prob/error -> CaptionResults."""
-    try:
-        captions, log_probs, errors = outputs["caption"], outputs["log_prob"], outputs["error"]
-    except KeyError as e:
-        raise ServingError(f"response lacks the output {e}; got {sorted(outputs)}") from None
-    if not len(captions) == len(log_probs) == len(errors) == expected:
-        raise ServingError(f"expected {expected} results, got {len(captions)}")
-    return [CaptionResult(c, float(p), e) for c, p, e in zip(captions, log_probs, errors)]
+    columns = [outputs.get(name) for name in ("caption", "log_prob", "error")]
+    if any(column is None or len(column) != expected for column in columns):
+        raise ServingError(f"expected caption, log_prob and error for {expected} images, got {str(outputs)[:200]}")
+    return [CaptionResult(c, float(p), e) for c, p, e in zip(*columns)]
 
 
 class RestClient(_Client):
@@ -162,10 +147,7 @@ class RestClient(_Client):
     @property
     def model_url(self) -> str:
         s = self.settings
-        url = f"{self.url}/v1/models/{s.model}"
-        if s.version is not None:
-            return f"{url}/versions/{s.version}"
-        return f"{url}/labels/{s.label}" if s.label else url
+        return f"{self.url}/v1/models/{s.model}" + (f"/versions/{s.version}" if s.version is not None else "")
 
     def close(self) -> None:
         self.session.close()
@@ -176,7 +158,7 @@ class RestClient(_Client):
         except requests.Timeout as e:
             raise DeadlineExceededError(f"no answer from {url} within {self.settings.timeout} s") from e
         except requests.ConnectionError as e:
-            raise UnavailableError(f"cannot connect to {url}: {_root_cause(e)}") from e
+            raise UnavailableError(f"cannot connect to {url}: {type(e).__name__}") from e
         try:
             body = response.json()
         except ValueError:
@@ -238,8 +220,6 @@ class GrpcClient(_Client):
         spec.name = self.settings.model
         if self.settings.version is not None:
             spec.version.value = self.settings.version
-        elif self.settings.label:
-            spec.version_label = self.settings.label
 
     def _call(self, method, request):
         import grpc
@@ -249,79 +229,48 @@ class GrpcClient(_Client):
             raise error_for_code(e.code().name, f"{e.details()} (gRPC {self.target})") from None
 
     def _predict(self, signature: str, input_name: str, batch) -> dict:
+        import tensorflow as tf  # tensorflow_serving.apis imports it anyway
         from tensorflow_serving.apis import predict_pb2
-        prediction, _ = self._stubs()
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec)
         request.model_spec.signature_name = signature
-        _fill_tensor(request.inputs[input_name], batch)
-        response = self._call(prediction.Predict, request)
-        return {name: _tensor_values(tensor) for name, tensor in response.outputs.items()}
+        request.inputs[input_name].CopyFrom(tf.make_tensor_proto(batch))
+        response = self._call(self._stubs()[0].Predict, request)
+        return {name: [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                       for v in tf.make_ndarray(tensor).tolist()]
+                for name, tensor in response.outputs.items()}
 
     def _status(self) -> dict:
-        from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_status_pb2
-        _, models = self._stubs()
         request = get_model_status_pb2.GetModelStatusRequest()
         self._model_spec(request.model_spec)
-        return json_format.MessageToDict(self._call(models.GetModelStatus, request),
-                                         preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
+        return proto_json(self._call(self._stubs()[1].GetModelStatus, request))
 
     def _metadata(self) -> dict:
-        from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
-        prediction, _ = self._stubs()
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._model_spec(request.model_spec)
-        response = self._call(prediction.GetModelMetadata, request)
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signatures)
-
-        def to_dict(message):
-            return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                             always_print_fields_with_no_presence=True)
-        return {"model_spec": to_dict(response.model_spec),
-                "metadata": {"signature_def": to_dict(signatures)}}
+        return metadata_json(self._call(self._stubs()[0].GetModelMetadata, request))
 
 
-def _fill_tensor(tensor, batch) -> None:
-    """A TensorProto from a list of bytes (DT_STRING [n]) or a float array (DT_FLOAT [n, d])."""
-    from tensorflow.core.framework import types_pb2
-    if isinstance(batch, list):
-        tensor.dtype = types_pb2.DT_STRING
-        tensor.tensor_shape.dim.add(size=len(batch))
-        tensor.string_val.extend(batch)
-        return
-    array = np.ascontiguousarray(batch, dtype="<f4")
-    tensor.dtype = types_pb2.DT_FLOAT
-    for size in array.shape:
-        tensor.tensor_shape.dim.add(size=size)
-    tensor.tensor_content = array.tobytes()
+def proto_json(message) -> dict:
+    """A proto as TF Serving's REST API prints it (so both transports answer alike)."""
+    from google.protobuf import json_format
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
 
 
-def _tensor_values(tensor) -> list:
-    """A 1-D output TensorProto as Python values (strings decoded)."""
-    from tensorflow.core.framework import types_pb2
-    if tensor.dtype == types_pb2.DT_STRING:
-        return [s.decode("utf-8", errors="replace") for s in tensor.string_val]
-    if tensor.dtype == types_pb2.DT_FLOAT:
-        if tensor.tensor_content:
-            return np.frombuffer(tensor.tensor_content, dtype="<f4").tolist()
-        return list(tensor.float_val)
-    raise ServingError(f"unexpected output dtype {types_pb2.DataType.Name(tensor.dtype)}")
-
-
-def _root_cause(error: BaseException) -> str:
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    return str(error) or type(error).__name__
+def metadata_json(response) -> dict:
+    """A GetModelMetadataResponse as REST prints it: the packed SignatureDefMap unpacked."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    return {"model_spec": proto_json(response.model_spec),
+            "metadata": {"signature_def": proto_json(signatures)}}
 
 
 def make_client(rest: str | None = None, grpc: str | None = None, **settings) -> _Client:
     """RestClient for a URL, GrpcClient for HOST:PORT (REST on 127.0.0.1:8501 if neither)."""
-    if rest and grpc:
-        raise ValueError("give a REST URL or a gRPC target, not both")
     if grpc:
         return GrpcClient(grpc, **settings)
     return RestClient(rest or "http://127.0.0.1:8501", **settings)
@@ -354,7 +303,6 @@ def _parse_args(argv):
     where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC target, e.g. 127.0.0.1:8500")
     parser.add_argument("--model", default="captioner")
     parser.add_argument("--version", type=int, help="model version (default: latest)")
-    parser.add_argument("--label", help="model version label")
     parser.add_argument("--signature", default="serving_default", choices=SIGNATURES,
                         help="serving_default (greedy) or beam_search")
     parser.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
@@ -378,7 +326,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TensorFlow's C++ logs if --grpc loads it
     try:
         with make_client(args.rest, args.grpc, model=args.model, version=args.version,
-                         label=args.label, timeout=args.timeout, retries=args.retries,
+                         timeout=args.timeout, retries=args.retries,
                          batch_size=args.batch_size) as client:
             if args.status or args.metadata:
                 print(json.dumps(client.status() if args.status else client.metadata(), indent=2))
@@ -397,10 +345,7 @@ def _caption_paths(client, paths: list[str], signature: str, batch_size: int) ->
     failures = 0
     for start in range(0, len(paths), batch_size):  # read only one batch of files at a time
         batch = paths[start:start + batch_size]
-        images = []
-        for path in batch:
-            with open(path, "rb") as f:
-                images.append(f.read())
+        images = [Path(path).read_bytes() for path in batch]
         for path, result in zip(batch, client.caption(images, signature)):
             print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}",
                   flush=True)

@@ -2,7 +2,7 @@
 real model servers in subprocesses on free 127.0.0.1 ports.
 
 `served_model_base` is THE model folder every serving test uses (a base path holding version 1).
-By default it is the stand-in model (serving/standin_model.py) built once per session; set
+By default it is the stand-in model (tests/standin_model.py) built once per session; set
 SERVING_MODEL_BASE=/path/to/models/captioner to run the same tests on the real export. Tests compare
 served captions with `reference` (the same SavedModel run in-process through TF Serving's session
 path), so they hold for either model; checks that only make sense for the stand-in's colour captions
@@ -66,24 +66,19 @@ def served_model_base(tmp_path_factory) -> str:
     if not IS_STANDIN:
         return os.environ["SERVING_MODEL_BASE"]
     if "base" not in _cache:
-        from serving.standin_model import publish_version
+        from tests.standin_model import publish_standin
         base = str(tmp_path_factory.mktemp("standin") / MODEL_NAME)
-        publish_version(base, 1)
+        publish_standin(base, 1)
         _cache["base"] = base
     return _cache["base"]
-
-
-def latest_version_dir(base: str) -> str:
-    versions = [int(n) for n in os.listdir(base) if n.isdigit()]
-    return os.path.join(base, str(max(versions)))
 
 
 class InProcessModel:
     """The SavedModel run in this process exactly as TF Serving runs it (TF1 session loader,
     signature tensors fed and fetched by name): the reference served answers must equal."""
 
-    def __init__(self, version_dir: str):
-        from export.inspect import SessionModel
+    def __init__(self, version_dir):
+        from export.artifact import SessionModel
         self.model = SessionModel(version_dir)
         self.signatures = self.model.signatures
 
@@ -101,7 +96,8 @@ class InProcessModel:
 def reference(served_model_base) -> InProcessModel:
     key = ("reference", served_model_base)
     if key not in _cache:
-        _cache[key] = InProcessModel(latest_version_dir(served_model_base))
+        from export.artifact import latest_version
+        _cache[key] = InProcessModel(latest_version(served_model_base))
     return _cache[key]
 
 

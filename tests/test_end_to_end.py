@@ -1,5 +1,5 @@
-"""The whole path with the real model: train (shared fixture) -> export -> the local TF-Serving-
-compatible server (batching on) -> REST client, gRPC client and the Gradio app (gradio_client
+"""The whole path with the real model: train (shared fixture) -> export -> the development server
+(TF Serving's API) -> REST client, gRPC client and the Gradio app (gradio_client
 and a real headless Chromium) all return the in-process model's captions."""
 import os
 from pathlib import Path
@@ -12,7 +12,7 @@ from data.splits import split_dataset
 from model.evaluate import caption_features
 from model.run_dir import load_run
 from serving.client import GrpcClient, RestClient
-from tests.serving_fixtures import REPO, running_server
+from tests.serving_fixtures import running_server
 from tests.test_serving_app import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, AppProcess
 
 NUM_IMAGES = 12
@@ -35,10 +35,7 @@ def expected(trained_run):
 @pytest.fixture(scope="module")
 def server(exported_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("e2e")
-    batching = os.path.join(REPO, "serving", "batching.config")
-    with running_server(str(logs / "server.log"), "--enable_batching",
-                        f"--batching_parameters_file={batching}",
-                        base=str(exported_model.parent)) as server:
+    with running_server(str(logs / "server.log"), base=str(exported_model.parent)) as server:
         yield server
 
 

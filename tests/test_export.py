@@ -18,7 +18,7 @@ from data.feature_cache import load_features
 from data.layouts import load_dataset
 from data.splits import split_dataset
 from export.inspect import SessionModel
-from export.saved_model import WARMUP_FILE
+from export.artifact import WARMUP
 from model.evaluate import caption_features
 from model.run_dir import load_run
 
@@ -156,7 +156,7 @@ def test_assets_and_warmup(exported_model, session_model):
     settings = json.loads((assets / "export_settings.json").read_text())
     assert settings["decode"]["beam_width"] == 3 and settings["tensorflow"] == tf.__version__
     from tensorflow_serving.apis import prediction_log_pb2
-    warmup = exported_model / "assets.extra" / WARMUP_FILE
+    warmup = exported_model / WARMUP
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
                for r in tf.data.TFRecordDataset(str(warmup))]
     assert {r.predict_log.request.model_spec.signature_name for r in records} == SIGNATURES

@@ -1,6 +1,5 @@
 """serving.client (library and CLI) against a real local server: same captions over REST and gRPC as
 in-process, clear exceptions, retries only where they make sense."""
-import os
 import signal
 import subprocess
 import sys
@@ -9,21 +8,17 @@ import time
 
 import numpy as np
 import pytest
-import requests
 
 from serving.client import ClientSettings, GrpcClient, RestClient, make_client
 from serving.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, ServerProcess, free_port, image_bytes,  # noqa: F401
                                     reference, running_server, served_model_base, subprocess_env)
 
-SERVING_DIR = os.path.join(REPO, "serving")
-
 
 @pytest.fixture(scope="module")
 def server(served_model_base, tmp_path_factory):
     log = str(tmp_path_factory.mktemp("client") / "server.log")
-    with running_server(log, f"--monitoring_config_file={SERVING_DIR}/monitoring.config",
-                        base=served_model_base) as s:
+    with running_server(log, base=served_model_base) as s:
         yield s
 
 
@@ -80,21 +75,12 @@ def test_clear_exceptions(client):
     assert raised.value.http_status == 404
 
 
-def _request_count(server, status: str) -> int:
-    text = requests.get(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(":tensorflow:serving:request_count") and f'status="{status}"' in line \
-                and 'entrypoint="REST"' in line:
-            return int(line.rsplit(" ", 1)[1])
-    return 0
-
-
 def test_no_retry_on_400(server):
-    before = _request_count(server, "INVALID_ARGUMENT")
-    with RestClient(server.rest_url, retries=3, backoff=0.2) as client:
+    started = time.monotonic()
+    with RestClient(server.rest_url, retries=3, backoff=5) as client:
         with pytest.raises(InvalidArgumentError):
             client.caption([image_bytes()], signature="nope")
-    assert _request_count(server, "INVALID_ARGUMENT") == before + 1  # sent once, not retried
+    assert time.monotonic() - started < 3.5  # one retry would have waited at least 3.75 s
 
 
 def test_oversized_image_is_not_sent(server):

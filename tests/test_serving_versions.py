@@ -1,117 +1,115 @@
-"""Version pickup while the server runs: new versions load, half-written folders wait, the
-model_version_policy unloads old versions, warmup records run, a broken version does not take the
-model down."""
-import base64
+"""Version pickup while the development server runs under load: a version published atomically is
+served after a poll, its warmup records run first, and no request fails meanwhile; a pinned version
+keeps working; half-written and temp folders are ignored; a broken version is reported and never
+served. 127.0.0.1 only; bounded in time (MAX_SECONDS) and clients (CLIENTS)."""
+import concurrent.futures
 import os
 import shutil
+import threading
+import time
 
 import numpy as np
-import pytest
 import requests
-import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from serving.standin_model import publish_version
-from tests.serving_fixtures import (MODEL_NAME, RED, available_versions, copy_model_base, image_bytes,  # noqa: F401
+from export.artifact import publish_version, write_warmup
+from serving.client import RestClient
+from serving.errors import ServingError
+from tests.serving_fixtures import (MODEL_NAME, RED, copy_model_base, image_bytes,  # noqa: F401
                                     reference, running_server, served_model_base, wait_for)
 
-
-def write_warmup(version_dir: str, records: int = 2) -> None:
-    """assets.extra/tf_serving_warmup_requests: a TFRecord of PredictionLog, as TF Serving reads it."""
-    folder = os.path.join(version_dir, "assets.extra")
-    os.makedirs(folder, exist_ok=True)
-    with tf.io.TFRecordWriter(os.path.join(folder, "tf_serving_warmup_requests")) as writer:
-        for _ in range(records):
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = MODEL_NAME
-            request.model_spec.signature_name = "serving_default"
-            request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image_bytes(RED)]))
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
-
-
-def predict_caption(rest_url: str, path: str = "") -> requests.Response:
-    body = {"instances": [{"b64": base64.b64encode(image_bytes(RED)).decode()}]}
-    return requests.post(f"{rest_url}/v1/models/{MODEL_NAME}{path}:predict", json=body, timeout=30)
+POLL_SECONDS = 1.0  # --file_system_poll_wait_seconds: the documented wait before a new folder is seen
+CLIENTS = 8
+MAX_SECONDS = 90    # for the new version to be served; the load test never runs longer than this + 5 s
 
 
 def statuses(rest_url: str) -> dict[int, dict]:
     body = requests.get(f"{rest_url}/v1/models/{MODEL_NAME}", timeout=10).json()
-    return {int(s["version"]): s for s in body["model_version_status"]}
+    return {int(s["version"]): s for s in body.get("model_version_status", [])}
 
 
-def test_versions_are_picked_up_and_retired(served_model_base, reference, tmp_path):
-    base = copy_model_base(served_model_base, str(tmp_path / "captioner"), versions=[1])
-    config = tmp_path / "models.config"
-    config.write_text('model_config_list { config { name: "%s" base_path: "%s" model_platform: "tensorflow" '
-                      'model_version_policy { latest { num_versions: 2 } } '
-                      'version_labels { key: "stable" value: 2 } } }' % (MODEL_NAME, base))
+def served_version(rest_url: str) -> int:
+    """The version an unpinned request gets now (metadata goes through the same lookup as predict)."""
+    return int(requests.get(f"{rest_url}/v1/models/{MODEL_NAME}/metadata", timeout=10)
+               .json()["model_spec"]["version"])
+
+
+def publish_copy(base, source, version: int, warmup_records: int = 0) -> None:
+    """A copy of `source` as a new version, with warmup records, published atomically."""
+    def write(folder, _):
+        shutil.copytree(source, folder)
+        request = ("serving_default", {"image_bytes": np.array([image_bytes(RED)], dtype=object)})
+        write_warmup(folder, [request] * warmup_records)
+    publish_version(base, write, version)
+
+
+def load(rest_url: str, expected: str, stop: threading.Event, version: int | None) -> tuple[int, list]:
+    """1-image predicts back to back until `stop`; (requests, failures)."""
+    image, count, failures = image_bytes(RED), 0, []
+    with RestClient(rest_url, retries=0, timeout=60, version=version) as client:
+        while not stop.is_set():
+            count += 1
+            try:
+                result = client.caption([image])[0]
+                if result.caption != expected:
+                    failures.append(f"caption {result.caption!r}")
+            except ServingError as error:
+                failures.append(str(error))
+    return count, failures
+
+
+def test_new_version_is_served_without_a_failed_request(served_model_base, reference, tmp_path):
+    base = copy_model_base(served_model_base, str(tmp_path / MODEL_NAME), versions=[1])
     expected = reference.captions([image_bytes(RED)])[0][0]
-    with running_server(str(tmp_path / "server.log"), f"--model_config_file={config}",
-                        "--file_system_poll_wait_seconds=0.3") as server:
-        assert available_versions(server.rest_url) == [1]
-        assert predict_caption(server.rest_url, "/labels/stable").status_code == 404  # not loaded yet
-
-        # A half-written version (no saved_model.pb yet) and temp/non-numeric folders are ignored.
-        half = os.path.join(base, "3")
-        shutil.copytree(os.path.join(base, "1"), half, ignore=shutil.ignore_patterns("saved_model.pb"))
-        write_warmup(half)
-        os.makedirs(os.path.join(base, ".tmp-9"))
+    with running_server(str(tmp_path / "server.log"), f"--file_system_poll_wait_seconds={POLL_SECONDS}",
+                        base=base) as server:
+        # A half-written version (no saved_model.pb yet) and temp / non-numeric folders are ignored.
+        shutil.copytree(os.path.join(base, "1"), os.path.join(base, "3"),
+                        ignore=shutil.ignore_patterns("saved_model.pb"))
+        os.makedirs(os.path.join(base, ".tmp-9-1"))
         os.makedirs(os.path.join(base, "latest"))
-        # A new version published atomically (written beside, renamed into place) is loaded.
-        publish_version(base, 2, source_dir=os.path.join(base, "1"))
-        wait_for(lambda: available_versions(server.rest_url) == [1, 2], message="version 2 to load")
-        assert predict_caption(server.rest_url, "/labels/stable").json()["predictions"][0]["caption"] == expected
-        assert statuses(server.rest_url)[2]["state"] == "AVAILABLE"
+
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+            # client 0 pins version 1 for the whole run; the others follow the newest version
+            futures = [pool.submit(load, server.rest_url, expected, stop, 1 if i == 0 else None)
+                       for i in range(CLIENTS)]
+            try:
+                time.sleep(2)  # the load is running
+                started = time.monotonic()
+                publish_copy(base, os.path.join(base, "1"), 2, warmup_records=2)
+                wait_for(lambda: served_version(server.rest_url) == 2, timeout=MAX_SECONDS,
+                         interval=0.1, message="version 2 to be served")
+                pickup = time.monotonic() - started
+                time.sleep(2)  # and keeps running on version 2
+            finally:
+                stop.set()
+            results = [f.result(timeout=120) for f in futures]
+        requests_sent = sum(count for count, _ in results)
+        failures = [f for _, fails in results for f in fails]
+        print(f"\nVERSION PICKUP under {CLIENTS} clients: {requests_sent} requests, {len(failures)} "
+              f"failures, version 2 served {pickup:.1f} s after publishing (poll {POLL_SECONDS} s)")
+        assert not failures, failures[:3]
+        assert results[0][0] > 0 and requests_sent > CLIENTS
+        assert "ran 2 warmup records; captioner version 2 is AVAILABLE" in server.log_text()
         assert 3 not in statuses(server.rest_url)
 
-        # Completing version 3 loads it (after its warmup) and the policy (latest 2) drops version 1.
-        shutil.copy(os.path.join(base, "1", "saved_model.pb"), os.path.join(half, "saved_model.pb"))
-        wait_for(lambda: available_versions(server.rest_url) == [2, 3], message="version 3 to replace 1")
-        assert "ran 2 warmup records for captioner version 3" in server.log_text()
-        assert predict_caption(server.rest_url).json()["predictions"][0]["caption"] == expected
-        assert predict_caption(server.rest_url, "/versions/3").status_code == 200
-        assert predict_caption(server.rest_url, "/versions/1").status_code == 404
+        # The pinned version stays loaded beside the newest; an absent version is NOT_FOUND.
+        assert sorted(statuses(server.rest_url)) == [1, 2]
+        with RestClient(server.rest_url, version=99, retries=0) as pinned:
+            try:
+                pinned.caption([image_bytes(RED)])
+                raise AssertionError("version 99 answered")
+            except ServingError as error:
+                assert error.http_status == 404 and "99" in error.message
 
-        # A broken version is reported (state END with its error) and the others keep serving.
-        broken = os.path.join(base, "4")
-        os.makedirs(broken)
-        with open(os.path.join(broken, "saved_model.pb"), "wb") as f:
+        # A broken version is reported (state END with its error); the newest good one keeps serving.
+        os.makedirs(os.path.join(base, "4"))
+        with open(os.path.join(base, "4", "saved_model.pb"), "wb") as f:
             f.write(b"this is not a SavedModel")
-        wait_for(lambda: 4 in statuses(server.rest_url), message="version 4 to fail")
+        wait_for(lambda: 4 in statuses(server.rest_url), timeout=60, message="version 4 to fail")
         status = statuses(server.rest_url)[4]
-        assert status["state"] == "END" and status["status"]["error_code"] != "OK"
-        assert status["status"]["error_message"]
-        assert available_versions(server.rest_url) == [2, 3]
-        response = predict_caption(server.rest_url)
-        assert response.status_code == 200
-        assert response.json()["predictions"][0]["caption"] == expected
+        assert status["state"] == "END" and status["status"]["error_message"]
+        assert served_version(server.rest_url) == 2
+        with RestClient(server.rest_url) as client:
+            assert client.caption([image_bytes(RED)])[0].caption == expected
         assert "failed to load captioner version 4" in server.log_text()
-
-
-@pytest.mark.parametrize("policy, expected", [("latest { num_versions: 1 }", [3]),
-                                              ("all { }", [1, 2, 3]),
-                                              ("specific { versions: 1 versions: 3 }", [1, 3])])
-def test_version_policies(policy, expected):
-    from serving.config_protos import ModelConfig
-    from google.protobuf import text_format
-    from serving.model_registry import aspired_versions
-    config = text_format.Parse(f'name: "m" base_path: "/x" model_version_policy {{ {policy} }}', ModelConfig())
-    assert sorted(aspired_versions(config.model_version_policy, [1, 2, 3])) == expected
-    assert sorted(aspired_versions(ModelConfig().model_version_policy, [1, 2, 3])) == [3]  # default
-
-
-def test_loaded_version_runs_by_tensor_name_and_times_out(served_model_base, reference):
-    from serving.errors import DeadlineExceededError
-    from serving.model_registry import LoadedVersion
-    loaded = LoadedVersion(MODEL_NAME, 1, os.path.join(served_model_base, "1"))
-    try:
-        signature = loaded.signature("")  # "" means serving_default, as in TF Serving
-        images = [image_bytes(RED)]
-        outputs = loaded.run(signature, {"image_bytes": np.array(images, dtype=object)})
-        assert outputs["caption"][0].decode() == reference.captions(images)[0][0]
-        big = [image_bytes(RED, size=(2000, 1500), fmt="JPEG")] * 16
-        with pytest.raises(DeadlineExceededError):
-            loaded.run(signature, {"image_bytes": np.array(big, dtype=object)}, timeout=0.001)
-    finally:
-        loaded.unload()

@@ -1,5 +1,5 @@
-"""A stand-in captioner SavedModel that honours the serving contract exactly, for tests and
-benchmarks until the real export exists.
+"""A stand-in captioner SavedModel that honours the serving contract exactly: a test fixture (and
+the serving benchmark's default), built in seconds where the real export needs a trained run.
 
 Contract (see the export stage): tag "serve"; signatures
 - serving_default / beam_search: image_bytes DT_STRING [-1] -> caption DT_STRING [-1],
@@ -11,18 +11,16 @@ real model. The "caption" names the colour nearest to the image's mean pixel (a 
 scores the palette, a StaticHashTable names the winner): deterministic and easy to assert on.
 The model is written with keras.export.ExportArchive, the path TF Serving's session loader runs.
 
-    python -m serving.standin_model models/standin     # writes models/standin/1/
+    python -m tests.standin_model models/standin     # writes models/standin/1/
 """
 import argparse
-import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from data.images import decode_batch
+from export.artifact import publish_version
 
 FEATURE_DIM = 2048
 # Palette the stand-in can name: (name, RGB).
@@ -110,19 +108,9 @@ def write_standin(export_dir: str) -> str:
     return export_dir
 
 
-def publish_version(base_path: str, version: int, source_dir: str | None = None) -> str:
-    """Puts a model at base_path/version atomically: written (or copied) beside, then renamed,
-    so a polling server never sees a half-written version folder."""
-    os.makedirs(base_path, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_path)
-    os.rmdir(staging)
-    if source_dir:
-        shutil.copytree(source_dir, staging)
-    else:
-        write_standin(staging)
-    final = os.path.join(base_path, str(version))
-    os.rename(staging, final)
-    return final
+def publish_standin(base_path, version="auto") -> str:
+    """Publishes the stand-in as <base_path>/<version> (atomically, as every export is)."""
+    return str(publish_version(base_path, lambda folder, _: write_standin(str(folder)), version))
 
 
 def main() -> None:
@@ -130,7 +118,7 @@ def main() -> None:
     parser.add_argument("base_path", help="model base folder; the stand-in is written to <base>/<version>")
     parser.add_argument("--version", type=int, default=1)
     args = parser.parse_args()
-    print(publish_version(args.base_path, args.version))
+    print(publish_standin(args.base_path, args.version))
 
 
 if __name__ == "__main__":
