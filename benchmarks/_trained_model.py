@@ -26,10 +26,6 @@ class BenchmarkModelConfig:
     seed: int = 0
 
 
-def _has_version(model_base: Path) -> bool:
-    return any(p.name.isdigit() and (p / "saved_model.pb").is_file() for p in model_base.glob("*"))
-
-
 def ensure_benchmark_model(workdir="benchmarks/work",
                            config: BenchmarkModelConfig | None = None) -> tuple[Path, Path]:
     """(run_dir, model_base): a trained run and its export, created under `workdir` if absent.
@@ -39,6 +35,7 @@ def ensure_benchmark_model(workdir="benchmarks/work",
     from its backup/), the export (export_run renames a complete version folder into place).
     """
     from data.builtin import ensure_builtin
+    from export.artifact import list_versions
     from export.saved_model import export_run
     from model.encoder import EncoderConfig
     from model.presets import PRESETS
@@ -64,7 +61,7 @@ def ensure_benchmark_model(workdir="benchmarks/work",
               encoder_config=EncoderConfig(weights="random", seed=config.seed),
               cache_dir=work / "cache", evaluate=False, verbose=0)
 
-    if not _has_version(model_base):
+    if not list_versions(model_base):
         print(f"exporting the benchmark model to {model_base}", file=sys.stderr)
         export_run(run_dir, model_base, "auto")
     return run_dir, model_base

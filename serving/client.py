@@ -23,7 +23,7 @@ import requests
 from serving.errors import (DeadlineExceededError, ServingError, UnavailableError, error_for_code,
                             error_for_http)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SIGNATURES = ("serving_default", "beam_search")
 
 
@@ -57,7 +57,7 @@ class _Client:
         self.settings = dataclasses.replace(settings or ClientSettings(), **overrides)
 
     def caption(self, images: list[bytes], signature: str = "serving_default") -> list[CaptionResult]:
-        """One CaptionResult per encoded image (JPEG/PNG/GIF/BMP), in order. A bad image gives a
+        """One CaptionResult per encoded image (JPEG/PNG/GIF/BMP/WebP), in order. A bad image gives a
         result with .error set; a failed request raises ServingError."""
         results: list[CaptionResult | None] = [None] * len(images)
         cap = self.settings.max_request_bytes
