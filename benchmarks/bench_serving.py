@@ -16,7 +16,6 @@ plus request latency p50/p99. Without --model_base_path it benchmarks the stand-
 """
 import argparse
 import concurrent.futures
-import io
 import json
 import math
 import os
@@ -27,28 +26,15 @@ import threading
 import time
 
 import numpy as np
-from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks._synthetic import photo_jpegs  # noqa: E402
+from benchmarks._timing import machine, report  # noqa: E402
 from serving.client import GrpcClient, RestClient  # noqa: E402
 from export.artifact import SessionModel, latest_version  # noqa: E402
 from tests.serving_fixtures import ServerProcess  # noqa: E402
-
-
-def make_images(count: int, width: int, height: int, seed: int = 0) -> list[bytes]:
-    """Photo-sized JPEGs with some texture, so decoding costs what real photos cost."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        base = rng.integers(0, 256, size=3)
-        noise = rng.integers(-40, 40, size=(height, width, 3))
-        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        images.append(buffer.getvalue())
-    return images
 
 
 def requests_of(images: list[bytes], per_request: int, count: int) -> list[list[bytes]]:
@@ -113,10 +99,13 @@ def main() -> None:
     parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--requests", type=int, default=160, help="requests per scenario")
     parser.add_argument("--repeats", type=int, default=3, help="runs per scenario; the median is reported")
+    parser.add_argument("--quick", action="store_true", help="8 images, 16 requests, 1 repeat (smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.requests, args.repeats = 8, 16, 1
 
     width, height = map(int, args.image_size.split("x"))
-    images = make_images(args.images, width, height)
+    images = photo_jpegs(args.images, width, height)
     batches = requests_of(images, args.images_per_request, args.requests)
     work = tempfile.mkdtemp(prefix="bench_serving_")
     base = args.model_base_path
@@ -125,10 +114,10 @@ def main() -> None:
         base = os.path.join(work, "captioner")
         publish_standin(base, 1)
 
-    report = {
+    result = {
+        "benchmark": "bench_serving", "machine": machine(),
         "model": "stand-in (tests/standin_model.py), not the real export" if not args.model_base_path
                  else os.path.abspath(base),
-        "cpu_count": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2),
         "images": args.images, "image_size": args.image_size,
         "images_per_request": args.images_per_request, "requests_per_scenario": args.requests,
         "server": [],
@@ -153,16 +142,16 @@ def main() -> None:
                 runs.append({**run, "in_process_images_per_s": round(baseline, 1),
                              "ratio_vs_in_process": round(run["images_per_s"] / baseline, 2)})
             runs.sort(key=lambda r: r["ratio_vs_in_process"])
-            result = {"api": api, "clients": clients, **runs[len(runs) // 2],
-                      "ratios_of_all_repeats": [r["ratio_vs_in_process"] for r in runs]}
-            report["server"].append(result)
-            print(json.dumps(result), file=sys.stderr, flush=True)
+            scenario = {"api": api, "clients": clients, **runs[len(runs) // 2],
+                        "ratios_of_all_repeats": [r["ratio_vs_in_process"] for r in runs]}
+            result["server"].append(scenario)
+            print(json.dumps(scenario), file=sys.stderr, flush=True)
     finally:
         server.stop()
-    rest8 = next(r for r in report["server"] if r["api"] == "rest" and r["clients"] == 8)
-    report["target"] = "server images/s >= 0.8 x in-process at 8 REST clients"
-    report["target_met"] = rest8["ratio_vs_in_process"] >= 0.8
-    print(json.dumps(report, indent=2))
+    rest8 = next(r for r in result["server"] if r["api"] == "rest" and r["clients"] == 8)
+    result["target"] = "server images/s >= 0.8 x in-process at 8 REST clients"
+    result["target_met"] = rest8["ratio_vs_in_process"] >= 0.8
+    report("bench_serving", result)
 
 
 if __name__ == "__main__":
