@@ -40,7 +40,8 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from model.captioner import ModelConfig, build_captioner  # noqa: E402
-from model.decoding import END_ID, START_ID, DecodeConfig, decode_features  # noqa: E402
+from data.vocabulary import END_ID, START_ID  # noqa: E402
+from model.decoding import DecodeConfig, decode_features  # noqa: E402
 from model.presets import PRESETS  # noqa: E402
 from model.run_dir import write_json  # noqa: E402
 

@@ -33,12 +33,13 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
+from data.vocabulary import END_ID, SPECIAL_TOKENS, START_ID  # noqa: E402
 from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner  # noqa: E402
 from model.presets import PRESETS  # noqa: E402
 from model.run_dir import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-START_ID, END_ID, FIRST_WORD_ID = 1, 2, 4  # data/vocabulary.py's reserved ids
+FIRST_WORD_ID = len(SPECIAL_TOKENS)  # ids below it are data/vocabulary.py's reserved ones
 
 
 @dataclasses.dataclass

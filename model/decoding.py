@@ -10,9 +10,7 @@ import dataclasses
 import tensorflow as tf
 
 from data.captions import clean_caption_tensor
-
-# Reserved ids, fixed by data/vocabulary.py: <pad>=0, <start>=1, <end>=2, <unk>=3.
-PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+from data.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
 NEG_INF = -1e9  # finite, so that -inf + -inf or 0 * -inf never makes a NaN
 
 

@@ -34,7 +34,8 @@ class Features(NamedTuple):
 
 
 def ensure_features(images: Sequence[ImageCaptions], cache_dir, encoder_config: EncoderConfig,
-                    *, batch_size: int = 32, progress: bool = True) -> Features:
+                    *, batch_size: int = 32, progress: bool = True,
+                    lock_wait_seconds: float = 0) -> Features:
     """Features of `images`, extracting only what the cache lacks.
 
     The encoder is built only when something must be computed, so a complete cache works offline
@@ -43,7 +44,8 @@ def ensure_features(images: Sequence[ImageCaptions], cache_dir, encoder_config: 
     identity = encoder_id(encoder_config)
     report = extract_features([(image.name, image.path) for image in images],
                               lambda: build_encoder(encoder_config), cache_dir,
-                              encoder_id=identity, batch_size=batch_size, progress=progress)
+                              encoder_id=identity, batch_size=batch_size, progress=progress,
+                              lock_wait_seconds=lock_wait_seconds)
     names, features = load_features(cache_dir, [image.name for image in images],
                                      encoder_id=identity)
     skipped = SkipReport()

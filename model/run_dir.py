@@ -13,9 +13,9 @@
 """
 import dataclasses
 import json
-import os
 from pathlib import Path
 
+from data.files import atomic_write
 from data.vocabulary import Vocabulary
 from model.captioner import ModelConfig, build_captioner
 from model.decoding import DecodeConfig
@@ -47,11 +47,8 @@ class RunPaths:
 
 
 def write_json(path, payload) -> None:
-    """Atomic JSON write: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    """JSON of a run's settings or summary, written atomically: a reader never sees half a file."""
+    atomic_write(path, json.dumps(payload, indent=2, default=str))
 
 
 @dataclasses.dataclass

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from data.layouts import DatasetError
@@ -27,11 +26,15 @@ from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig, EncoderWeightsError
 from model.features import default_cache_dir, ensure_features
+from model.history import best_val_loss, history_summary
 from model.plots import loss_curve_png
 from model.presets import PRESETS, preset
 from model.run_dir import RunPaths, write_json
 
 log = logging.getLogger("train")
+# How long a worker waits for another one extracting into the same feature cache (Flickr30k's
+# 31k images take about an hour on 2 CPU cores).
+CACHE_LOCK_WAIT_SECONDS = 3 * 3600
 
 
 @dataclasses.dataclass
@@ -72,7 +75,11 @@ class TrainConfig:
 def choose_strategy(mode: str) -> tf.distribute.Strategy:
     """One GPU or CPU: the default strategy. Several GPUs (or, for tests, several logical CPUs
     with mode="mirrored"): MirroredStrategy, which all-reduces gradients between replicas.
-    Several machines: MultiWorkerMirroredStrategy, configured by the TF_CONFIG variable."""
+    Several machines: MultiWorkerMirroredStrategy, configured by the TF_CONFIG variable.
+
+    Call it before any other TensorFlow work in the process: MultiWorkerMirroredStrategy
+    configures collective ops when the runtime starts, and refuses ("Collective ops must be
+    configured at program startup") once anything has run."""
     if mode == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
@@ -80,6 +87,25 @@ def choose_strategy(mode: str) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def worker_paths(run_dir: Path, strategy: tf.distribute.Strategy) -> RunPaths:
+    """Where this process writes. The chief (worker 0) owns the run folder; every other worker
+    of a multi-worker run writes its own copies (checkpoint, history, backup) under
+    <run>/workers/<index>/, so no two processes ever write one file, and each worker finds its
+    own backup when the run is restarted."""
+    if strategy.extended.should_checkpoint:
+        return RunPaths(run_dir)
+    resolver = strategy.cluster_resolver
+    return RunPaths(run_dir / "workers" / f"{resolver.task_type}-{resolver.task_id}")
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Several workers each read the whole (in-memory, seeded) pipeline and keep their share of
+    every global batch: there are no files to shard by."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def caption_tokens(images, vocabulary: Vocabulary, row_of: dict):
@@ -103,17 +129,6 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     return keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm)
 
 
-def best_val_loss(history_csv: Path):
-    """Best val_loss already logged by a run being resumed, so ModelCheckpoint does not overwrite
-    the best weights with a worse epoch after a restart."""
-    if not history_csv.is_file():
-        return None
-    import csv
-    with history_csv.open() as f:
-        losses = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
-    return min(losses) if losses else None
-
-
 def callbacks(paths: RunPaths, config: TrainConfig):
     return [
         keras.callbacks.BackupAndRestore(str(paths.backup)),
@@ -134,7 +149,9 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     Returns the summary dict (also written to summary.json)."""
     train_config = train_config or TrainConfig()
     decode_config = decode_config or DecodeConfig()
-    paths = RunPaths(Path(run_dir))
+    strategy = choose_strategy(train_config.distribute)  # first: see choose_strategy
+    is_chief = strategy.extended.should_checkpoint
+    paths = worker_paths(Path(run_dir), strategy)
     paths.root.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(train_config.seed)
     if train_config.deterministic:
@@ -153,7 +170,10 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
              len(vocabulary), 100 * vocabulary.coverage)
 
     cache_dir = Path(cache_dir or default_cache_dir(data, encoder_config))
-    extraction = ensure_features(dataset.images, cache_dir, encoder_config)
+    # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
+    lock_wait = CACHE_LOCK_WAIT_SECONDS if train_config.distribute == "multiworker" else 0
+    extraction = ensure_features(dataset.images, cache_dir, encoder_config,
+                                 lock_wait_seconds=lock_wait)
     dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
     names, features = extraction.names, extraction.features
     row_of = {name: i for i, name in enumerate(names)}
@@ -163,8 +183,8 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
                               max_length=train_config.max_caption_tokens - 1)
     train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of)
     val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of)
-    train_ds = training_dataset(features, train_rows, train_tokens, pipeline)
-    val_ds = evaluation_dataset(features, val_rows, val_tokens, pipeline)
+    train_ds = shard_by_data(training_dataset(features, train_rows, train_tokens, pipeline))
+    val_ds = shard_by_data(evaluation_dataset(features, val_rows, val_tokens, pipeline))
     steps_per_epoch = math.ceil(len(train_tokens) / train_config.batch_size)
 
     model_config = ModelConfig(vocab_size=len(vocabulary), feature_dim=int(features.shape[1]),
@@ -182,7 +202,6 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     }
     write_json(paths.settings, settings)
 
-    strategy = choose_strategy(train_config.distribute)
     with strategy.scope():
         captioner = build_captioner(model_config)
         if captioner.feature_norm is not None:  # training images' statistics only
@@ -197,26 +216,17 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
 
     loss_curve_png(paths.history, paths.loss_curve)
     summary = {"settings": settings, "replicas": strategy.num_replicas_in_sync,
-               **_history_summary(paths.history)}
-    if evaluate:
+               "global_batch_size": train_config.batch_size,
+               "train_captions": len(train_tokens),
+               "steps_per_epoch": int(train_ds.cardinality()),
+               "optimizer_steps": int(captioner.optimizer.iterations.numpy()),
+               **history_summary(paths.history)}
+    if evaluate and is_chief:  # one evaluation per run, not one per worker
         from model.evaluate import evaluate_run
         summary["test"] = evaluate_run(paths.root, data=data, features=(names, features),
                                        dataset=dataset)
     write_json(paths.summary, summary)
     return summary
-
-
-def _history_summary(history_csv: Path) -> dict:
-    import csv
-    with history_csv.open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {"epochs": 0}
-    val = [float(r["val_loss"]) for r in rows]
-    best = int(np.argmin(val))
-    return {"epochs": len(rows), "best_epoch": int(rows[best]["epoch"]) + 1,
-            "best_val_loss": val[best], "final_loss": float(rows[-1]["loss"]),
-            "final_val_loss": val[-1]}
 
 
 def parse_args(argv=None):

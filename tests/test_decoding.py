@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.decoding import (END_ID, START_ID, DecodeConfig, beam_search, greedy_search,
-                            ids_to_captions, words_table)
+from data.vocabulary import END_ID, SPECIAL_TOKENS, START_ID
+from model.decoding import DecodeConfig, beam_search, greedy_search, ids_to_captions, words_table
 
 # Tokens: 0 <pad>, 1 <start>, 2 <end>, 3 <unk>, 4 "a", 5 "b", 6 "c".
-TOKENS = ["<pad>", "<start>", "<end>", "<unk>", "a", "b", "c"]
+TOKENS = [*SPECIAL_TOKENS, "a", "b", "c"]
 
 
 def markov_step(table):

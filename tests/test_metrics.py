@@ -9,6 +9,7 @@ from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.bleu.bleu import Bleu
 
 from data.captions import clean_caption
+from data.vocabulary import SPECIAL_TOKENS
 from model.metrics import (caption_scores, coco_scores, corpus_bleu_scores, evaluation_report,
                            majority_baseline)
 
@@ -80,7 +81,7 @@ def test_hand_worked_example():
 def _tokens(refs, preds):
     """The same tokens our module scores, built by hand: special tokens dropped, then cleaned."""
     refs = [[clean_caption(r).split() for r in rs] for rs in refs]
-    preds = [[w for w in p.split() if w not in ("<start>", "<end>", "<pad>", "<unk>")] for p in preds]
+    preds = [[w for w in p.split() if w not in SPECIAL_TOKENS] for p in preds]
     return refs, [clean_caption(" ".join(p)).split() for p in preds]
 
 
