@@ -161,7 +161,7 @@ def in_graph_decoder(model, step_fn, steps, jit_compile=False):
     """decode_features in a tf.function with an input_signature, as model/evaluate.py does; the
     step is swapped by handing decode_features an object with the model's initial_state."""
     decoder_model = types.SimpleNamespace(initial_state=model.initial_state, step=step_fn)
-    config = DecodeConfig(max_length=steps)
+    config = DecodeConfig(max_new_tokens=steps)
 
     @tf.function(input_signature=[tf.TensorSpec([None, FEATURE_DIM], tf.float32)],
                  jit_compile=jit_compile)

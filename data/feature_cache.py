@@ -57,7 +57,7 @@ from data.images import ERROR_CORRUPT, IMAGE_SIZE, PREPROCESSING, decode_one
 FORMAT_VERSION = 2  # 2: shards carry file stamps
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-LOCK_POLL_SECONDS = 5
+LOCK_POLL_SECONDS = 1
 SHARD_KEYS = ("names", "features", "failed_names", "failed_reasons", "stamps")
 # A missing file, no read permission, a folder: the same words data.layouts uses for empty files.
 ERROR_UNREADABLE = "unreadable image"
@@ -159,7 +159,7 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
     manifest = _read_manifest(cache_dir)
     if manifest is None:
         raise FeatureCacheError(f"no feature cache at {cache_dir} ({MANIFEST} missing); run "
-                                "`python -m model.features --cache DIR` first")
+                                "`python -m model.features --cache-dir DIR` first")
     if encoder_id is not None and manifest["encoder_id"] != encoder_id:
         raise FeatureCacheError(_encoder_mismatch(cache_dir, manifest["encoder_id"], encoder_id))
     all_names, blocks, failed = [], [], set()
@@ -258,7 +258,7 @@ def _plan(old: dict | None, names: list[str], cache_dir: pathlib.Path, encoder_i
             f"{cache_dir} was made for another image list: {len(new)} requested images are not "
             f"in it (e.g. {new[0]!r}) and {len(not_requested)} cached images were not requested "
             f"(e.g. {sorted(not_requested)[0]!r}). A cache is only reused for a subset of its "
-            "images or extended by new ones; use another --cache directory")
+            "images or extended by new ones; use another --cache-dir")
     extended = dict(old)
     extended["shards"] = old["shards"] + _cut(new, shard_size, len(old["shards"]))
     return extended
@@ -479,12 +479,13 @@ def _shard_readable(path: pathlib.Path) -> bool:
 def _exclusive_lock(cache_dir: pathlib.Path, wait_seconds: float = 0):
     with open(cache_dir / LOCK, "a") as handle:
         deadline = time.monotonic() + wait_seconds
+        if not _try_lock(handle) and wait_seconds:
+            log.info("waiting up to %.0f s for another extraction into %s to finish",
+                     wait_seconds, cache_dir)
         while not _try_lock(handle):
             if time.monotonic() >= deadline:
                 raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait for "
                                         "it or use another cache directory")
-            if wait_seconds:
-                log.info("waiting for another extraction into %s to finish", cache_dir)
             time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         try:
             yield

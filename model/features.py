@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="Flickr30k/Flickr8k folder in any known layout; omit for "
                                        "the built-in generated dataset")
-    parser.add_argument("--cache", help="feature cache folder (default: cache/<data>-<encoder>)")
+    parser.add_argument("--cache-dir", help="feature cache folder (default: cache/<data>-<encoder>)")
     parser.add_argument("--encoder-weights",
                         help="imagenet | random | path to a local ResNet50 notop .h5 file "
                              "(default: random for the built-in data, imagenet otherwise)")
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     config = EncoderConfig(weights=weights, seed=args.seed)
     try:
         dataset = open_dataset(args.data)
-        cache_dir = Path(args.cache) if args.cache else default_cache_dir(args.data, config)
+        cache_dir = Path(args.cache_dir or default_cache_dir(args.data, config))
         result = ensure_features(dataset.images, cache_dir, config, batch_size=args.batch_size)
     except (DatasetError, EncoderWeightsError, FeatureCacheError) as error:
         print(f"error: {error}", file=sys.stderr)

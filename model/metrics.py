@@ -120,6 +120,13 @@ def caption_scores(references: Sequence[Sequence[str]], predictions: Sequence[st
     return scores
 
 
+def score_line(label: str, scores: dict, label_width: int = 17) -> str:
+    """One method's scores as every command prints them:
+    `           greedy  BLEU-1..4 0.892 0.800 0.694 0.584  CIDEr-D 2.196`."""
+    bleu = " ".join(f"{scores[f'bleu{n}']:.3f}" for n in range(1, 5))
+    return f"{label:>{label_width}}  BLEU-1..4 {bleu}  CIDEr-D {scores['cider_d']:.3f}"
+
+
 def majority_baseline(train_captions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
     """Scores of predicting the most frequent (cleaned) training caption for every image.
 
