@@ -123,22 +123,26 @@ class Captioner(keras.Model):
         """With several workers Keras averages each replica's logs by strategy.reduce(MEAN,
         axis=0), which fails on scalar metrics ("Invalid reduction dimension 0 for input with 0
         dimensions"): give them that axis. The reduction returns scalars again."""
-        if not self.distribute_strategy.extended._in_multi_worker_mode():
+        if not self._multi_worker():
             return logs
         return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
+
+    def _multi_worker(self) -> bool:
+        return self.distribute_strategy.extended._in_multi_worker_mode()
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Keras 3.15's fit all-reduces the first (dict) batch across replicas just to learn its
         shapes; MultiWorkerMirroredStrategy cannot reduce a dict ("Attempt to convert a value
         ({'features': PerReplica...}) ... to a Tensor"). This worker's own copy of the batch has
         the same shapes and needs no communication."""
-        if iterator is not None:
+        if iterator is not None and self._multi_worker():
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(
                     lambda value: self.distribute_strategy.experimental_local_results(value)[0],
                     next(batches))
                 break
-        super()._maybe_symbolic_build(data_batch=data_batch)
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def build_for(self, batch_size=2, length=3):
         """Creates every weight (including image_to_c) by running a tiny dummy batch."""

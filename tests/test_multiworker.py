@@ -26,10 +26,10 @@ from model.train import WORKER_LOST, WORKER_LOST_EXIT_CODE
 ROOT = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 120          # 96 / 12 / 12 images, 480 training captions
 GLOBAL_BATCH = 32         # --batch-size: split 16 + 16 between the two workers
-PROCESS_TIMEOUT = 900     # seconds for a whole two-worker run on 2 busy cores (measured ~1-3 min)
-# How long the surviving worker may take to notice a dead one. A killed worker's port refuses at
-# once (measured 3 s); a frozen one misses the coordination service's heartbeats (measured 13 s);
-# --worker-timeout bounds a collective that waits anyway.
+PROCESS_TIMEOUT = 900     # seconds for a whole two-worker run on 2 busy cores (measured 1-4 min)
+# How long the surviving worker may take to notice a dead one. A killed worker's port refuses or
+# its heartbeats stop (measured 3-13 s); a frozen one misses the coordination service's heartbeats
+# (measured 13-15 s); --worker-timeout bounds a collective that waits anyway.
 WORKER_TIMEOUT = 60
 FAILURE_NOTICED_WITHIN = WORKER_TIMEOUT + 60
 
@@ -146,36 +146,54 @@ def test_two_workers_train_one_model(builtin_data, tmp_path):
         np.testing.assert_array_equal(value, saved[1][name], err_msg=name)
 
 
-def test_killed_worker_stops_the_other_and_both_resume(builtin_data, tmp_path):
-    run, cache = tmp_path / "run", tmp_path / "cache"
-    history = run / "history.csv"
-    workers = start_workers(run, builtin_data, cache, epochs=4)
+def signal_worker1_mid_epoch(run: Path, data: Path, cache: Path, epochs: int,
+                             sig: signal.Signals) -> tuple[int, float]:
+    """Trains until epoch 1 is logged, sends `sig` to worker 1 during epoch 2, and returns the
+    chief's exit status and how long it took to notice. Both processes are gone afterwards."""
+    workers = start_workers(run, data, cache, epochs=epochs)
     try:
         deadline = time.monotonic() + PROCESS_TIMEOUT
         while time.monotonic() < deadline and workers[0].poll() is None:
-            if epochs_logged(history):
+            if epochs_logged(run / "history.csv"):
                 break  # epoch 1 finished: both workers are now in epoch 2
             time.sleep(0.5)
         assert workers[0].poll() is None, logs(run)
         time.sleep(3)  # into epoch 2, and past worker 1's own end-of-epoch backup
-        workers[1].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
+        workers[1].send_signal(sig)
+        signalled = time.monotonic()
         code = workers[0].wait(timeout=FAILURE_NOTICED_WITHIN)
-        noticed_after = time.monotonic() - killed
+        return code, time.monotonic() - signalled
     finally:
         stop_all(workers)
-    print(f"the chief noticed the dead worker after {noticed_after:.1f} s")
+
+
+def test_killed_worker_stops_the_other_and_both_resume(builtin_data, tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, cache, 3, signal.SIGKILL)
+    print(f"the chief noticed the killed worker after {noticed_after:.1f} s")
     assert code == WORKER_LOST_EXIT_CODE, logs(run)
     assert WORKER_LOST in log_of(run, 0)
-    finished = epochs_logged(history)
-    assert 1 <= len(finished) < 4 and (run / "backup").is_dir()
+    finished = epochs_logged(run / "history.csv")
+    assert finished == list(range(len(finished))) and 1 <= len(finished) < 3
+    assert (run / "backup").is_dir()
 
-    workers = start_workers(run, builtin_data, cache, epochs=4)  # the same two commands again
+    workers = start_workers(run, builtin_data, cache, epochs=3)  # the same two commands again
     try:
         wait_all(workers, run)
     finally:
         stop_all(workers)
     # Resumed after the last finished epoch: none repeated, none skipped.
-    assert epochs_logged(history) == [0, 1, 2, 3], logs(run)
+    assert epochs_logged(run / "history.csv") == [0, 1, 2], logs(run)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["optimizer_steps"] == 4 * summary["steps_per_epoch"]
+    assert summary["optimizer_steps"] == 3 * summary["steps_per_epoch"]
+
+
+def test_frozen_worker_stops_the_other_instead_of_hanging_it(builtin_data, tmp_path):
+    """SIGSTOP: the process lives and its port stays open, but it answers nothing, like a machine
+    that froze or dropped off the network."""
+    run = tmp_path / "run"
+    code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, tmp_path / "cache", 2,
+                                                   signal.SIGSTOP)
+    print(f"the chief noticed the frozen worker after {noticed_after:.1f} s")
+    assert code == WORKER_LOST_EXIT_CODE, logs(run)
+    assert WORKER_LOST in log_of(run, 0)
