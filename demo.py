@@ -13,7 +13,6 @@
 Re-running reuses the cached features, the finished run and its export.
 """
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -27,15 +26,13 @@ from data.splits import split_dataset
 from export.artifact import SessionModel, latest_version
 from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
+from model.metrics import score_line
 from model.presets import PRESETS
+from model.run_dir import weights_digest
 from model.train import TrainConfig, train
 
 RUN_DIR = Path("runs/demo")
 MODEL_BASE = Path("models/captioner")
-
-
-def weights_digest(run_dir: Path) -> str:
-    return hashlib.sha256((run_dir / "best.weights.h5").read_bytes()).hexdigest()[:16]
 
 
 def trained_summary(args) -> dict:
@@ -88,9 +85,7 @@ def print_summary(summary, version, samples, seconds):
           f"val loss {summary.get('final_val_loss', float('nan')):.3f}")
     for method in ("greedy", "beam", "majority_baseline"):
         if method in test:
-            s = test[method]
-            print(f"{method:>17}  BLEU-1..4 {s['bleu1']:.3f} {s['bleu2']:.3f} {s['bleu3']:.3f} "
-                  f"{s['bleu4']:.3f}  CIDEr-D {s['cider_d']:.3f}")
+            print(score_line(method, test[method]))
     print(f"export       {version}")
     for image, greedy, beam in samples:
         print(f"\n  {image.path}\n    greedy:    {greedy}\n    beam:      {beam}\n"
@@ -114,7 +109,7 @@ def main(argv=None):
     start = time.time()
     try:
         summary = trained_summary(args)
-        version = exported_version(weights_digest(RUN_DIR))
+        version = exported_version(weights_digest(RUN_DIR / "best.weights.h5"))
         print("[6/7] captioning test images through the exported model (session path)")
         samples = caption_through_session(version, args.data)
     except (DatasetError, EncoderWeightsError, FileNotFoundError, ValueError) as error:

@@ -8,10 +8,16 @@ Seeded: the same arguments give the same bytes and tokens in every run and scrip
 """
 import io
 
+import sys
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
-START_ID, END_ID, FIRST_WORD_ID = 1, 2, 4  # model/decoding.py's reserved ids (<pad>, <unk> too)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from data.vocabulary import END_ID, SPECIAL_TOKENS, START_ID  # noqa: E402
+
+FIRST_WORD_ID = len(SPECIAL_TOKENS)  # ids below it are data/vocabulary.py's reserved ones
 FEATURE_DIM = 2048                          # ResNet50's pooled features
 
 

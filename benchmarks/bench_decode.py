@@ -31,7 +31,8 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks._synthetic import FEATURE_DIM  # noqa: E402
 from benchmarks._timing import REPO, machine, report, round_robin  # noqa: E402
 from model.captioner import ModelConfig, build_captioner  # noqa: E402
-from model.decoding import END_ID, DecodeConfig, decode_features  # noqa: E402
+from data.vocabulary import END_ID  # noqa: E402
+from model.decoding import DecodeConfig, decode_features  # noqa: E402
 from model.presets import PRESETS  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def never_ending_model(vocab_size: int, seed=0):
 
 def in_graph_decoder(model, steps):
     """decode_features in a tf.function with an input_signature, as model/evaluate.py does."""
-    config = DecodeConfig(max_length=steps)
+    config = DecodeConfig(max_new_tokens=steps)
 
     @tf.function(input_signature=[tf.TensorSpec([None, FEATURE_DIM], tf.float32)])
     def decode(features):

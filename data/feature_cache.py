@@ -16,9 +16,9 @@ Cache layout (cache_dir/):
 
 Names are sorted and cut into shards of `shard_size`, so a resumed run plans the very same shards
 (the manifest's plan wins: shard_size only applies to shards added later).
-A shard is written to a temp file in cache_dir and os.replace'd into place: a shard file that
-exists is complete, an interrupted run redoes only the missing shards, and temp files left by a
-killed run are deleted, never read.
+Shards and the manifest are written by data.files.atomic_write (temp file, then renamed): a shard
+file that exists is complete, an interrupted run redoes only the missing shards, and temp files
+left by a killed run are deleted, never read.
 
 Reuse rules:
 - another encoder_id (or image size / format version) -> FeatureCacheError: use another cache_dir.
@@ -51,12 +51,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from data.files import atomic_write, remove_partial_files
 from data.images import ERROR_CORRUPT, IMAGE_SIZE, PREPROCESSING, decode_one
 
 FORMAT_VERSION = 2  # 2: shards carry file stamps
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-TEMP_SUFFIX = ".tmp"
+LOCK_POLL_SECONDS = 1
 SHARD_KEYS = ("names", "features", "failed_names", "failed_reasons", "stamps")
 # A missing file, no read permission, a folder: the same words data.layouts uses for empty files.
 ERROR_UNREADABLE = "unreadable image"
@@ -103,20 +104,21 @@ class _Shard:
 def extract_features(items: Sequence[tuple[str, pathlib.Path]],
                      encoder: keras.Model | Callable[[], keras.Model], cache_dir, *,
                      encoder_id: str, batch_size: int = 32, shard_size: int = 256,
-                     progress: bool = True) -> ExtractionReport:
+                     progress: bool = True, lock_wait_seconds: float = 0) -> ExtractionReport:
     """Make sure cache_dir holds features of every (name, path) in items; returns what happened.
 
     `encoder` maps float32 [B,224,224,3] to [B,D]; it may also be a zero-argument function
     building it, called only if some shard has to be computed (a complete cache then needs no
-    weights at all).
+    weights at all). When another process is extracting into cache_dir, waits up to
+    `lock_wait_seconds` for it to finish (then reuses its shards) before refusing.
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     paths = _check_items(items)
     cache_dir = pathlib.Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache_dir):
-        _remove_temp_files(cache_dir)
+    with _exclusive_lock(cache_dir, lock_wait_seconds):
+        remove_partial_files(cache_dir)  # a killed run's; safe: we hold the lock
         old = _read_manifest(cache_dir)
         manifest = _plan(old, sorted(paths), cache_dir, encoder_id, shard_size)
         wanted = [s for s in manifest["shards"] if not set(s.names).isdisjoint(paths)]
@@ -157,7 +159,7 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
     manifest = _read_manifest(cache_dir)
     if manifest is None:
         raise FeatureCacheError(f"no feature cache at {cache_dir} ({MANIFEST} missing); run "
-                                "`python -m model.features --cache DIR` first")
+                                "`python -m model.features --cache-dir DIR` first")
     if encoder_id is not None and manifest["encoder_id"] != encoder_id:
         raise FeatureCacheError(_encoder_mismatch(cache_dir, manifest["encoder_id"], encoder_id))
     all_names, blocks, failed = [], [], set()
@@ -256,7 +258,7 @@ def _plan(old: dict | None, names: list[str], cache_dir: pathlib.Path, encoder_i
             f"{cache_dir} was made for another image list: {len(new)} requested images are not "
             f"in it (e.g. {new[0]!r}) and {len(not_requested)} cached images were not requested "
             f"(e.g. {sorted(not_requested)[0]!r}). A cache is only reused for a subset of its "
-            "images or extended by new ones; use another --cache directory")
+            "images or extended by new ones; use another --cache-dir")
     extended = dict(old)
     extended["shards"] = old["shards"] + _cut(new, shard_size, len(old["shards"]))
     return extended
@@ -385,7 +387,7 @@ def _write_shard(cache_dir: pathlib.Path, shard: _Shard, results: dict, dim: int
     for row, name in enumerate(good):
         features[row] = results[name]
     stamps = np.array([_file_stamp(paths[name]) for name in shard.names], dtype=str)
-    _atomic_write(cache_dir / shard.file, lambda handle: np.savez(
+    atomic_write(cache_dir / shard.file, lambda handle: np.savez(
         handle, names=np.array(good, dtype=str), features=features,
         failed_names=np.array(failed, dtype=str), failed_reasons=np.array(reasons, dtype=str),
         stamps=stamps))
@@ -433,7 +435,7 @@ def _count_reused(cache_dir: pathlib.Path, shards: list[_Shard], paths: dict) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: manifest, shards, temp files, lock
+# Files: manifest, shards, lock
 
 
 def _read_manifest(cache_dir: pathlib.Path) -> dict | None:
@@ -457,7 +459,7 @@ def _write_manifest(cache_dir: pathlib.Path, manifest: dict) -> None:
     data = dict(manifest)
     data["shards"] = [{"file": s.file, "names": s.names} for s in manifest["shards"]]
     text = json.dumps(data, indent=1, ensure_ascii=False)
-    _atomic_write(cache_dir / MANIFEST, lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(cache_dir / MANIFEST, text)
 
 
 def _shard_readable(path: pathlib.Path) -> bool:
@@ -473,31 +475,27 @@ def _shard_readable(path: pathlib.Path) -> bool:
         return False
 
 
-def _atomic_write(path: pathlib.Path, write: Callable) -> None:
-    """Writes to a temp file in the same folder, then renames it over `path` in one step."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    with open(temp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
-
-def _remove_temp_files(cache_dir: pathlib.Path) -> None:
-    """Leftovers of an interrupted run (safe: we hold the lock, so no writer is active)."""
-    for temp in cache_dir.glob(f".*{TEMP_SUFFIX}"):
-        temp.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
-def _exclusive_lock(cache_dir: pathlib.Path):
+def _exclusive_lock(cache_dir: pathlib.Path, wait_seconds: float = 0):
     with open(cache_dir / LOCK, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait for it "
-                                    "or use another cache directory") from None
+        deadline = time.monotonic() + wait_seconds
+        if not _try_lock(handle) and wait_seconds:
+            log.info("waiting up to %.0f s for another extraction into %s to finish",
+                     wait_seconds, cache_dir)
+        while not _try_lock(handle):
+            if time.monotonic() >= deadline:
+                raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait for "
+                                        "it or use another cache directory")
+            time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _try_lock(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False

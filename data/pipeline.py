@@ -7,7 +7,8 @@ Every element is
 where a caption's token list [<start>, w1 .. wn, <end>] gives inputs [<start>, w1 .. wn] and
 targets [w1 .. wn, <end>], right-padded with 0 (<pad>) to the longest caption of the batch
 (PipelineConfig.pad_to pads every batch to one fixed T instead; that reproduces the original
-project's padding to 80 and is meant for benchmarks only).
+project's padding to 80 and is meant for benchmarks only). A caption of n words has n + 2 tokens
+and n + 1 steps (T).
 
 How it stays fast without per-element Python: the dataset runs over caption *indices*. Shuffling,
 length bucketing and batching move scalars; one vectorised map per batch then gathers the token
@@ -34,17 +35,20 @@ class PipelineConfig:
     shuffle_buffer: int = 200_000
     seed: int = 0
     bucket_width: int = 4  # captions whose lengths differ by less than this share batches
-    max_length: int | None = None  # longest T; longer captions keep their first T-1 words + <end>
+    # Longest caption in tokens, <start> and <end> included (so at most max_caption_tokens - 1
+    # steps); a longer one keeps its first max_caption_tokens - 2 words and its <end>.
+    max_caption_tokens: int | None = None
     pad_to: int | None = None  # pad every batch to this T (benchmarks only)
 
     def __post_init__(self):
         for name in ("batch_size", "shuffle_buffer", "bucket_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PipelineConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_length", "pad_to"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"PipelineConfig.{name} must be None or >= 1, got {value}")
+        if self.max_caption_tokens is not None and self.max_caption_tokens < 2:
+            raise ValueError("PipelineConfig.max_caption_tokens must be None or >= 2 (<start>, "
+                             f"<end>), got {self.max_caption_tokens}")
+        if self.pad_to is not None and self.pad_to < 1:
+            raise ValueError(f"PipelineConfig.pad_to must be None or >= 1, got {self.pad_to}")
 
 
 @dataclass(frozen=True)
@@ -59,18 +63,19 @@ class CaptionExamples:
 
 
 def caption_examples(image_rows: Sequence[int], token_lists: Sequence[Sequence[int]],
-                     max_length: int | None = None) -> CaptionExamples:
+                     max_caption_tokens: int | None = None) -> CaptionExamples:
     """Checks and packs (image row, token ids) pairs; one Python pass, then only tensors.
 
-    Token lists need at least <start> and <end>. With max_length, a longer caption keeps its first
-    max_length tokens followed by its last token (<end>), so it gives exactly max_length steps and
-    the model still learns to stop.
+    Token lists need at least <start> and <end>. With max_caption_tokens, a longer caption keeps
+    its first max_caption_tokens - 1 tokens followed by its last token (<end>), so it has exactly
+    max_caption_tokens tokens and the model still learns to stop.
     """
     if len(image_rows) != len(token_lists):
         raise ValueError(f"got {len(image_rows)} image rows but {len(token_lists)} token lists; "
                          "expected one image row per caption")
-    if max_length is not None:
-        token_lists = [ids if len(ids) <= max_length + 1 else [*ids[:max_length], ids[-1]]
+    if max_caption_tokens is not None:
+        keep = max_caption_tokens - 1
+        token_lists = [ids if len(ids) <= max_caption_tokens else [*ids[:keep], ids[-1]]
                        for ids in token_lists]
     lengths = np.fromiter(map(len, token_lists), np.int64, count=len(token_lists))
     if len(lengths) and lengths.min() < 2:
@@ -126,10 +131,10 @@ def feature_batches(features: np.ndarray, batch_size: int) -> tf.data.Dataset:
 def _prepare(features, image_rows, token_lists, config: PipelineConfig):
     if not isinstance(config, PipelineConfig):
         raise TypeError(f"expected a PipelineConfig, got {type(config).__name__}")
-    examples = caption_examples(image_rows, token_lists, config.max_length)
+    examples = caption_examples(image_rows, token_lists, config.max_caption_tokens)
     if config.pad_to is not None and len(examples) and examples.steps.max() > config.pad_to:
         raise ValueError(f"a caption has {examples.steps.max()} steps, more than pad_to="
-                         f"{config.pad_to}; set max_length <= pad_to")
+                         f"{config.pad_to}; set max_caption_tokens <= pad_to + 1")
     table = _feature_table(features)
     num_rows = int(table.shape[0])
     rows = examples.image_rows.numpy()

@@ -15,9 +15,13 @@ import pathlib
 from typing import Iterable
 
 from data.captions import caption_words
+from data.files import atomic_write
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
-SPECIAL_TOKENS = (PAD, START, END, UNK)  # ids 0, 1, 2, 3
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+# Their ids, the same in every vocabulary: the decoder, the loss (<pad> = 0 is masked) and the
+# exported model rely on them.
+PAD_ID, START_ID, END_ID, UNK_ID = range(len(SPECIAL_TOKENS))
 TOKENS_FILE = "vocab.txt"
 SETTINGS_FILE = "vocab.json"
 
@@ -65,19 +69,19 @@ class Vocabulary:
 
     @property
     def pad_id(self) -> int:
-        return 0
+        return PAD_ID
 
     @property
     def start_id(self) -> int:
-        return 1
+        return START_ID
 
     @property
     def end_id(self) -> int:
-        return 2
+        return END_ID
 
     @property
     def unk_id(self) -> int:
-        return 3
+        return UNK_ID
 
     def token_id(self, word: str) -> int:
         return self._ids.get(word, self.unk_id)
@@ -95,10 +99,8 @@ class Vocabulary:
 
     def save(self, directory) -> None:
         directory = pathlib.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / TOKENS_FILE).write_text("\n".join(self.tokens) + "\n", encoding="utf-8")
-        (directory / SETTINGS_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n",
-                                               encoding="utf-8")
+        atomic_write(directory / TOKENS_FILE, "\n".join(self.tokens) + "\n")
+        atomic_write(directory / SETTINGS_FILE, json.dumps(self.settings(), indent=2) + "\n")
 
     @classmethod
     def load(cls, directory) -> "Vocabulary":
@@ -125,7 +127,7 @@ class Vocabulary:
                                   f"says size {size}")
         if special != {token: i for i, token in enumerate(SPECIAL_TOKENS)}:
             raise VocabularyError(f"{settings_path} has special tokens {special}, expected "
-                                  f"{dict(zip(SPECIAL_TOKENS, range(4)))}")
+                                  f"{dict(zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS))))}")
         if any(not t or len(t.split()) != 1 for t in tokens):
             raise VocabularyError(f"{tokens_path} has empty or space-containing tokens")
         if not 0.0 <= coverage <= 1.0:  # also refuses NaN

@@ -8,7 +8,6 @@ path and would load a half-written numeric folder.
 """
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from data.files import atomic_write
 from export.artifact import publish_version, write_warmup
 from export.signatures import SIGNATURES, build_archive
 from model.encoder import EncoderWeightsError, build_encoder, encoder_id
-from model.run_dir import load_run
+from model.run_dir import load_run, weights_digest
 
 
 @dataclasses.dataclass
@@ -29,7 +28,7 @@ class ExportConfig:
     # DecodeConfig (defaults: beam width 3, length penalty 0.7, 30 tokens at most).
     beam_width: int | None = None
     length_penalty: float | None = None
-    max_length: int | None = None
+    max_new_tokens: int | None = None
     warmup_images: int = 4        # real images from the run's dataset, per image signature
 
 
@@ -47,7 +46,7 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     run = load_run(run_dir)
     chosen = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
     decode = dataclasses.replace(run.decode_config, **{
-        k: v for k, v in chosen.items() if k in ("max_length", "beam_width", "length_penalty")})
+        k: v for k, v in chosen.items() if k in ("max_new_tokens", "beam_width", "length_penalty")})
     encoder = build_encoder(run.encoder_config)
     captioner = run.load_captioner()
     archive = build_archive(encoder, captioner, str(run.paths.vocab_file), decode)
@@ -62,7 +61,7 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
             "encoder_id": encoder_id(run.encoder_config),
             "model": run.settings["model"], "signatures": list(SIGNATURES),
             "run_dir": str(run.paths.root.resolve()),
-            "weights_digest": hashlib.sha256(run.paths.weights.read_bytes()).hexdigest()[:16],
+            "weights_digest": weights_digest(run.paths.weights),
             "tensorflow": tf.__version__}, indent=2))
         if images:
             write_warmup(folder, warmup_requests(images, captioner.config.feature_dim))
@@ -91,12 +90,12 @@ def main(argv=None):
     p.add_argument("--version", default="auto", help="'auto' (next number) or a number")
     p.add_argument("--beam-width", type=int, help="default: the run's (3)")
     p.add_argument("--length-penalty", type=float, help="default: the run's (0.7)")
-    p.add_argument("--max-length", type=int, help="default: the run's (30)")
+    p.add_argument("--max-new-tokens", type=int, help="most words generated (default: the run's, 30)")
     args = p.parse_args(argv)
     if args.version != "auto" and not args.version.isdigit():
         p.error(f"--version must be 'auto' or a positive number, got {args.version!r}")
     config = ExportConfig(beam_width=args.beam_width, length_penalty=args.length_penalty,
-                          max_length=args.max_length)
+                          max_new_tokens=args.max_new_tokens)
     try:
         path = export_run(args.run_dir, args.model_base, args.version, config)
     except (FileNotFoundError, FileExistsError, EncoderWeightsError, ValueError) as error:

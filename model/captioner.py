@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from data.files import atomic_write
+
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -40,7 +42,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
     def save(self, path):
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        atomic_write(path, json.dumps(dataclasses.asdict(self), indent=2))
 
     @classmethod
     def load(cls, path):
@@ -109,6 +111,38 @@ class Captioner(keras.Model):
         embedded = tf.gather(self.embedding.embeddings, tokens)
         output, (h, c) = self.lstm.cell(embedded, [h, c], training=False)
         return tf.cast(self.to_logits(output), tf.float32), (h, c)
+
+    # --- Keras 3.15 under MultiWorkerMirroredStrategy: two workarounds, found by running it ----
+    def train_step(self, data):
+        return self._logs_for_multi_worker(super().train_step(data))
+
+    def test_step(self, data):
+        return self._logs_for_multi_worker(super().test_step(data))
+
+    def _logs_for_multi_worker(self, logs):
+        """With several workers Keras averages each replica's logs by strategy.reduce(MEAN,
+        axis=0), which fails on scalar metrics ("Invalid reduction dimension 0 for input with 0
+        dimensions"): give them that axis. The reduction returns scalars again."""
+        if not self._multi_worker():
+            return logs
+        return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
+
+    def _multi_worker(self) -> bool:
+        return self.distribute_strategy.extended._in_multi_worker_mode()
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras 3.15's fit all-reduces the first (dict) batch across replicas just to learn its
+        shapes; MultiWorkerMirroredStrategy cannot reduce a dict ("Attempt to convert a value
+        ({'features': PerReplica...}) ... to a Tensor"). This worker's own copy of the batch has
+        the same shapes and needs no communication."""
+        if iterator is not None and self._multi_worker():
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: self.distribute_strategy.experimental_local_results(value)[0],
+                    next(batches))
+                break
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def build_for(self, batch_size=2, length=3):
         """Creates every weight (including image_to_c) by running a tiny dummy batch."""

@@ -10,34 +10,33 @@ import dataclasses
 import tensorflow as tf
 
 from data.captions import clean_caption_tensor
-
-# Reserved ids, fixed by data/vocabulary.py: <pad>=0, <start>=1, <end>=2, <unk>=3.
-PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+from data.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
 NEG_INF = -1e9  # finite, so that -inf + -inf or 0 * -inf never makes a NaN
 
 
 @dataclasses.dataclass
 class DecodeConfig:
-    max_length: int = 30          # tokens generated at most, <end> included
+    max_new_tokens: int = 30      # tokens generated at most, <end> included
     beam_width: int = 3
     length_penalty: float = 0.7   # beam score = log_prob / length ** length_penalty
 
     def __post_init__(self):
-        if self.max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.beam_width < 1:
             raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
         if self.length_penalty < 0:
             raise ValueError(f"length_penalty must be >= 0, got {self.length_penalty}")
 
 
-def greedy_search(step_fn, state, batch_size, max_length, start_id=START_ID, end_id=END_ID):
+def greedy_search(step_fn, state, batch_size, max_new_tokens, start_id=START_ID,
+                  end_id=END_ID):
     """Returns (ids [B, L] int32 with <end> kept and <pad> after it, log_prob [B] float32).
 
-    Stops when every caption has produced <end>, or after max_length tokens.
+    Stops when every caption has produced <end>, or after max_new_tokens tokens.
     """
     def not_done(i, tokens, state, finished, log_prob, ids):
-        return tf.logical_and(i < max_length, tf.logical_not(tf.reduce_all(finished)))
+        return tf.logical_and(i < max_new_tokens, tf.logical_not(tf.reduce_all(finished)))
 
     def body(i, tokens, state, finished, log_prob, ids):
         logits, state = step_fn(tokens, state)
@@ -66,13 +65,13 @@ def greedy_search(step_fn, state, batch_size, max_length, start_id=START_ID, end
     return ids, log_prob
 
 
-def beam_search(step_fn, state, batch_size, max_length, beam_width=3, length_penalty=0.7,
+def beam_search(step_fn, state, batch_size, max_new_tokens, beam_width=3, length_penalty=0.7,
                 start_id=START_ID, end_id=END_ID):
     """Batched beam search with length normalisation. Returns (ids [B, L], log_prob [B]) of the
     best beam by log_prob / length ** length_penalty.
 
     A beam that produced <end> stays in the beam with a fixed score (it may only continue with
-    <pad> at no cost); the loop stops at max_length or when, for every image, every beam has
+    <pad> at no cost); the loop stops at max_new_tokens or when, for every image, every beam has
     ended or no live beam can still beat its best ended one.
     """
     k = beam_width
@@ -87,14 +86,14 @@ def beam_search(step_fn, state, batch_size, max_length, beam_width=3, length_pen
 
     def not_done(i, tokens, state, scores, finished, lengths, seqs):
         # An unfinished beam's log-prob only falls, so the best normalised score it can still
-        # reach is scores / max_length ** penalty. An image is done when all its beams ended or
+        # reach is scores / max_new_tokens ** penalty. An image is done when all its beams ended or
         # none of the live ones can beat its best finished beam.
         best_finished = tf.reduce_max(tf.where(finished, normalised(scores, lengths), NEG_INF), 1)
         reachable = tf.where(finished, NEG_INF,
-                             scores / tf.pow(tf.cast(max_length, tf.float32), length_penalty))
+                             scores / tf.pow(tf.cast(max_new_tokens, tf.float32), length_penalty))
         done = tf.logical_or(tf.reduce_all(finished, 1),
                              tf.reduce_max(reachable, 1) < best_finished)
-        return tf.logical_and(i < max_length, tf.logical_not(tf.reduce_all(done)))
+        return tf.logical_and(i < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
     def body(i, tokens, state, scores, finished, lengths, seqs):
         logits, state = step_fn(tokens, state)
@@ -143,9 +142,9 @@ def decode_features(model, features, config: DecodeConfig, method="greedy"):
     batch_size = tf.shape(features)[0]
     state = model.initial_state(features)
     if method == "greedy":
-        return greedy_search(model.step, state, batch_size, config.max_length)
+        return greedy_search(model.step, state, batch_size, config.max_new_tokens)
     if method == "beam":
-        return beam_search(model.step, state, batch_size, config.max_length,
+        return beam_search(model.step, state, batch_size, config.max_new_tokens,
                            config.beam_width, config.length_penalty)
     raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
 

@@ -16,7 +16,7 @@ from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset
 from model.decoding import DecodeConfig, decode_features, ids_to_captions, words_table
-from model.metrics import caption_scores, evaluation_report, majority_baseline
+from model.metrics import caption_scores, evaluation_report, majority_baseline, score_line
 from model.plots import sample_grid_png
 from model.run_dir import load_run
 
@@ -97,10 +97,8 @@ def main(argv=None):
     except (DatasetError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for method in args.methods:
-        scores = result[method]
-        print(f"{method:>7}: " + "  ".join(f"{k}={scores[k]:.4f}" for k in
-                                           ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d")))
+    for method in (*args.methods, "majority_baseline"):
+        print(score_line(method, result[method]))
     print(f"report: {result['report']}\nsamples: {result['samples_png']}")
     return 0
 

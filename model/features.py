@@ -34,7 +34,8 @@ class Features(NamedTuple):
 
 
 def ensure_features(images: Sequence[ImageCaptions], cache_dir, encoder_config: EncoderConfig,
-                    *, batch_size: int = 32, progress: bool = True) -> Features:
+                    *, batch_size: int = 32, progress: bool = True,
+                    lock_wait_seconds: float = 0) -> Features:
     """Features of `images`, extracting only what the cache lacks.
 
     The encoder is built only when something must be computed, so a complete cache works offline
@@ -43,7 +44,8 @@ def ensure_features(images: Sequence[ImageCaptions], cache_dir, encoder_config: 
     identity = encoder_id(encoder_config)
     report = extract_features([(image.name, image.path) for image in images],
                               lambda: build_encoder(encoder_config), cache_dir,
-                              encoder_id=identity, batch_size=batch_size, progress=progress)
+                              encoder_id=identity, batch_size=batch_size, progress=progress,
+                              lock_wait_seconds=lock_wait_seconds)
     names, features = load_features(cache_dir, [image.name for image in images],
                                      encoder_id=identity)
     skipped = SkipReport()
@@ -64,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="Flickr30k/Flickr8k folder in any known layout; omit for "
                                        "the built-in generated dataset")
-    parser.add_argument("--cache", help="feature cache folder (default: cache/<data>-<encoder>)")
+    parser.add_argument("--cache-dir", help="feature cache folder (default: cache/<data>-<encoder>)")
     parser.add_argument("--encoder-weights",
                         help="imagenet | random | path to a local ResNet50 notop .h5 file "
                              "(default: random for the built-in data, imagenet otherwise)")
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
     config = EncoderConfig(weights=weights, seed=args.seed)
     try:
         dataset = open_dataset(args.data)
-        cache_dir = Path(args.cache) if args.cache else default_cache_dir(args.data, config)
+        cache_dir = Path(args.cache_dir or default_cache_dir(args.data, config))
         result = ensure_features(dataset.images, cache_dir, config, batch_size=args.batch_size)
     except (DatasetError, EncoderWeightsError, FeatureCacheError) as error:
         print(f"error: {error}", file=sys.stderr)

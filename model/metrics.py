@@ -24,9 +24,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -36,8 +34,9 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
 from data.captions import caption_words, clean_captions
+from data.files import atomic_write
+from data.vocabulary import SPECIAL_TOKENS
 
-SPECIAL_TOKENS = ("<start>", "<end>", "<pad>", "<unk>")
 _SPECIAL_TOKEN_RE = re.compile("|".join(re.escape(token) for token in SPECIAL_TOKENS))
 
 # Cumulative BLEU-n: uniform weights over orders 1..n.
@@ -121,6 +120,13 @@ def caption_scores(references: Sequence[Sequence[str]], predictions: Sequence[st
     return scores
 
 
+def score_line(label: str, scores: dict, label_width: int = 17) -> str:
+    """One method's scores as every command prints them:
+    `           greedy  BLEU-1..4 0.892 0.800 0.694 0.584  CIDEr-D 2.196`."""
+    bleu = " ".join(f"{scores[f'bleu{n}']:.3f}" for n in range(1, 5))
+    return f"{label:>{label_width}}  BLEU-1..4 {bleu}  CIDEr-D {scores['cider_d']:.3f}"
+
+
 def majority_baseline(train_captions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
     """Scores of predicting the most frequent (cleaned) training caption for every image.
 
@@ -146,8 +152,8 @@ def _json_default(value):
 def evaluation_report(scores: dict, samples: list[dict], settings: dict, path) -> None:
     """Writes scores, settings and sample captions to a JSON file at `path`.
 
-    The write is atomic (temporary file in the same folder, then os.replace), so a crash never
-    leaves a half-written report behind. `settings` may be a dict or a settings dataclass.
+    The write is atomic (data.files.atomic_write), so a crash never leaves a half-written report
+    behind. `settings` may be a dict or a settings dataclass.
     """
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
         settings = dataclasses.asdict(settings)
@@ -158,14 +164,5 @@ def evaluation_report(scores: dict, samples: list[dict], settings: dict, path) -
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "libraries": {name: importlib.metadata.version(name) for name in ("nltk", "pycocoevalcap")},
     }
-    text = json.dumps(report, indent=2, ensure_ascii=False, default=_json_default)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as tmp:
-        try:
-            tmp.write(text + "\n")
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
+    atomic_write(path, json.dumps(report, indent=2, ensure_ascii=False, default=_json_default)
+                 + "\n")

@@ -3,10 +3,7 @@
 Drawn with matplotlib's object API on the Agg canvas (no pyplot): nothing touches a display or
 the global backend, so this works on headless training machines and inside tests.
 """
-import csv
 import math
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,6 +11,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
+
+from data.files import atomic_write
+from model.history import read_history
 
 MAX_TILES = 12  # a grid beyond this is unreadable; callers pass a handful of samples anyway
 
@@ -31,48 +31,11 @@ PLACEHOLDER_GREY = 216  # RGB level of the tile drawn for a missing or unreadabl
 
 
 def _save(fig: Figure, out_png, dpi: int) -> None:
-    """Writes the PNG atomically (temp file + os.replace): readers never see half an image."""
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, out_png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes the PNG atomically: readers never see half an image."""
+    atomic_write(out_png, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
 
 
 # ---------------------------------------------------------------------------------------- loss curve
-
-def _number(text) -> float:
-    """A CSVLogger cell as a float; empty or "NA" (an epoch without validation) becomes NaN."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _read_history(history_csv) -> dict[str, np.ndarray]:
-    path = Path(history_csv)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        rows = [{k.strip(): v for k, v in row.items() if k} for row in reader]
-    if "loss" not in columns:
-        raise ValueError(f"{path} has no 'loss' column (columns: {columns or 'none'}); expected the "
-                         "CSV written by keras.callbacks.CSVLogger, with columns epoch, loss, val_loss")
-    if not rows:
-        raise ValueError(f"{path} has a header but no epochs yet")
-    history = {name: np.array([_number(row.get(name)) for row in rows])
-               for name in ("epoch", "loss", "val_loss") if name in columns}
-    if np.all(np.isnan(history["loss"])):
-        raise ValueError(f"{path} has no numeric 'loss' value in any of its {len(rows)} rows")
-    # CSVLogger counts epochs from 0; Keras prints "Epoch 1/N" for it, so plot 1-based.
-    history["epoch"] = history["epoch"] + 1 if "epoch" in history else np.arange(1, len(rows) + 1)
-    return history
-
 
 def loss_curve_png(history_csv, out_png) -> None:
     """Train vs validation loss per epoch from a Keras CSVLogger file, best epoch marked.
@@ -80,7 +43,7 @@ def loss_curve_png(history_csv, out_png) -> None:
     The best epoch is the lowest val_loss (the one ModelCheckpoint keeps); without a val_loss
     column, the lowest training loss. Raises ValueError if the CSV has no 'loss' column or no rows.
     """
-    history = _read_history(history_csv)
+    history = read_history(history_csv)
     epochs = history["epoch"]
     has_val = "val_loss" in history and not np.all(np.isnan(history["val_loss"]))
     best_on = "val_loss" if has_val else "loss"

@@ -9,13 +9,16 @@
       loss_curve.png      train vs validation loss
       tensorboard/
       evaluation/         report.json, samples.png
-      summary.json        settings, epochs, best epoch, losses, BLEU
+      summary.json        settings, epochs, best epoch, losses, optimizer steps, BLEU
+      workers/worker-<i>/ multi-worker runs only: worker i's own copies (weights, history, backup);
+                          the chief (worker 0) alone writes everything above
 """
 import dataclasses
+import hashlib
 import json
-import os
 from pathlib import Path
 
+from data.files import atomic_write
 from data.vocabulary import Vocabulary
 from model.captioner import ModelConfig, build_captioner
 from model.decoding import DecodeConfig
@@ -47,11 +50,28 @@ class RunPaths:
 
 
 def write_json(path, payload) -> None:
-    """Atomic JSON write: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    """JSON of a run's settings or summary, written atomically: a reader never sees half a file."""
+    atomic_write(path, json.dumps(payload, indent=2, default=str))
+
+
+def weights_digest(weights_file) -> str:
+    """The first 16 hex digits of the file's SHA-256: names the exact weights a SavedModel was
+    exported from (export_settings.json "weights_digest"), so an export of them can be reused."""
+    digest = hashlib.sha256()
+    with open(weights_file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# Fields renamed since older runs saved their settings.json: such runs still load.
+RENAMED_DECODE_FIELDS = {"max_length": "max_new_tokens"}
+
+
+def saved_decode_config(saved: dict) -> DecodeConfig:
+    """The DecodeConfig a run saved, under today's field names."""
+    return DecodeConfig(**{RENAMED_DECODE_FIELDS.get(name, name): value
+                           for name, value in saved.items()})
 
 
 @dataclasses.dataclass
@@ -81,5 +101,5 @@ def load_run(run_dir) -> TrainedRun:
                                     "(expected settings.json, vocab.txt and best.weights.h5)")
     settings = json.loads(paths.settings.read_text())
     return TrainedRun(paths, settings, ModelConfig(**settings["model"]),
-                      EncoderConfig(**settings["encoder"]), DecodeConfig(**settings["decode"]),
+                      EncoderConfig(**settings["encoder"]), saved_decode_config(settings["decode"]),
                       Vocabulary.load(paths.root))

@@ -3,19 +3,19 @@
     python -m model.train                                   # built-in data, default preset
     python -m model.train --data ~/flickr30k --encoder-weights imagenet --run-dir runs/f30k
     python -m model.train --preset seed                     # the original project's exact model
+    TF_CONFIG=... python -m model.train --distribute multiworker --run-dir /shared/run  # per machine
 
 Kill it at any time and run the same command again: BackupAndRestore resumes at the last finished
 epoch. At the end it writes the loss curve, evaluates BLEU on the test split and writes a summary.
+Several machines: README "Several machines" (tests/test_multiworker.py runs it on one).
 """
 import argparse
 import dataclasses
 import logging
-import math
 import sys
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from data.layouts import DatasetError
@@ -27,11 +27,20 @@ from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig, EncoderWeightsError
 from model.features import default_cache_dir, ensure_features
+from model.history import best_val_loss, history_summary
+from model.metrics import score_line
 from model.plots import loss_curve_png
 from model.presets import PRESETS, preset
 from model.run_dir import RunPaths, write_json
 
 log = logging.getLogger("train")
+# How long a worker waits for another one extracting into the same feature cache (Flickr30k's
+# 31k images take about an hour on 2 CPU cores).
+CACHE_LOCK_WAIT_SECONDS = 3 * 3600
+WORKER_LOST = ("multi-worker training stopped: another worker died or stopped answering. "
+               "Start every worker again with the same command: training resumes from the last "
+               "finished epoch (BackupAndRestore).")
+WORKER_LOST_EXIT_CODE = 3
 
 
 @dataclasses.dataclass
@@ -45,7 +54,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     patience: int = 4                    # EarlyStopping on val_loss
     min_count: int = 5                   # vocabulary minimum count
-    max_caption_tokens: int = 40         # longer training captions are cut (rare on Flickr30k)
+    max_caption_tokens: int = 40         # <start>, <end> included; longer training captions
+                                         # are cut, keeping <end> (rare on Flickr30k)
     seed: int = 0
     mixed_precision: bool = False        # mixed_float16: for GPUs with tensor cores
     jit_compile: bool = False            # measured on CPU: XLA ran the LSTM at half speed; and
@@ -53,6 +63,11 @@ class TrainConfig:
     distribute: str = "auto"             # "auto": MirroredStrategy when >1 GPU; "mirrored";
                                          # "multiworker" (TF_CONFIG, see README); "none"
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism()
+    # Multi-worker only: how long a gradient or metric all-reduce waits for the other workers
+    # before this one gives up, so a worker whose machine froze or dropped off the network stops
+    # the others instead of hanging them (a killed worker is noticed at once: its port refuses).
+    # Must exceed the workers' skew at the first step (tracing: ~30 s on a busy 2-core machine).
+    worker_timeout_seconds: float = 300.0
 
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "cosine"):
@@ -65,16 +80,26 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_caption_tokens < 3:  # <start>, at least one word, <end>
             raise ValueError(f"max_caption_tokens must be >= 3, got {self.max_caption_tokens}")
+        if self.worker_timeout_seconds <= 0:
+            raise ValueError("worker_timeout_seconds must be > 0, "
+                             f"got {self.worker_timeout_seconds}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-def choose_strategy(mode: str) -> tf.distribute.Strategy:
+def choose_strategy(mode: str, worker_timeout_seconds: float | None = None
+                    ) -> tf.distribute.Strategy:
     """One GPU or CPU: the default strategy. Several GPUs (or, for tests, several logical CPUs
     with mode="mirrored"): MirroredStrategy, which all-reduces gradients between replicas.
-    Several machines: MultiWorkerMirroredStrategy, configured by the TF_CONFIG variable."""
+    Several machines: MultiWorkerMirroredStrategy, configured by the TF_CONFIG variable.
+
+    Call it before any other TensorFlow work in the process: MultiWorkerMirroredStrategy
+    configures collective ops when the runtime starts, and refuses ("Collective ops must be
+    configured at program startup") once anything has run."""
     if mode == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=worker_timeout_seconds))
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if mode == "none" or (mode == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
@@ -82,9 +107,29 @@ def choose_strategy(mode: str) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices)
 
 
+def worker_paths(run_dir: Path, strategy: tf.distribute.Strategy) -> RunPaths:
+    """Where this process writes. The chief (worker 0) owns the run folder; every other worker
+    of a multi-worker run writes its own copies (checkpoint, history, backup) under
+    <run>/workers/worker-<index>/, so no two processes ever write one file, and each worker finds
+    its own backup when the run is restarted."""
+    if strategy.extended.should_checkpoint:
+        return RunPaths(run_dir)
+    resolver = strategy.cluster_resolver
+    return RunPaths(run_dir / "workers" / f"{resolver.task_type}-{resolver.task_id}")
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Several workers each read the whole (in-memory, seeded) pipeline and keep their share of
+    every global batch: there are no files to shard by."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
 def caption_tokens(images, vocabulary: Vocabulary, row_of: dict):
     """(image row in the feature matrix, token ids) for every caption of images with features.
-    Over-long captions are cut by the pipeline (PipelineConfig.max_length), which keeps <end>."""
+    Over-long captions are cut by the pipeline (PipelineConfig.max_caption_tokens), which keeps
+    <end>."""
     rows, tokens = [], []
     for image in images:
         if image.name not in row_of:
@@ -101,17 +146,6 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=max(1, steps_per_epoch * config.epochs))
     return keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm)
-
-
-def best_val_loss(history_csv: Path):
-    """Best val_loss already logged by a run being resumed, so ModelCheckpoint does not overwrite
-    the best weights with a worse epoch after a restart."""
-    if not history_csv.is_file():
-        return None
-    import csv
-    with history_csv.open() as f:
-        losses = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
-    return min(losses) if losses else None
 
 
 def callbacks(paths: RunPaths, config: TrainConfig):
@@ -134,7 +168,10 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     Returns the summary dict (also written to summary.json)."""
     train_config = train_config or TrainConfig()
     decode_config = decode_config or DecodeConfig()
-    paths = RunPaths(Path(run_dir))
+    # First: see choose_strategy.
+    strategy = choose_strategy(train_config.distribute, train_config.worker_timeout_seconds)
+    is_chief = strategy.extended.should_checkpoint
+    paths = worker_paths(Path(run_dir), strategy)
     paths.root.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(train_config.seed)
     if train_config.deterministic:
@@ -153,19 +190,22 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
              len(vocabulary), 100 * vocabulary.coverage)
 
     cache_dir = Path(cache_dir or default_cache_dir(data, encoder_config))
-    extraction = ensure_features(dataset.images, cache_dir, encoder_config)
+    # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
+    lock_wait = CACHE_LOCK_WAIT_SECONDS if train_config.distribute == "multiworker" else 0
+    extraction = ensure_features(dataset.images, cache_dir, encoder_config,
+                                 lock_wait_seconds=lock_wait)
     dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
     names, features = extraction.names, extraction.features
     row_of = {name: i for i, name in enumerate(names)}
 
-    # max_length counts steps: <start> w1..wn as inputs, w1..wn <end> as targets.
     pipeline = PipelineConfig(batch_size=train_config.batch_size, seed=train_config.seed,
-                              max_length=train_config.max_caption_tokens - 1)
+                              max_caption_tokens=train_config.max_caption_tokens)
     train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of)
     val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of)
-    train_ds = training_dataset(features, train_rows, train_tokens, pipeline)
-    val_ds = evaluation_dataset(features, val_rows, val_tokens, pipeline)
-    steps_per_epoch = math.ceil(len(train_tokens) / train_config.batch_size)
+    train_ds = shard_by_data(training_dataset(features, train_rows, train_tokens, pipeline))
+    val_ds = shard_by_data(evaluation_dataset(features, val_rows, val_tokens, pipeline))
+    # Counted by the pipeline: length buckets add partial batches to ceil(captions / batch).
+    steps_per_epoch = int(train_ds.cardinality())
 
     model_config = ModelConfig(vocab_size=len(vocabulary), feature_dim=int(features.shape[1]),
                                **(model_overrides or {}))
@@ -182,7 +222,6 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     }
     write_json(paths.settings, settings)
 
-    strategy = choose_strategy(train_config.distribute)
     with strategy.scope():
         captioner = build_captioner(model_config)
         if captioner.feature_norm is not None:  # training images' statistics only
@@ -197,26 +236,17 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
 
     loss_curve_png(paths.history, paths.loss_curve)
     summary = {"settings": settings, "replicas": strategy.num_replicas_in_sync,
-               **_history_summary(paths.history)}
-    if evaluate:
+               "global_batch_size": train_config.batch_size,
+               "train_captions": len(train_tokens),
+               "steps_per_epoch": steps_per_epoch,
+               "optimizer_steps": int(captioner.optimizer.iterations.numpy()),
+               **history_summary(paths.history)}
+    if evaluate and is_chief:  # one evaluation per run, not one per worker
         from model.evaluate import evaluate_run
         summary["test"] = evaluate_run(paths.root, data=data, features=(names, features),
                                        dataset=dataset)
     write_json(paths.summary, summary)
     return summary
-
-
-def _history_summary(history_csv: Path) -> dict:
-    import csv
-    with history_csv.open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {"epochs": 0}
-    val = [float(r["val_loss"]) for r in rows]
-    best = int(np.argmin(val))
-    return {"epochs": len(rows), "best_epoch": int(rows[best]["epoch"]) + 1,
-            "best_val_loss": val[best], "final_loss": float(rows[-1]["loss"]),
-            "final_val_loss": val[-1]}
 
 
 def parse_args(argv=None):
@@ -245,7 +275,12 @@ def parse_args(argv=None):
     p.add_argument("--distribute", choices=["auto", "mirrored", "multiworker", "none"],
                    help="auto: MirroredStrategy on >1 GPU; multiworker reads TF_CONFIG")
     p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--max-length", type=int, help="longest generated caption (tokens)")
+    p.add_argument("--worker-timeout", type=float, dest="worker_timeout_seconds",
+                   help="multiworker: seconds to wait for a silent worker before failing (300)")
+    p.add_argument("--max-caption-tokens", type=int,
+                   help="cut longer training captions (tokens, <start>/<end> included; 40)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="decoding: tokens generated at most, <end> included (default 30)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     return p.parse_args(argv)
 
@@ -254,7 +289,8 @@ def configs_from_args(args):
     chosen = preset(args.preset)
     train_fields = dict(chosen["train"], preset=args.preset)
     for name in ("epochs", "batch_size", "learning_rate", "lr_schedule", "clipnorm",
-                 "label_smoothing", "min_count", "patience", "seed", "distribute"):
+                 "label_smoothing", "min_count", "patience", "seed", "distribute",
+                 "worker_timeout_seconds", "max_caption_tokens"):
         if getattr(args, name) is not None:
             train_fields[name] = getattr(args, name)
     train_fields.update(mixed_precision=args.mixed_precision, jit_compile=args.xla,
@@ -267,8 +303,17 @@ def configs_from_args(args):
     encoder = None
     if args.encoder_weights:
         encoder = EncoderConfig(weights=args.encoder_weights)
-    decode = DecodeConfig(max_length=args.max_length) if args.max_length else DecodeConfig()
+    decode = (DecodeConfig(max_new_tokens=args.max_new_tokens) if args.max_new_tokens
+              else DecodeConfig())
     return TrainConfig(**train_fields), model_fields, encoder, decode
+
+
+def _worker_error_cause(message: str) -> str:
+    """The line of TensorFlow's multi-line error that names the cause (a refused connection,
+    missed heartbeats, a timeout), not its "Graph execution error:" heading."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    causes = [line for line in lines if "aborted by" in line or "timed out" in line.lower()]
+    return (causes or lines or ["unknown"])[0]
 
 
 def main(argv=None):
@@ -283,13 +328,17 @@ def main(argv=None):
     except (DatasetError, EncoderWeightsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except tf.errors.OpError as error:
+        if args.distribute != "multiworker":
+            raise
+        print(f"error: {WORKER_LOST}\n  cause: {_worker_error_cause(error.message)}",
+              file=sys.stderr)
+        return WORKER_LOST_EXIT_CODE
     print(f"run folder: {args.run_dir}  epochs: {summary['epochs']}  "
           f"best epoch: {summary.get('best_epoch')}  best val_loss: {summary.get('best_val_loss')}")
-    if "test" in summary:
-        for method in ("greedy", "beam"):
-            scores = summary["test"][method]
-            print(f"test {method:>6}: " + "  ".join(
-                f"{k}={scores[k]:.3f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d")))
+    for method in ("greedy", "beam", "majority_baseline"):
+        if method in summary.get("test", {}):
+            print(score_line(method, summary["test"][method]))
     return 0
 
 

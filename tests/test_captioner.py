@@ -62,7 +62,7 @@ def test_label_smoothing_mixes_in_the_uniform_loss():
     np.testing.assert_allclose(float(MaskedCaptionLoss(0.1)(targets, logits)), expected, rtol=1e-5)
 
 
-def test_greedy_through_the_model_stops_at_max_length():
+def test_greedy_through_the_model_stops_at_max_new_tokens():
     model = build_captioner(ModelConfig(vocab_size=12))
     ids, log_prob = greedy_search(model.step, model.initial_state(tf.zeros([2, 2048])), 2, 7)
     assert ids.shape[0] == 2 and ids.shape[1] <= 7 and log_prob.shape == (2,)

@@ -42,7 +42,7 @@ def exported_with(config: ExportConfig):
 # more entry here, and every test taking `export_dir` covers it.
 EXPORT_KINDS = {
     "default": shared_export,
-    "beam2_max12": exported_with(ExportConfig(beam_width=2, max_length=12)),
+    "beam2_max12": exported_with(ExportConfig(beam_width=2, max_new_tokens=12)),
 }
 
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.decoding import (END_ID, START_ID, DecodeConfig, beam_search, greedy_search,
-                            ids_to_captions, words_table)
+from data.vocabulary import END_ID, SPECIAL_TOKENS, START_ID
+from model.decoding import DecodeConfig, beam_search, greedy_search, ids_to_captions, words_table
 
 # Tokens: 0 <pad>, 1 <start>, 2 <end>, 3 <unk>, 4 "a", 5 "b", 6 "c".
-TOKENS = ["<pad>", "<start>", "<end>", "<unk>", "a", "b", "c"]
+TOKENS = [*SPECIAL_TOKENS, "a", "b", "c"]
 
 
 def markov_step(table):
@@ -45,9 +45,9 @@ TRAP = np.stack([
 
 
 def test_greedy_stops_at_end_and_pads_after():
-    ids, log_prob = greedy_search(markov_step(TRAP), dummy_state(2), 2, max_length=10)
+    ids, log_prob = greedy_search(markov_step(TRAP), dummy_state(2), 2, max_new_tokens=10)
     ids = ids.numpy()
-    # greedy: a (0.6), a (0.34), a, ... never ends by itself: cut at max_length
+    # greedy: a (0.6), a (0.34), a, ... never ends by itself: cut at max_new_tokens
     assert ids.shape == (2, 10) and set(ids[0]) == {4}
     np.testing.assert_allclose(log_prob.numpy()[0], np.log(0.6) + 9 * np.log(0.34), rtol=1e-4)
 
@@ -56,17 +56,17 @@ def test_greedy_ends_when_every_caption_has_ended():
     table = TRAP.copy()
     table[4] = probs(c=0.6, end=0.4)     # a -> c -> <end>/c tie broken to c? make it clear:
     table[6] = probs(end=0.9, c=0.1)
-    ids, _ = greedy_search(markov_step(table), dummy_state(3), 3, max_length=10)
+    ids, _ = greedy_search(markov_step(table), dummy_state(3), 3, max_new_tokens=10)
     assert ids.numpy().tolist() == [[4, 6, END_ID]] * 3  # loop stopped after 3 steps
 
 
-def test_greedy_respects_max_length():
-    ids, _ = greedy_search(markov_step(TRAP), dummy_state(1), 1, max_length=3)
+def test_greedy_respects_max_new_tokens():
+    ids, _ = greedy_search(markov_step(TRAP), dummy_state(1), 1, max_new_tokens=3)
     assert ids.shape == (1, 3)
 
 
 def test_beam_finds_the_sequence_greedy_misses():
-    ids, log_prob = beam_search(markov_step(TRAP), dummy_state(2), 2, max_length=10,
+    ids, log_prob = beam_search(markov_step(TRAP), dummy_state(2), 2, max_new_tokens=10,
                                 beam_width=2, length_penalty=0.7)
     assert ids.numpy()[:, :2].tolist() == [[5, END_ID]] * 2
     assert set(ids.numpy()[:, 2:].ravel()) <= {0}
@@ -76,8 +76,8 @@ def test_beam_finds_the_sequence_greedy_misses():
 def test_beam_width_one_equals_greedy():
     rng = np.random.RandomState(0)
     table = rng.dirichlet(np.ones(len(TOKENS)), size=len(TOKENS)).astype(np.float32)
-    g_ids, g_lp = greedy_search(markov_step(table), dummy_state(4), 4, max_length=6)
-    b_ids, b_lp = beam_search(markov_step(table), dummy_state(4), 4, max_length=6, beam_width=1,
+    g_ids, g_lp = greedy_search(markov_step(table), dummy_state(4), 4, max_new_tokens=6)
+    b_ids, b_lp = beam_search(markov_step(table), dummy_state(4), 4, max_new_tokens=6, beam_width=1,
                               length_penalty=0.0)
     assert g_ids.numpy().tolist() == b_ids.numpy().tolist()
     np.testing.assert_allclose(g_lp.numpy(), b_lp.numpy(), rtol=1e-5)
@@ -87,7 +87,7 @@ def test_beam_stops_when_all_beams_ended():
     table = TRAP.copy()
     table[1] = probs(b=0.5, c=0.5)
     table[6] = probs(end=1.0)
-    ids, _ = beam_search(markov_step(table), dummy_state(1), 1, max_length=20, beam_width=3)
+    ids, _ = beam_search(markov_step(table), dummy_state(1), 1, max_new_tokens=20, beam_width=3)
     # two beams end at step 2; the third ("a" at p=1e-9) can no longer win, so the loop stops
     assert ids.shape[1] == 2
 

@@ -3,6 +3,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -13,6 +14,7 @@ from PIL import Image
 
 from data.feature_cache import (ERROR_UNREADABLE, FeatureCacheError, cache_info,
                                 extract_features, load_features)
+from data.files import TEMP_SUFFIX
 from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, decode_one
 from model.encoder import EncoderConfig, build_encoder, encoder_id
 
@@ -155,7 +157,7 @@ def test_temp_files_are_never_read_and_are_cleaned(tmp_path, tiny_encoder):
     extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2, progress=False)
     # What a run killed while writing shard 1 leaves: no shard-00001.npz, a partial temp file.
     (cache / "shard-00001.npz").unlink()
-    (cache / ".shard-00001.npz.4242.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    (cache / f".shard-00001.npz.4242{TEMP_SUFFIX}").write_bytes(b"PK\x03\x04 half a zip")
     names, _ = load_features(cache)
     assert names == ["img000.png", "img001.jpg", "img004.jpg", "img005.jpg"]
     assert not cache_info(cache)["complete"]
@@ -164,7 +166,7 @@ def test_temp_files_are_never_read_and_are_cleaned(tmp_path, tiny_encoder):
     report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2,
                               progress=False)
     assert (report.num_extracted, report.num_reused) == (2, 4)
-    assert not list(cache.glob("*.tmp"))
+    assert not list(cache.glob(f"*{TEMP_SUFFIX}"))
     after = _shard_stamps(cache)
     assert after["shard-00000.npz"] == stamps["shard-00000.npz"]
     assert after["shard-00002.npz"] == stamps["shard-00002.npz"]
@@ -189,6 +191,23 @@ def test_concurrent_extraction_into_one_cache_is_refused(tmp_path, tiny_encoder)
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(FeatureCacheError, match="another extraction"):
             extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
+
+
+def test_a_waiting_extraction_runs_once_the_other_finishes(tmp_path, tiny_encoder):
+    """What workers of a multi-worker run sharing one cache do: one extracts, the others wait."""
+    items = _write_images(tmp_path / "images", 2)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    reports = []
+    with open(cache / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=lambda: reports.append(extract_features(
+            items, tiny_encoder, cache, encoder_id="tiny", progress=False, lock_wait_seconds=60)))
+        waiting.start()
+        time.sleep(1.5)
+        assert waiting.is_alive() and not reports  # still waiting for the lock
+    waiting.join(timeout=60)
+    assert reports and reports[0].num_extracted == 2
 
 
 def test_bad_arguments(tmp_path, tiny_encoder):
@@ -237,7 +256,7 @@ def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path):
     assert resumed.num_extracted == len(items) - len(survivors)
     after = _shard_stamps(cache)
     assert all(after[name] == stamp for name, stamp in survivors.items())
-    assert not list(cache.glob("*.tmp"))
+    assert not list(cache.glob(f"*{TEMP_SUFFIX}"))
 
     clean = tmp_path / "clean"
     extract_features(items, encoder, clean, encoder_id=encoder_id(config), batch_size=1,
@@ -263,7 +282,7 @@ def _tiny_dataset(root):
 def test_features_command_extracts_then_reuses(tmp_path, capsys):
     from model.features import main
     good = _tiny_dataset(tmp_path / "data")
-    argv = ["--data", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"),
+    argv = ["--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
             "--encoder-weights", "random", "--batch-size", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -296,7 +315,7 @@ def test_ensure_features_returns_rows_in_image_order_and_skips(tmp_path):
 def test_features_command_rejects_bad_input_with_exit_2(tmp_path, capsys, argv, expected):
     from model.features import main
     _tiny_dataset(tmp_path / "data")
-    argv = [arg.format(data=tmp_path / "data") for arg in argv] + ["--cache", str(tmp_path / "c")]
+    argv = [arg.format(data=tmp_path / "data") for arg in argv] + ["--cache-dir", str(tmp_path / "c")]
     try:
         code = main(argv)
     except SystemExit as exit:  # argparse

@@ -9,8 +9,9 @@ from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.bleu.bleu import Bleu
 
 from data.captions import clean_caption
+from data.vocabulary import SPECIAL_TOKENS
 from model.metrics import (caption_scores, coco_scores, corpus_bleu_scores, evaluation_report,
-                           majority_baseline)
+                           majority_baseline, score_line)
 
 # Two images; raw captions (capitals, punctuation, special tokens) to exercise cleaning too.
 HAND_REFS = [
@@ -80,7 +81,7 @@ def test_hand_worked_example():
 def _tokens(refs, preds):
     """The same tokens our module scores, built by hand: special tokens dropped, then cleaned."""
     refs = [[clean_caption(r).split() for r in rs] for rs in refs]
-    preds = [[w for w in p.split() if w not in ("<start>", "<end>", "<pad>", "<unk>")] for p in preds]
+    preds = [[w for w in p.split() if w not in SPECIAL_TOKENS] for p in preds]
     return refs, [clean_caption(" ".join(p)).split() for p in preds]
 
 
@@ -208,3 +209,9 @@ def test_evaluation_report_writes_json_atomically(tmp_path):
     with pytest.raises(TypeError, match="cannot write a object"):
         evaluation_report({"bad": object()}, [], {}, path)
     assert json.loads(path.read_text())["scores"]["bleu4"] == scores["bleu4"]  # old report intact
+
+
+def test_score_line_is_the_one_printed_format():
+    scores = {"bleu1": 0.8923, "bleu2": 0.8, "bleu3": 0.6944, "bleu4": 0.5836, "cider_d": 2.1962}
+    assert score_line("greedy", scores) == (
+        "           greedy  BLEU-1..4 0.892 0.800 0.694 0.584  CIDEr-D 2.196")

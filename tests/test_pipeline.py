@@ -96,10 +96,10 @@ def test_shuffle_is_seeded_and_changes_every_epoch():
     assert first != list(range(len(tokens)))
 
 
-def test_max_length_keeps_end_and_pad_to_fixes_the_width():
+def test_max_caption_tokens_keeps_end_and_pad_to_fixes_the_width():
     features = np.zeros([1, 3], np.float32)
     tokens = [[START, 5, 6, 7, 8, END], [START, 5, END]]
-    config = PipelineConfig(batch_size=2, max_length=3, pad_to=6)
+    config = PipelineConfig(batch_size=2, max_caption_tokens=4, pad_to=6)
     [(_, inputs, targets)] = _batches(evaluation_dataset(features, [0, 0], tokens, config))
     np.testing.assert_array_equal(inputs, [[START, 5, 6, 0, 0, 0], [START, 5, 0, 0, 0, 0]])
     np.testing.assert_array_equal(targets, [[5, 6, END, 0, 0, 0], [5, END, 0, 0, 0, 0]])

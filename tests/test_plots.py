@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data.files import TEMP_SUFFIX
 from model.plots import MAX_TILES, PLACEHOLDER_GREY, loss_curve_png, sample_grid_png
 
 REFERENCES = ["A black dog is running through the grass.",
@@ -20,7 +21,7 @@ def _open_png(path) -> Image.Image:
         assert image.format == "PNG"
         image.load()
         assert 300 <= image.width <= 5000 and 200 <= image.height <= 5000, image.size
-        assert not list(path.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+        assert not list(path.parent.glob(f".*{TEMP_SUFFIX}"))  # the atomic write left nothing behind
         return image.convert("RGB")
 
 

@@ -1,6 +1,7 @@
 """Training: it learns the built-in data, resumes after a kill, runs under MirroredStrategy, and
 its command line refuses bad input clearly."""
 import csv
+import hashlib
 import json
 import signal
 import subprocess
@@ -8,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+
+from model.decoding import DecodeConfig
+from model.run_dir import saved_decode_config, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +45,19 @@ def test_run_folder_has_everything(trained_run):
         rows = list(csv.DictReader(f))
     assert len(rows) == summary["epochs"]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert summary["optimizer_steps"] == summary["epochs"] * summary["steps_per_epoch"]
+
+
+def test_weights_digest_names_the_file_content(tmp_path):
+    weights = tmp_path / "best.weights.h5"
+    weights.write_bytes(b"weights" * 1000)
+    assert weights_digest(weights) == hashlib.sha256(b"weights" * 1000).hexdigest()[:16]
+
+
+def test_runs_saved_before_the_max_length_rename_still_load():
+    old = {"max_length": 12, "beam_width": 2, "length_penalty": 0.5}
+    assert saved_decode_config(old) == DecodeConfig(max_new_tokens=12, beam_width=2,
+                                                    length_penalty=0.5)
 
 
 def test_resume_after_kill(small_builtin, tmp_path):
