@@ -3,22 +3,27 @@
 
     python -m export.inspect models/captioner                 # latest version
     python -m export.inspect models/captioner/3 --image a.jpg b.png --signature beam_search
+    python -m export.inspect models/captioner --image a.jpg --mixed_precision bfloat16
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from export.precision import SERVER_MIXED_PRECISIONS, session_config
+
 
 class SessionModel:
     """A SavedModel loaded by the C++ loader into a TF1 session, its signatures run by tensor
     names: the path tensorflow_model_server takes (not Python's tf.saved_model.load)."""
 
-    def __init__(self, export_dir):
+    def __init__(self, export_dir, config=None):
         self.export_dir = str(export_dir)
-        self.session = tf.compat.v1.Session(graph=tf.Graph())
+        # config: e.g. export.precision.session_config("bfloat16"), the server's bf16 rewrite
+        self.session = tf.compat.v1.Session(graph=tf.Graph(), config=config)
         meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], self.export_dir)
         self.signatures = dict(meta_graph.signature_def)
         self.meta_graph = meta_graph
@@ -52,6 +57,14 @@ def latest_version(path) -> Path:
     return versions[-1]
 
 
+def export_precision(export_dir) -> str:
+    """The compute precision recorded at export (exports made before it existed are float32)."""
+    settings = Path(export_dir) / "assets" / "export_settings.json"
+    if not settings.is_file():
+        return "float32"
+    return json.loads(settings.read_text()).get("precision", "float32")
+
+
 def describe_signatures(signatures) -> str:
     dtype_name = lambda d: tf.dtypes.as_dtype(d).name  # noqa: E731
     shape = lambda s: [d.size for d in s.dim]  # noqa: E731
@@ -74,6 +87,8 @@ def main(argv=None):
     p.add_argument("--image", nargs="*", default=[], help="image files to caption")
     p.add_argument("--signature", default="serving_default",
                    choices=["serving_default", "beam_search"])
+    p.add_argument("--mixed_precision", default="", choices=SERVER_MIXED_PRECISIONS,
+                   help="bfloat16: the server's --mixed_precision=bfloat16 rewrite (AMX CPUs)")
     args = p.parse_args(argv)
     try:
         export_dir = latest_version(args.model)
@@ -81,8 +96,10 @@ def main(argv=None):
     except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    model = SessionModel(export_dir)
-    print(f"{export_dir}\n{describe_signatures(model.signatures)}")
+    model = SessionModel(export_dir, session_config(args.mixed_precision))
+    print(f"{export_dir}\nprecision: {export_precision(export_dir)}  "
+          f"session mixed_precision: {args.mixed_precision or 'none'}\n"
+          f"{describe_signatures(model.signatures)}")
     if images:
         out = model.run(args.signature, {"image_bytes": np.array(images, dtype=object)})
         for name, caption, log_prob, error in zip(args.image, out["caption"], out["log_prob"],

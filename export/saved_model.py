@@ -16,8 +16,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from export.precision import EXPORT_PRECISIONS, build_export_encoder, export_policy
 from export.signatures import SIGNATURES, build_archive
-from model.encoder import EncoderWeightsError, build_encoder, encoder_id
+from model.encoder import EncoderWeightsError, encoder_id
 from model.run_dir import load_run
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -32,6 +33,9 @@ class ExportConfig:
     length_penalty: float | None = None
     max_length: int | None = None
     warmup_images: int = 4        # real images from the run's dataset, per image signature
+    precision: str = "float32"    # "float16" | "bfloat16": 16-bit compute for GPU tensor cores
+                                  # (export/precision.py); on CPUs serve float32 with the
+                                  # server's --mixed_precision=bfloat16 instead
 
 
 def next_version(model_base: Path) -> int:
@@ -83,8 +87,9 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     chosen = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
     decode = dataclasses.replace(run.decode_config, **{
         k: v for k, v in chosen.items() if k in ("max_length", "beam_width", "length_penalty")})
-    encoder = build_encoder(run.encoder_config)
-    captioner = run.load_captioner()
+    encoder = build_export_encoder(run.encoder_config, config.precision)
+    with export_policy(config.precision):  # float32 variables, 16-bit compute
+        captioner = run.load_captioner()
     archive = build_archive(encoder, captioner, str(run.paths.vocab_file), decode)
 
     tmp = model_base / f"{TMP_PREFIX}{version}-{os.getpid()}"
@@ -93,7 +98,7 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     assets.mkdir(exist_ok=True)
     shutil.copy(run.paths.root / "vocab.json", assets / "vocab.json")
     (assets / "export_settings.json").write_text(json.dumps({
-        "version": version, "decode": dataclasses.asdict(decode),
+        "version": version, "precision": config.precision, "decode": dataclasses.asdict(decode),
         "encoder": dataclasses.asdict(run.encoder_config),
         "encoder_id": encoder_id(run.encoder_config),
         "model": run.settings["model"], "signatures": list(SIGNATURES),
@@ -129,11 +134,14 @@ def main(argv=None):
     p.add_argument("--beam-width", type=int, help="default: the run's (3)")
     p.add_argument("--length-penalty", type=float, help="default: the run's (0.7)")
     p.add_argument("--max-length", type=int, help="default: the run's (30)")
+    p.add_argument("--precision", default="float32", choices=EXPORT_PRECISIONS,
+                   help="compute dtype of the graph: float16/bfloat16 for GPU tensor cores; keep "
+                        "float32 on CPUs (serve it with --mixed_precision=bfloat16)")
     args = p.parse_args(argv)
     if args.version != "auto" and not args.version.isdigit():
         p.error(f"--version must be 'auto' or a positive number, got {args.version!r}")
     config = ExportConfig(beam_width=args.beam_width, length_penalty=args.length_penalty,
-                          max_length=args.max_length)
+                          max_length=args.max_length, precision=args.precision)
     try:
         path = export_run(args.run_dir, args.model_base, args.version, config)
     except (FileNotFoundError, FileExistsError, EncoderWeightsError, ValueError) as error:
