@@ -5,7 +5,7 @@
    auto-mixed-precision rewrite. `session_config("bfloat16")` is that same rewrite for a TF1
    session (export.inspect, the development server, the benchmarks).
 2. On GPUs, TF Serving has no such switch (tensorflow/serving issue 1583): the SavedModel itself
-   must compute in float16 or bfloat16 to reach tensor cores. `export_policy(precision)` builds
+   must compute in float16 or bfloat16 to reach tensor cores. `mixed_policy(precision)` builds
    the encoder and captioner under Keras' mixed policy (float32 variables, 16-bit compute);
    `build_export_encoder` keeps ResNet50's final pooling in float32.
 
@@ -51,7 +51,7 @@ def check_export_precision(precision: str) -> str:
 
 
 @contextlib.contextmanager
-def export_policy(precision: str):
+def mixed_policy(precision: str):
     """Keras' global dtype policy for `precision` while models are built, restored afterwards:
     layers keep the policy they were built with, so only construction needs to be inside."""
     policy = KERAS_POLICIES[check_export_precision(precision)]
@@ -66,7 +66,7 @@ def export_policy(precision: str):
 def build_export_encoder(config: EncoderConfig, precision: str) -> keras.Model:
     """build_encoder under the export policy, with the final average pooling in float32 (see the
     module docstring). The float32 encoder is returned unchanged."""
-    with export_policy(precision):
+    with mixed_policy(precision):
         encoder = build_encoder(config)
     if precision != "float32":
         # A float32 layer casts its 16-bit input up before averaging.

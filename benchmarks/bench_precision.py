@@ -1,0 +1,316 @@
+"""float32 vs 16-bit arithmetic, every comparison inside one run (JSON):
+
+    python benchmarks/bench_precision.py           # the demo's built-in data (1,500 images, 12
+                                                   # epochs): ~30 min on 2 shared cores the first
+                                                   # time (features, two trainings, three exports)
+    python benchmarks/bench_precision.py --quick   # 300 images, fewer repetitions: ~10 min
+
+Prints one JSON object and writes it to benchmarks/results/bench_precision[_quick].json.
+
+  cpu               model name and the flags that matter (amx_bf16, avx512_bf16, amx_tile, ...):
+                    bfloat16 is fast only where the hardware has them.
+  server_bfloat16   the float32 export through TF Serving's session path, plain vs the rewrite of
+                    `tensorflow_model_server --mixed_precision=bfloat16`
+                    (export.precision.session_config): images/s at batch 32 (round-robin
+                    repetitions, bench_export's images and timer), batch-1 median/p95 (calls
+                    alternating between the two sessions), and on the built-in test split
+                    BLEU-4 / CIDEr-D of both and the share of identical greedy captions.
+  exports_16bit     `--precision float16|bfloat16` exports vs the float32 export (plain session):
+                    greedy captions on the test split, agreement share, BLEU-4, CIDEr-D.
+                    Correctness only: float16 kernels are slow on a CPU.
+  training_speed    float32 vs mixed_bfloat16 train_on_batch captions/s at the seed preset's
+                    shapes (V 20,013, batch 128, bench_train's synthetic Flickr-like captions,
+                    bucketed batches at length quantiles), the two models alternating.
+  training_quality  the built-in data trained in float32 and with --mixed-precision bfloat16, same
+                    settings and seed: best validation loss of each.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from benchmarks._trained_model import BenchmarkModelConfig, ensure_benchmark_model  # noqa: E402
+from benchmarks.bench_export import (ExportBenchConfig, make_images, median, ms,  # noqa: E402
+                                     percentile, round_robin, seconds)
+from benchmarks.bench_train import (TrainBenchConfig, batch_shapes, seed_model,  # noqa: E402
+                                    synthetic_captions, take_batches, time_batches)
+from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
+from data.sources import open_dataset  # noqa: E402
+from data.splits import split_dataset  # noqa: E402
+from export.inspect import SessionModel, latest_version  # noqa: E402
+from export.precision import mixed_policy, session_config  # noqa: E402
+from export.saved_model import ExportConfig, export_run  # noqa: E402
+from model.metrics import caption_scores  # noqa: E402
+from model.run_dir import write_json  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+@dataclasses.dataclass
+class PrecisionBenchConfig:
+    num_images: int = 1500     # the demo's built-in dataset (1,200 / 150 / 150)
+    epochs: int = 12           # the demo's
+    batch_size: int = 128      # the default preset's
+    serving_batch: int = 32
+    repeats: int = 5           # round-robin repetitions at batch 32
+    latency_calls: int = 30    # per mode, alternating
+    train_images: int = 29_000  # synthetic captions for training_speed (x5 captions)
+    train_batches: int = 6     # bucketed batches per repetition and mode
+    train_repeats: int = 3
+    workdir: str = "benchmarks/work/precision"
+
+    @classmethod
+    def quick(cls):
+        return cls(num_images=300, epochs=10, batch_size=64, repeats=2, latency_calls=10,
+                   train_images=5_800, train_batches=3, train_repeats=2,
+                   workdir="benchmarks/work")  # bench_export's model, reused
+
+
+def cpu_info() -> dict:
+    """lscpu's model name and which bf16/AMX/AVX flags /proc/cpuinfo lists."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                      if line.startswith("Model name")), "unknown")
+    except OSError:
+        model = "unknown (no lscpu)"
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return {"model_name": model, "cpu_count": os.cpu_count(),
+            "flags": {flag: flag in flags for flag in CPU_FLAGS}}
+
+
+# ---- captions on the built-in test split --------------------------------------------------------
+
+def test_split(data_dir: Path):
+    return split_dataset(open_dataset(data_dir))["test"]
+
+
+def greedy_captions(model: SessionModel, images, batch: int) -> list[str]:
+    captions = []
+    for start in range(0, len(images), batch):
+        chunk = np.array([i.path.read_bytes() for i in images[start:start + batch]], dtype=object)
+        out = model.run("serving_default", {"image_bytes": chunk})
+        assert not any(out["error"]), out["error"]
+        captions += [c.decode() for c in out["caption"]]
+    return captions
+
+
+def quality(images, captions: list[str], reference_captions: list[str] | None = None) -> dict:
+    """BLEU-4 and CIDEr-D against the dataset's references; with `reference_captions` (float32's
+    greedy captions) also the share of identical captions."""
+    scores = caption_scores([list(i.captions) for i in images], captions)
+    row = {"bleu4": round(scores["bleu4"], 4), "cider_d": round(scores["cider_d"], 4),
+           "images": len(images)}
+    if reference_captions is not None:
+        same = [a == b for a, b in zip(captions, reference_captions)]
+        row["identical_to_float32"] = round(float(np.mean(same)), 4)
+        row["differing_examples"] = [[a, b] for a, b in zip(captions, reference_captions)
+                                     if a != b][:3]
+    return row
+
+
+# ---- (a) the server's bfloat16 mode -------------------------------------------------------------
+
+SERVING_MODES = {"float32": "", "server_bfloat16": "bfloat16"}
+
+
+def batch1_latency(models: dict, images: list[bytes], calls: int) -> dict:
+    """One image per call, the modes alternating call by call (so load hits both alike)."""
+    arrays = [np.array([image], dtype=object) for image in images]
+    times = {name: [] for name in models}
+    for i in tqdm(range(calls), desc="batch-1 latency", file=sys.stderr):
+        order = list(models) if i % 2 == 0 else list(models)[::-1]
+        for name in order:
+            a = arrays[i % len(arrays)]
+            times[name].append(seconds(lambda: models[name].run("serving_default",
+                                                                {"image_bytes": a})))
+    return {name: {"median_ms": ms(median(t)), "p95_ms": ms(percentile(t, 95))}
+            for name, t in times.items()}
+
+
+def bench_server_bfloat16(version_dir: Path, images, config: PrecisionBenchConfig) -> dict:
+    models = {name: SessionModel(version_dir, session_config(mode))
+              for name, mode in SERVING_MODES.items()}
+    photos = make_images(ExportBenchConfig(batch_size=config.serving_batch))
+    batch = np.array(photos, dtype=object)
+    times = round_robin({name: (lambda m=m: m.run("serving_default", {"image_bytes": batch}))
+                         for name, m in models.items()}, config.repeats, warmup=2)
+    paired = [f / b for f, b in zip(times["float32"], times["server_bfloat16"])]
+    throughput = {name: round(config.serving_batch / median(t), 2) for name, t in times.items()}
+    captions = {name: greedy_captions(m, images, config.serving_batch)
+                for name, m in models.items()}
+    result = {
+        "images_per_s_batch32": throughput,
+        "seconds_per_batch32_all_repeats": {k: [round(t, 3) for t in v] for k, v in times.items()},
+        "speedup_batch32": round(median(paired), 3),
+        "speedup_how": "median over repetitions of float32 time / bfloat16 time, back to back",
+        "speedup_per_repetition": [round(r, 3) for r in paired],
+        "batch1": batch1_latency(models, photos, config.latency_calls),
+        "test_split": {name: quality(images, c, captions["float32"])
+                       for name, c in captions.items()},
+    }
+    result["target"] = ">= 1.8x at batch 32 with BLEU-4 within 0.01 of float32 (AMX-BF16 CPU)"
+    result["target_met"] = bool(
+        result["speedup_batch32"] >= 1.8 and abs(result["test_split"]["server_bfloat16"]["bleu4"]
+                                                - result["test_split"]["float32"]["bleu4"]) <= 0.01)
+    for model in models.values():
+        model.close()
+    return result
+
+
+# ---- (c) 16-bit exports -------------------------------------------------------------------------
+
+def export_16bit(run_dir: Path, work: Path, precision: str) -> Path:
+    base = work / "models" / f"captioner-{precision}"
+    if not base.is_dir() or not any(p.name.isdigit() for p in base.iterdir()):
+        export_run(run_dir, base, "auto", ExportConfig(precision=precision))
+    return latest_version(base)
+
+
+def bench_exports(run_dir: Path, float32_dir: Path, work: Path, images,
+                  config: PrecisionBenchConfig) -> dict:
+    dirs = {"float32": float32_dir, **{p: export_16bit(run_dir, work, p)
+                                       for p in ("float16", "bfloat16")}}
+    captions, elapsed = {}, {}
+    for precision, version_dir in dirs.items():
+        model = SessionModel(version_dir)
+        started = time.perf_counter()
+        captions[precision] = greedy_captions(model, images, config.serving_batch)
+        elapsed[precision] = round(time.perf_counter() - started, 1)
+        model.close()
+    return {precision: {**quality(images, c, captions["float32"]),
+                        "seconds_for_test_split": elapsed[precision],
+                        "export": str(dirs[precision])}
+            for precision, c in captions.items()}
+
+
+# ---- (b) training -------------------------------------------------------------------------------
+
+def quantile_batches(config: TrainBenchConfig, count: int):
+    """`count` full bucketed batches at evenly spaced quantiles of an epoch's padded lengths."""
+    features, rows, tokens = synthetic_captions(config)
+    pipeline = PipelineConfig(batch_size=config.batch_size, seed=config.seed)
+    shapes = batch_shapes(rows, tokens, pipeline, config.images)
+    full = sorted((t, i) for i, (b, t) in enumerate(shapes) if b == config.batch_size)
+    picked = [full[int((j + 0.5) * len(full) / count)][1] for j in range(count)]
+    return take_batches(training_dataset(features, rows, tokens, pipeline), picked)
+
+
+def bench_training_speed(config: PrecisionBenchConfig) -> dict:
+    bench = TrainBenchConfig(images=config.train_images, repeats=config.train_repeats)
+    batches = quantile_batches(bench, config.train_batches)
+    models = {"float32": seed_model(bench.vocab_size)[0]}
+    with mixed_policy("bfloat16"):  # layers keep the policy they were built with
+        models["mixed_bfloat16"] = seed_model(bench.vocab_size)[0]
+    for model in models.values():  # trace the [None, None] step before timing
+        for inputs, targets in (batches[0], batches[-1]):
+            model.train_on_batch(inputs, targets)
+    times = {name: [] for name in models}
+    for rep in tqdm(range(config.train_repeats), desc="training repeats", file=sys.stderr):
+        for name in (list(models) if rep % 2 == 0 else list(models)[::-1]):
+            times[name].append(time_batches(models[name], batches))
+    captions = sum(int(t.shape[0]) for _, t in batches)
+    bf16 = models["mixed_bfloat16"]
+    paired = [f / b for f, b in zip(times["float32"], times["mixed_bfloat16"])]
+    return {
+        "shapes": {"vocab_size": bench.vocab_size, "batch_size": bench.batch_size,
+                   "batch_steps": [int(t.shape[1]) for _, t in batches]},
+        "captions_per_s": {name: round(captions / median(t), 2) for name, t in times.items()},
+        "seconds_per_repeat": {k: [round(s, 3) for s in v] for k, v in times.items()},
+        "speedup": round(median(paired), 3),
+        "speedup_per_repeat": [round(r, 3) for r in paired],
+        "target": ">= 1.5x captions/s (AMX-BF16 CPU)",
+        "mixed_bfloat16_checks": {
+            "lstm_compute_dtype": bf16.lstm.compute_dtype,
+            "logits_dtype": bf16.to_logits.compute_dtype,
+            "variables_dtype": bf16.lstm.cell.kernel.dtype,
+            "optimizer": type(bf16.optimizer).__name__,  # no LossScaleOptimizer for bfloat16
+        },
+    }
+
+
+def train_cli(data: Path, cache: Path, run_dir: Path, model: BenchmarkModelConfig,
+              mixed_precision: str) -> dict:
+    """A run through `python -m model.train` (its own process: the dtype policy is global),
+    with ensure_benchmark_model's settings; reused when its summary exists."""
+    if not (run_dir / "summary.json").is_file():
+        args = ["--data", str(data), "--cache-dir", str(cache), "--run-dir", str(run_dir),
+                "--encoder-weights", "random", "--epochs", str(model.epochs),
+                "--patience", str(model.epochs), "--batch-size", str(model.batch_size),
+                "--min-count", "2", "--seed", str(model.seed), "--no-eval",
+                "--mixed-precision", mixed_precision]
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "model.train", *args], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+        print(f"trained {run_dir} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def bench_training_quality(run_dir: Path, work: Path, model: BenchmarkModelConfig) -> dict:
+    float32 = json.loads((run_dir / "summary.json").read_text())
+    bf16 = train_cli(work / "data", work / "cache", work / "run-bfloat16", model, "bfloat16")
+    row = {name: {k: s.get(k) for k in ("epochs", "best_epoch", "best_val_loss", "final_loss")}
+           for name, s in (("float32", float32), ("mixed_bfloat16", bf16))}
+    relative = bf16["best_val_loss"] / float32["best_val_loss"] - 1
+    row["val_loss_relative_difference"] = round(relative, 4)
+    row["target"] = "bfloat16 best validation loss within 2% of float32's"
+    row["target_met"] = bool(abs(relative) <= 0.02)
+    return row
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+
+def run_benchmark(config: PrecisionBenchConfig, parts: set[str]) -> dict:
+    model = BenchmarkModelConfig(num_images=config.num_images, epochs=config.epochs,
+                                 batch_size=config.batch_size)
+    run_dir, model_base = ensure_benchmark_model(config.workdir, model)
+    work = run_dir.parent
+    version_dir = latest_version(model_base)
+    images = test_split(work / "data")
+    report = {"benchmark": "bench_precision", "cpu": cpu_info(),
+              "load_average_at_start": round(os.getloadavg()[0], 2),
+              "config": dataclasses.asdict(config), "model": str(version_dir),
+              "test_images": len(images)}
+    if "serving" in parts:
+        report["server_bfloat16"] = bench_server_bfloat16(version_dir, images, config)
+    if "exports" in parts:
+        report["exports_16bit"] = bench_exports(run_dir, version_dir, work, images, config)
+    if "training" in parts:
+        report["training_speed"] = bench_training_speed(config)
+        report["training_quality"] = bench_training_quality(run_dir, work, model)
+    report["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="300 images, fewer repetitions")
+    p.add_argument("--parts", nargs="+", default=["serving", "exports", "training"],
+                   choices=["serving", "exports", "training"])
+    args = p.parse_args(argv)
+    config = PrecisionBenchConfig.quick() if args.quick else PrecisionBenchConfig()
+    report = run_benchmark(config, set(args.parts))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / ("bench_precision_quick.json" if args.quick else "bench_precision.json"),
+               report)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
