@@ -238,7 +238,8 @@ def bench_training_speed(config: PrecisionBenchConfig) -> dict:
         "target": ">= 1.5x captions/s (AMX-BF16 CPU)",
         "mixed_bfloat16_checks": {
             "lstm_compute_dtype": bf16.lstm.compute_dtype,
-            "logits_dtype": bf16.to_logits.compute_dtype,
+            "logits_projection_compute_dtype": bf16.to_logits.compute_dtype,
+            "logits_dtype": bf16(batches[0][0]).dtype.name,  # cast up before softmax/loss
             "variables_dtype": bf16.lstm.cell.kernel.dtype,
             "optimizer": type(bf16.optimizer).__name__,  # no LossScaleOptimizer for bfloat16
         },

@@ -13,8 +13,9 @@ Why the pooling stays float32: the random-init ResNet50 features of two images d
 their energy (model/captioner.py), and bfloat16 rounds every value by up to 2**-9 = 0.2%. A 16-bit
 pooled feature is therefore rounded by about as much as the signal the captioner reads; averaging
 the 7x7 bfloat16 activations in float32 divides that rounding noise by ~7. The standardisation
-after it (captioner.FeatureStandardizer) is float32 for the same reason, and the logits, the
-log-softmax and the beam scores are float32 in every precision (to_logits, model/decoding.py).
+after it (captioner.FeatureStandardizer) is float32 for the same reason, and the logits (the
+output projection itself, load_export_captioner), the log-softmax and the beam scores are float32
+in every precision (model/decoding.py).
 """
 import contextlib
 
@@ -61,6 +62,16 @@ def mixed_policy(precision: str):
         yield policy
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def load_export_captioner(run, precision: str) -> keras.Model:
+    """The run's captioner under the export policy. Its output projection is kept float32 in
+    every export (training under mixed_bfloat16 runs it in bfloat16 for speed): the decoder is
+    ~1% of the served time, so exact logits cost nothing here."""
+    with mixed_policy(precision):
+        captioner = run.load_captioner()
+    captioner.to_logits.dtype_policy = keras.DTypePolicy("float32")
+    return captioner
 
 
 def build_export_encoder(config: EncoderConfig, precision: str) -> keras.Model:

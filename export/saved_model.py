@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from export.precision import EXPORT_PRECISIONS, build_export_encoder, mixed_policy
+from export.precision import EXPORT_PRECISIONS, build_export_encoder, load_export_captioner
 from export.signatures import SIGNATURES, build_archive
 from model.encoder import EncoderWeightsError, encoder_id
 from model.run_dir import load_run
@@ -88,8 +88,7 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     decode = dataclasses.replace(run.decode_config, **{
         k: v for k, v in chosen.items() if k in ("max_length", "beam_width", "length_penalty")})
     encoder = build_export_encoder(run.encoder_config, config.precision)
-    with mixed_policy(config.precision):  # float32 variables, 16-bit compute
-        captioner = run.load_captioner()
+    captioner = load_export_captioner(run, config.precision)
     archive = build_archive(encoder, captioner, str(run.paths.vocab_file), decode)
 
     tmp = model_base / f"{TMP_PREFIX}{version}-{os.getpid()}"
