@@ -18,6 +18,9 @@ Prints one JSON object and writes it to benchmarks/results/bench_precision[_quic
   exports_16bit     `--precision float16|bfloat16` exports vs the float32 export (plain session):
                     greedy captions on the test split, agreement share, BLEU-4, CIDEr-D.
                     Correctness only: float16 kernels are slow on a CPU.
+  attribution       which part of the graph changes captions in bfloat16: greedy captions with
+                    only the ResNet50 trunk, only the decoder, only the logits (rounded) in
+                    bfloat16, vs all float32 (in-process, same weights).
   training_speed    float32 vs mixed_bfloat16 train_on_batch captions/s at the seed preset's
                     shapes (V 20,013, batch 128, bench_train's synthetic Flickr-like captions,
                     bucketed batches at length quantiles), the two models alternating.
@@ -200,6 +203,61 @@ def bench_exports(run_dir: Path, float32_dir: Path, work: Path, images,
             for precision, c in captions.items()}
 
 
+# ---- (d) where 16-bit arithmetic changes captions ------------------------------------------------
+
+def bench_attribution(run_dir: Path, images) -> dict:
+    """In-process greedy captions with one part of the graph in bfloat16 at a time, compared with
+    all-float32: the ResNet50 trunk (float32 pooling), the decoder (LSTM state and gates), and
+    the logits rounded to bfloat16 before the log-softmax (what the server's rewrite does to it)."""
+    import types
+
+    import tensorflow as tf
+
+    from data.images import decode_batch
+    from export.precision import build_export_encoder, load_export_captioner
+    from model.encoder import build_encoder
+    from model.evaluate import caption_features
+    from model.run_dir import load_run
+
+    run = load_run(run_dir)
+    pixels, _ = decode_batch(tf.constant([i.path.read_bytes() for i in images]))
+    features = {p: np.concatenate([np.asarray(encoder.predict_on_batch(pixels[s:s + 32]),
+                                              np.float32) for s in range(0, len(images), 32)])
+                for p, encoder in (("float32", build_encoder(run.encoder_config)),
+                                   ("bfloat16", build_export_encoder(run.encoder_config,
+                                                                     "bfloat16")))}
+    decoders = {p: load_export_captioner(run, p) for p in ("float32", "bfloat16")}
+
+    def rounded_logits_step(tokens, state):
+        logits, state = decoders["float32"].step(tokens, state)
+        return tf.cast(tf.cast(logits, tf.bfloat16), tf.float32), state
+
+    rounded = types.SimpleNamespace(initial_state=decoders["float32"].initial_state,
+                                    step=rounded_logits_step)
+    variants = {"all_float32": ("float32", decoders["float32"]),
+                "bf16_resnet50_trunk": ("bfloat16", decoders["float32"]),
+                "bf16_decoder_lstm_state": ("float32", decoders["bfloat16"]),
+                "bf16_rounded_logits_before_log_softmax": ("float32", rounded),
+                "bf16_all_but_logits": ("bfloat16", decoders["bfloat16"])}
+    captions = {name: caption_features(decoder, run.vocabulary.tokens, features[f],
+                                       run.decode_config, "greedy", progress=False)[0]
+                for name, (f, decoder) in variants.items()}
+    # Standardised as the captioner sees them (the training set's mean and std).
+    norm = decoders["float32"].feature_norm
+    mean, std = np.asarray(norm.mean), np.asarray(norm.std)
+    live = std > 1e-5  # features that vary at all
+    z = {p: (f - mean) / std for p, f in features.items()}
+    return {"identical_to_all_float32": {
+                name: round(float(np.mean([a == b for a, b in zip(c, captions["all_float32"])])), 4)
+                for name, c in captions.items()},
+            "bleu4": {name: round(caption_scores([list(i.captions) for i in images], c)["bleu4"], 4)
+                      for name, c in captions.items()},
+            "feature_rms_error_in_std_units_bf16_trunk": round(float(np.sqrt(np.mean(
+                (z["bfloat16"] - z["float32"])[:, live] ** 2))), 4),
+            "between_image_share_of_feature_energy": round(float(
+                features["float32"].var(0).sum() / (features["float32"] ** 2).mean(0).sum()), 5)}
+
+
 # ---- (b) training -------------------------------------------------------------------------------
 
 def quantile_batches(config: TrainBenchConfig, count: int):
@@ -292,6 +350,8 @@ def run_benchmark(config: PrecisionBenchConfig, parts: set[str]) -> dict:
         report["server_bfloat16"] = bench_server_bfloat16(version_dir, images, config)
     if "exports" in parts:
         report["exports_16bit"] = bench_exports(run_dir, version_dir, work, images, config)
+    if "attribution" in parts:
+        report["attribution"] = bench_attribution(run_dir, images)
     if "training" in parts:
         report["training_speed"] = bench_training_speed(config)
         report["training_quality"] = bench_training_quality(run_dir, work, model)
@@ -302,8 +362,8 @@ def run_benchmark(config: PrecisionBenchConfig, parts: set[str]) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="300 images, fewer repetitions")
-    p.add_argument("--parts", nargs="+", default=["serving", "exports", "training"],
-                   choices=["serving", "exports", "training"])
+    parts = ["serving", "exports", "attribution", "training"]
+    p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     args = p.parse_args(argv)
     config = PrecisionBenchConfig.quick() if args.quick else PrecisionBenchConfig()
     report = run_benchmark(config, set(args.parts))
