@@ -364,12 +364,20 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="300 images, fewer repetitions")
     parts = ["serving", "exports", "attribution", "training"]
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
+    p.add_argument("--repeats", type=int, help="round-robin repetitions at batch 32")
+    p.add_argument("--train-repeats", type=int, help="training_speed repetitions")
     args = p.parse_args(argv)
     config = PrecisionBenchConfig.quick() if args.quick else PrecisionBenchConfig()
+    for name in ("repeats", "train_repeats"):
+        if getattr(args, name) is not None:
+            if getattr(args, name) < 1:
+                p.error(f"--{name.replace('_', '-')} must be >= 1")
+            setattr(config, name, getattr(args, name))
     report = run_benchmark(config, set(args.parts))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / ("bench_precision_quick.json" if args.quick else "bench_precision.json"),
-               report)
+    name = "bench_precision" + ("_quick" if args.quick else "") + \
+        ("" if set(args.parts) == set(parts) else "_" + "_".join(args.parts))
+    write_json(RESULTS / f"{name}.json", report)
     print(json.dumps(report, indent=2))
 
 
