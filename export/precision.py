@@ -9,13 +9,15 @@
    the encoder and captioner under Keras' mixed policy (float32 variables, 16-bit compute);
    `build_export_encoder` keeps ResNet50's final pooling in float32.
 
-Why the pooling stays float32: the random-init ResNet50 features of two images differ by ~0.5% of
-their energy (model/captioner.py), and bfloat16 rounds every value by up to 2**-9 = 0.2%. A 16-bit
-pooled feature is therefore rounded by about as much as the signal the captioner reads; averaging
-the 7x7 bfloat16 activations in float32 divides that rounding noise by ~7. The standardisation
-after it (captioner.FeatureStandardizer) is float32 for the same reason, and the logits (the
-output projection itself, load_export_captioner), the log-softmax and the beam scores are float32
-in every precision (model/decoding.py).
+What stays float32, and why: the random-init ResNet50 features of two images differ by ~0.5% of
+their energy (model/captioner.py), and bfloat16 rounds each value by up to 2**-9 = 0.2%. So the
+final average pooling runs in float32 (it averages the 7x7 16-bit activations without rounding
+the mean), and so does the standardisation after it (captioner.FeatureStandardizer). Measured
+(benchmarks/bench_precision.py, README "Precision"): most of the 16-bit error comes from the
+convolutions themselves (standardised features off by ~0.06-0.07 std, rms); float32 pooling takes
+off only a little of it, a bfloat16 standardisation would add ~0.025 std. The logits (the output
+projection itself, load_export_captioner), the log-softmax and the beam scores are float32 in
+every precision (model/decoding.py).
 """
 import contextlib
 

@@ -79,8 +79,9 @@ class Captioner(keras.Model):
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        # float32 under mixed precision too: 16-bit rounding (0.2-0.4%) would erase the ~0.5%
-        # by which random-init features differ between images before the mean is subtracted.
+        # float32 under mixed precision too: random-init features vary between images by only
+        # ~8% of their size (0.5% of their energy), so rounding them to bfloat16 (0.2% per value)
+        # before the mean is subtracted would add ~0.025 std of error, for no speed (2,048 values).
         self.feature_norm = (FeatureStandardizer(name="feature_norm", dtype="float32")
                              if config.normalize_features else None)
         self.image_to_h = keras.layers.Dense(config.units, activation="relu", name="image_to_h")
