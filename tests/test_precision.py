@@ -15,7 +15,7 @@ from tensorflow.core.protobuf import rewriter_config_pb2
 from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT
 from data.layouts import load_dataset
 from data.splits import split_dataset
-from export.inspect import SessionModel
+from export.inspect import SessionModel, export_precision
 from export.precision import check_export_precision, mixed_policy, session_config
 from export.saved_model import WARMUP_FILE, ExportConfig, export_run
 from tests.test_export import SIGNATURES, graph_ops, unregistered_ops
@@ -167,7 +167,14 @@ def test_16bit_export_keeps_the_contract(export_16bit, exported_model, test_imag
     assert share >= MIN_AGREEMENT
     assert_per_item_outputs(model, test_images)
     settings = json.loads((version_dir / "assets" / "export_settings.json").read_text())
-    assert settings["precision"] == precision
+    assert settings["precision"] == precision == export_precision(version_dir)  # inspect shows it
+
+
+def test_export_cli_refuses_an_unknown_precision(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
+                             str(tmp_path), "--precision", "int8"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "invalid choice: 'int8'" in result.stderr
 
 
 @pytest.mark.slow
