@@ -294,6 +294,7 @@ def bench_training_speed(config: PrecisionBenchConfig) -> dict:
         "speedup": round(median(paired), 3),
         "speedup_per_repeat": [round(r, 3) for r in paired],
         "target": ">= 1.5x captions/s (AMX-BF16 CPU)",
+        "target_met": bool(median(paired) >= 1.5),
         "mixed_bfloat16_checks": {
             "lstm_compute_dtype": bf16.lstm.compute_dtype,
             "logits_projection_compute_dtype": bf16.to_logits.compute_dtype,
