@@ -103,9 +103,11 @@ class SessionModel:
     """A version loaded by the C++ SavedModel loader into a TF1 session, its signatures run by
     tensor names: the path tensorflow_model_server takes. `run` is safe to call from many threads."""
 
-    def __init__(self, export_dir):
+    def __init__(self, export_dir, config=None):
         self.export_dir = Path(export_dir)
-        self.session = tf.compat.v1.Session(graph=tf.Graph())
+        # config: a ConfigProto, e.g. export.precision.session_config("bfloat16") for the rewrite
+        # that tensorflow_model_server --mixed_precision=bfloat16 turns on
+        self.session = tf.compat.v1.Session(graph=tf.Graph(), config=config)
         try:
             self.meta_graph = tf.compat.v1.saved_model.loader.load(
                 self.session, ["serve"], str(self.export_dir))

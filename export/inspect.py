@@ -5,6 +5,7 @@
     python -m export.inspect models/captioner/3 --image a.jpg b.png --signature beam_search
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -13,6 +14,15 @@ import tensorflow as tf
 
 # SessionModel and latest_version are re-exported: callers import them from here too.
 from export.artifact import SessionModel, latest_version  # noqa: F401
+from export.precision import SERVER_MIXED_PRECISIONS, session_config
+
+
+def export_precision(export_dir) -> str:
+    """The compute precision recorded at export (exports made before it existed are float32)."""
+    settings = Path(export_dir) / "assets" / "export_settings.json"
+    if not settings.is_file():
+        return "float32"
+    return json.loads(settings.read_text()).get("precision", "float32")
 
 
 def describe_signatures(signatures) -> str:
@@ -37,6 +47,8 @@ def main(argv=None):
     p.add_argument("--image", nargs="*", default=[], help="image files to caption")
     p.add_argument("--signature", default="serving_default",
                    choices=["serving_default", "beam_search"])
+    p.add_argument("--mixed_precision", default="", choices=SERVER_MIXED_PRECISIONS,
+                   help="bfloat16: the server's --mixed_precision=bfloat16 rewrite (AMX CPUs)")
     args = p.parse_args(argv)
     try:
         export_dir = latest_version(args.model)
@@ -44,8 +56,10 @@ def main(argv=None):
     except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    model = SessionModel(export_dir)
-    print(f"{export_dir}\n{describe_signatures(model.signatures)}")
+    model = SessionModel(export_dir, session_config(args.mixed_precision))
+    print(f"{export_dir}\nprecision: {export_precision(export_dir)}  "
+          f"session mixed_precision: {args.mixed_precision or 'none'}\n"
+          f"{describe_signatures(model.signatures)}")
     if images:
         out = model.run(args.signature, {"image_bytes": np.array(images, dtype=object)})
         for name, caption, log_prob, error in zip(args.image, out["caption"], out["log_prob"],

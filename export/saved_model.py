@@ -18,7 +18,8 @@ import tensorflow as tf
 from data.files import atomic_write
 from export.artifact import publish_version, write_warmup
 from export.signatures import SIGNATURES, build_archive
-from model.encoder import EncoderWeightsError, build_encoder, encoder_id
+from export.precision import EXPORT_PRECISIONS, build_export_encoder, load_export_captioner
+from model.encoder import EncoderWeightsError, encoder_id
 from model.run_dir import load_run, weights_digest
 
 
@@ -30,6 +31,9 @@ class ExportConfig:
     length_penalty: float | None = None
     max_new_tokens: int | None = None
     warmup_images: int = 4        # real images from the run's dataset, per image signature
+    precision: str = "float32"    # "float16" | "bfloat16": 16-bit compute for GPU tensor cores
+                                  # (export/precision.py); on CPUs serve float32 with the
+                                  # server's --mixed_precision=bfloat16 instead
 
 
 def warmup_requests(images: list[bytes], feature_dim: int) -> list[tuple[str, dict]]:
@@ -47,8 +51,8 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     chosen = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
     decode = dataclasses.replace(run.decode_config, **{
         k: v for k, v in chosen.items() if k in ("max_new_tokens", "beam_width", "length_penalty")})
-    encoder = build_encoder(run.encoder_config)
-    captioner = run.load_captioner()
+    encoder = build_export_encoder(run.encoder_config, config.precision)
+    captioner = load_export_captioner(run, config.precision)
     archive = build_archive(encoder, captioner, str(run.paths.vocab_file), decode)
     images = warmup_images if warmup_images is not None else _warmup_images(run, config)
 
@@ -56,7 +60,7 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
         archive.write_out(str(folder), verbose=False)
         atomic_write(folder / "assets" / "vocab.json", (run.paths.root / "vocab.json").read_bytes())
         atomic_write(folder / "assets" / "export_settings.json", json.dumps({
-            "version": number, "decode": dataclasses.asdict(decode),
+            "version": number, "precision": config.precision, "decode": dataclasses.asdict(decode),
             "encoder": dataclasses.asdict(run.encoder_config),
             "encoder_id": encoder_id(run.encoder_config),
             "model": run.settings["model"], "signatures": list(SIGNATURES),
@@ -91,11 +95,14 @@ def main(argv=None):
     p.add_argument("--beam-width", type=int, help="default: the run's (3)")
     p.add_argument("--length-penalty", type=float, help="default: the run's (0.7)")
     p.add_argument("--max-new-tokens", type=int, help="most words generated (default: the run's, 30)")
+    p.add_argument("--precision", default="float32", choices=EXPORT_PRECISIONS,
+                   help="compute dtype of the graph: float16/bfloat16 for GPU tensor cores; keep "
+                        "float32 on CPUs (serve it with --mixed_precision=bfloat16)")
     args = p.parse_args(argv)
     if args.version != "auto" and not args.version.isdigit():
         p.error(f"--version must be 'auto' or a positive number, got {args.version!r}")
     config = ExportConfig(beam_width=args.beam_width, length_penalty=args.length_penalty,
-                          max_new_tokens=args.max_new_tokens)
+                          max_new_tokens=args.max_new_tokens, precision=args.precision)
     try:
         path = export_run(args.run_dir, args.model_base, args.version, config)
     except (FileNotFoundError, FileExistsError, EncoderWeightsError, ValueError) as error:

@@ -43,6 +43,10 @@ WORKER_LOST = ("multi-worker training stopped: another worker died or stopped an
 WORKER_LOST_EXIT_CODE = 3
 
 
+# Logits and loss stay float32 under both (Captioner.to_logits, MaskedCaptionLoss).
+MIXED_POLICIES = {"": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
 @dataclasses.dataclass
 class TrainConfig:
     preset: str = "default"
@@ -57,7 +61,9 @@ class TrainConfig:
     max_caption_tokens: int = 40         # <start>, <end> included; longer training captions
                                          # are cut, keeping <end> (rare on Flickr30k)
     seed: int = 0
-    mixed_precision: bool = False        # mixed_float16: for GPUs with tensor cores
+    mixed_precision: str = ""            # "" float32; "float16": mixed_float16 with loss scaling
+                                         # (GPU tensor cores); "bfloat16": mixed_bfloat16, no
+                                         # loss scaling (AMX CPUs, TPUs, Ampere+ GPUs)
     jit_compile: bool = False            # measured on CPU: XLA ran the LSTM at half speed; and
                                          # bucketed shapes would recompile for every bucket
     distribute: str = "auto"             # "auto": MirroredStrategy when >1 GPU; "mirrored";
@@ -70,6 +76,11 @@ class TrainConfig:
     worker_timeout_seconds: float = 300.0
 
     def __post_init__(self):
+        if isinstance(self.mixed_precision, bool):  # settings.json of runs before bfloat16
+            self.mixed_precision = "float16" if self.mixed_precision else ""
+        if self.mixed_precision not in MIXED_POLICIES:
+            raise ValueError(f"mixed_precision must be one of {sorted(MIXED_POLICIES)}, "
+                             f"got {self.mixed_precision!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.distribute not in ("auto", "mirrored", "multiworker", "none"):
@@ -177,7 +188,7 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if train_config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.mixed_precision.set_global_policy(MIXED_POLICIES[train_config.mixed_precision])
 
     dataset = open_dataset(data)
     if encoder_config is None:  # the built-in data has no ImageNet weights to rely on
@@ -270,7 +281,9 @@ def parse_args(argv=None):
     p.add_argument("--encoder-weights", help="imagenet | random | path to a local ResNet50 "
                                               "notop .h5 file (default: random for the built-in "
                                               "data, imagenet otherwise)")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
+    p.add_argument("--mixed-precision", nargs="?", const="float16", default="",
+                   choices=["float16", "bfloat16"], help="float16 (the default without a value): "
+                   "mixed_float16, GPUs; bfloat16: mixed_bfloat16, AMX CPUs, TPUs, Ampere+ GPUs")
     p.add_argument("--xla", action="store_true", help="jit_compile=True (slower on CPU)")
     p.add_argument("--distribute", choices=["auto", "mirrored", "multiworker", "none"],
                    help="auto: MirroredStrategy on >1 GPU; multiworker reads TF_CONFIG")

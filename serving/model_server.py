@@ -11,7 +11,8 @@ The newest version folder is loaded, warmup included, before the ports open. Eve
 the background and swapped in once ready (no request waits or fails), and the one it replaces is
 dropped. A version pinned by number (/versions/N) is loaded on its first request and kept while its
 folder exists. A version that fails to load is reported (state END), never retried. Binds 127.0.0.1;
-refuses requests over 16 MiB; stops on SIGINT/SIGTERM.
+refuses requests over 16 MiB; stops on SIGINT/SIGTERM. --mixed_precision=bfloat16 turns on the
+same grappler rewrite as the container's flag (for CPUs with AMX/AVX512-BF16; see README "Precision").
 """
 import argparse
 import base64
@@ -37,6 +38,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc as predict_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from export.artifact import DEFAULT_SIGNATURE, SessionModel, list_versions
+from export.precision import SERVER_MIXED_PRECISIONS, session_config
 from serving.client import metadata_json, proto_json
 from serving.errors import InvalidArgumentError, NotFoundError, ServingError
 
@@ -56,6 +58,7 @@ class ServerSettings:
     model_base_path: str = ""
     model_config_file: str = ""       # a ModelServerConfig with one model, instead of the two above
     file_system_poll_wait_seconds: float = 1.0  # 0: load once, never poll
+    mixed_precision: str = ""         # "bfloat16": grappler's oneDNN bf16 rewrite (AMX/AVX512-BF16 CPUs)
 
 
 def parse_args(argv=None) -> ServerSettings:
@@ -71,6 +74,8 @@ def parse_args(argv=None) -> ServerSettings:
                      f"run the real server: {CONTAINER} {unknown[0]}")
     if not args.model_config_file and not (args.model_name and args.model_base_path):
         parser.error("give --model_name and --model_base_path, or --model_config_file")
+    if args.mixed_precision not in SERVER_MIXED_PRECISIONS:
+        parser.error(f"--mixed_precision must be one of {SERVER_MIXED_PRECISIONS}, got {args.mixed_precision!r}")
     return ServerSettings(**vars(args))
 
 
@@ -91,8 +96,9 @@ def model_source(settings: ServerSettings) -> tuple[str, str]:
 class Versions:
     """The model's loaded versions. Readers take no lock: `current` is swapped in one assignment."""
 
-    def __init__(self, name: str, base_path: str):
+    def __init__(self, name: str, base_path: str, mixed_precision: str = ""):
         self.name, self.base_path = name, base_path
+        self.session_config = session_config(mixed_precision)
         self.current: tuple[int, SessionModel] | None = None  # the newest loaded version
         self.loaded: dict[int, SessionModel] = {}
         self.pinned: set[int] = set()  # versions asked for by number
@@ -104,7 +110,7 @@ class Versions:
             return self.loaded.get(version)
         log.info("loading %s version %d from %s", self.name, version, path)
         try:
-            model = SessionModel(path)
+            model = SessionModel(path, self.session_config)
             records = model.warm_up()
         except Exception as error:  # a broken version must not take the server down
             log.error("failed to load %s version %d: %s", self.name, version, error)
@@ -334,7 +340,7 @@ class GrpcApi(predict_grpc.PredictionServiceServicer, model_grpc.ModelServiceSer
 # --- the server ---------------------------------------------------------------------------------
 def serve(settings: ServerSettings):
     """Loads the newest version, then opens the ports (as TF Serving does), polls; returns stop()."""
-    versions, stopping = Versions(*model_source(settings)), threading.Event()
+    versions, stopping = Versions(*model_source(settings), settings.mixed_precision), threading.Event()
     versions.refresh()
     grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(16), options=[
         ("grpc.max_receive_message_length", MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)])

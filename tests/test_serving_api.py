@@ -315,6 +315,13 @@ def test_other_tf_serving_flags_are_refused_with_the_container_command(flag):
     assert flag in result.stderr.splitlines()[-1]
 
 
+def test_mixed_precision_takes_only_what_tensorflow_model_server_takes():
+    result = run_server_command("--model_name=captioner", "--model_base_path=/nowhere",
+                                "--mixed_precision=float16")
+    assert result.returncode == 2 and "--mixed_precision must be one of" in result.stderr
+    assert "'float16'" in result.stderr
+
+
 def test_model_config_file_with_one_model(served_model_base, tmp_path, reference):
     config = tmp_path / "models.config"
     config.write_text('model_config_list { config { name: "%s" base_path: "%s" model_platform: '

@@ -1,0 +1,87 @@
+"""16-bit arithmetic for the served model, the two ways that exist:
+
+1. On CPUs with AMX-BF16 / AVX512-BF16, keep the float32 export and let the server compute in
+   bfloat16: `tensorflow_model_server --mixed_precision=bfloat16` switches on grappler's oneDNN
+   auto-mixed-precision rewrite. `session_config("bfloat16")` is that same rewrite for a TF1
+   session (export.inspect, the development server, the benchmarks).
+2. On GPUs, TF Serving has no such switch (tensorflow/serving issue 1583): the SavedModel itself
+   must compute in float16 or bfloat16 to reach tensor cores. `mixed_policy(precision)` builds
+   the encoder and captioner under Keras' mixed policy (float32 variables, 16-bit compute);
+   `build_export_encoder` keeps ResNet50's final pooling in float32.
+
+What stays float32, and why: the random-init ResNet50 features of two images differ by ~0.5% of
+their energy (model/captioner.py), and bfloat16 rounds each value by up to 2**-9 = 0.2%. So the
+final average pooling runs in float32 (it averages the 7x7 16-bit activations without rounding
+the mean), and so does the standardisation after it (captioner.FeatureStandardizer). Measured
+(benchmarks/bench_precision.py, README "Precision"): most of the 16-bit error comes from the
+convolutions themselves (standardised features off by ~0.06-0.07 std, rms); float32 pooling takes
+off only a little of it, a bfloat16 standardisation would add ~0.025 std. The logits (the output
+projection itself, load_export_captioner), the log-softmax and the beam scores are float32 in
+every precision (model/decoding.py).
+"""
+import contextlib
+
+import keras
+import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
+
+from model.encoder import EncoderConfig, build_encoder
+
+SERVER_MIXED_PRECISIONS = ("", "bfloat16")        # tensorflow_model_server --mixed_precision
+EXPORT_PRECISIONS = ("float32", "float16", "bfloat16")
+KERAS_POLICIES = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+POOLING_LAYER = "avg_pool"                        # Keras ResNet50's name for pooling="avg"
+
+
+def session_config(mixed_precision: str = "") -> tf.compat.v1.ConfigProto:
+    """The session options of `tensorflow_model_server --mixed_precision=<mixed_precision>`:
+    "" computes as exported; "bfloat16" turns on the oneDNN bfloat16 auto-mixed-precision rewrite
+    (worth it only on CPUs with AMX-BF16 or AVX512-BF16; slower on CPUs without them)."""
+    if mixed_precision not in SERVER_MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {SERVER_MIXED_PRECISIONS} "
+                         f"('' = as exported), got {mixed_precision!r}")
+    config = tf.compat.v1.ConfigProto()
+    if mixed_precision == "bfloat16":
+        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = (
+            rewriter_config_pb2.RewriterConfig.ON)
+    return config
+
+
+def check_export_precision(precision: str) -> str:
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got {precision!r}")
+    return precision
+
+
+@contextlib.contextmanager
+def mixed_policy(precision: str):
+    """Keras' global dtype policy for `precision` while models are built, restored afterwards:
+    layers keep the policy they were built with, so only construction needs to be inside."""
+    policy = KERAS_POLICIES[check_export_precision(precision)]
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def load_export_captioner(run, precision: str) -> keras.Model:
+    """The run's captioner under the export policy. Its output projection is kept float32 in
+    every export (training under mixed_bfloat16 runs it in bfloat16 for speed): the decoder is
+    ~1% of the served time, so exact logits cost nothing here."""
+    with mixed_policy(precision):
+        captioner = run.load_captioner()
+    captioner.to_logits.dtype_policy = keras.DTypePolicy("float32")
+    return captioner
+
+
+def build_export_encoder(config: EncoderConfig, precision: str) -> keras.Model:
+    """build_encoder under the export policy, with the final average pooling in float32 (see the
+    module docstring). The float32 encoder is returned unchanged."""
+    with mixed_policy(precision):
+        encoder = build_encoder(config)
+    if precision != "float32":
+        # A float32 layer casts its 16-bit input up before averaging.
+        encoder.get_layer(POOLING_LAYER).dtype_policy = keras.DTypePolicy("float32")
+    return encoder
