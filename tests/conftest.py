@@ -12,6 +12,15 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 SMALL_BUILTIN_IMAGES = 300  # 240 / 30 / 30 images; extraction ~20-40 s on 2 cores
+TRAINED_EPOCHS = 25         # ~2.5 min with extraction: the model learns the data well
+# The fast tier (-m "not slow") trains a smaller run instead: every contract test (exports, C++
+# loader, servers, clients, the page) needs a trained model, not a good one. The tests that judge
+# caption quality are marked slow.
+FAST_TIER_IMAGES, FAST_TIER_EPOCHS = 80, 5  # ~20 s
+
+
+def fast_tier(config) -> bool:
+    return "not slow" in (config.getoption("markexpr") or "")
 
 
 @dataclasses.dataclass
@@ -23,22 +32,25 @@ class TrainedFixture:
 
 
 @pytest.fixture(scope="session")
-def small_builtin(tmp_path_factory) -> Path:
+def small_builtin(request, tmp_path_factory) -> Path:
     from data.builtin import generate_builtin
     root = tmp_path_factory.mktemp("builtin") / "data"
-    return generate_builtin(root, num_images=SMALL_BUILTIN_IMAGES, seed=0)
+    images = FAST_TIER_IMAGES if fast_tier(request.config) else SMALL_BUILTIN_IMAGES
+    return generate_builtin(root, num_images=images, seed=0)
 
 
 @pytest.fixture(scope="session")
-def trained_run(small_builtin, tmp_path_factory) -> TrainedFixture:
-    """The default preset trained on the small built-in data: enough to caption it well."""
+def trained_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
+    """The default preset trained on the small built-in data: enough to caption it well (in the
+    fast tier: a smaller, shorter run that captions it roughly)."""
     from model.encoder import EncoderConfig
     from model.train import TrainConfig, train
     from model.presets import PRESETS
 
     base = tmp_path_factory.mktemp("trained")
-    config = TrainConfig(**dict(PRESETS["default"]["train"], epochs=25, batch_size=64),
-                         patience=25, min_count=2)
+    epochs = FAST_TIER_EPOCHS if fast_tier(request.config) else TRAINED_EPOCHS
+    config = TrainConfig(**dict(PRESETS["default"]["train"], epochs=epochs, batch_size=64),
+                         patience=epochs, min_count=2)
     summary = train(base / "run", data=small_builtin, train_config=config,
                     model_overrides=PRESETS["default"]["model"],
                     encoder_config=EncoderConfig(weights="random"), cache_dir=base / "cache",
@@ -52,3 +64,19 @@ def exported_model(trained_run, tmp_path_factory) -> Path:
     from export.saved_model import export_run
     base = tmp_path_factory.mktemp("models") / "captioner"
     return export_run(trained_run.run, base, "auto")
+
+
+@pytest.fixture(scope="session")
+def precision_export(trained_run, tmp_path_factory):
+    """precision ("float16" | "bfloat16") -> the trained run exported computing in it, made once
+    per session and shared by the precision and C++-loader tests."""
+    from export.saved_model import ExportConfig, export_run
+    made = {}
+
+    def export(precision: str) -> Path:
+        if precision not in made:
+            base = tmp_path_factory.mktemp(f"models-{precision}") / "captioner"
+            made[precision] = export_run(trained_run.run, base, "auto",
+                                         ExportConfig(precision=precision))
+        return made[precision]
+    return export

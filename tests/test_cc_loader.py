@@ -40,13 +40,24 @@ def exported_with(config: ExportConfig):
 # Export kinds the C++ loader must run: name -> (pytest request, empty model base) -> version dir.
 # A new kind (a 16-bit precision export, an attention model from its own trained-run fixture) is one
 # more entry here, and every test taking `export_dir` covers it.
+def precision_export(precision: str):
+    def export(request, base: Path) -> Path:
+        return request.getfixturevalue("precision_export")(precision)
+    return export
+
+
 EXPORT_KINDS = {
     "default": shared_export,
     "beam2_max12": exported_with(ExportConfig(beam_width=2, max_new_tokens=12)),
+    "float16": precision_export("float16"),
+    "bfloat16": precision_export("bfloat16"),
 }
+SLOW_KINDS = {"beam2_max12", "float16", "bfloat16"}  # the default export runs in the fast tier
 
 
-@pytest.fixture(scope="module", params=sorted(EXPORT_KINDS))
+@pytest.fixture(scope="module", params=[
+    pytest.param(kind, marks=[pytest.mark.slow] if kind in SLOW_KINDS else [])
+    for kind in sorted(EXPORT_KINDS)])
 def export_dir(request, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp(request.param) / "captioner"
     return EXPORT_KINDS[request.param](request, base)

@@ -53,6 +53,7 @@ def test_random_encoder_maps_images_to_2048_features(random_encoder):
     assert np.all(np.isfinite(np.asarray(features)))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights_in_another_process(random_encoder):
     assert _digest_in_subprocess(0) == _digest(random_encoder)
 

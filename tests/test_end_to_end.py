@@ -15,6 +15,9 @@ from serving.client import GrpcClient, RestClient
 from tests.serving_fixtures import running_server
 from tests.test_serving_app import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, AppProcess
 
+# Full tier only: the whole path again through a server process and a browser (~25 s); the fast
+# tier covers each piece (export, C++ loader, client, page) on its own.
+pytestmark = pytest.mark.slow
 NUM_IMAGES = 12
 
 

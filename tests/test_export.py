@@ -172,6 +172,7 @@ def test_assets_and_warmup(exported_model, session_model):
         assert all(e == b"" for e in out["error"])
 
 
+@pytest.mark.slow
 def test_version_auto_and_killed_export_leaves_no_version(trained_run, exported_model, tmp_path):
     base = tmp_path / "captioner"
     base.mkdir()
@@ -200,6 +201,7 @@ def test_export_errors_are_clear(tmp_path):
     assert result.returncode == 2 and "missing" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_inspect_command(exported_model, test_split):
     images, _ = test_split
     result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported_model.parent),

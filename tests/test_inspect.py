@@ -31,6 +31,7 @@ def dataset_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_text_report(dataset_dir, tmp_path):
     result = run(dataset_dir, "--min-count", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -74,6 +75,7 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: no images found")
 
 
+@pytest.mark.slow
 def test_builtin_default(tmp_path, monkeypatch, capsys):
     # No DIR: the built-in dataset, generated under ./datasets/builtin on first use.
     monkeypatch.chdir(tmp_path)

@@ -18,7 +18,6 @@ from data.splits import split_dataset
 from export.inspect import SessionModel, export_precision
 from export.precision import check_export_precision, mixed_policy, session_config
 from export.artifact import WARMUP
-from export.saved_model import ExportConfig, export_run
 from tests.test_export import SIGNATURES, graph_ops, unregistered_ops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,10 +110,12 @@ def bfloat16_session(exported_model):
     model.close()
 
 
+@pytest.mark.slow
 def test_server_bfloat16_mode_gives_valid_per_item_outputs(bfloat16_session, test_images):
     assert_per_item_outputs(bfloat16_session, test_images)
 
 
+@pytest.mark.slow
 def test_server_bfloat16_mode_captions_mostly_agree(bfloat16_session, exported_model,
                                                     test_images):
     plain = SessionModel(exported_model)
@@ -127,6 +128,7 @@ def test_server_bfloat16_mode_captions_mostly_agree(bfloat16_session, exported_m
     assert share >= MIN_AGREEMENT, list(zip(got, expected))
 
 
+@pytest.mark.slow
 def test_development_server_applies_the_same_bfloat16_rewrite(bfloat16_session, exported_model,
                                                               test_images, tmp_path):
     """serving.model_server --mixed_precision=bfloat16 (the container's flag) serves what the
@@ -142,6 +144,7 @@ def test_development_server_applies_the_same_bfloat16_rewrite(bfloat16_session, 
     assert got == expected
 
 
+@pytest.mark.slow
 def test_inspect_shows_precision_and_takes_the_server_flag(exported_model, test_images):
     result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported_model),
                              "--image", str(test_images[0].path), "--mixed_precision", "bfloat16"],
@@ -158,10 +161,9 @@ def test_inspect_shows_precision_and_takes_the_server_flag(exported_model, test_
 # ---- float16 / bfloat16 exports -----------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=["float16", "bfloat16"])
-def export_16bit(request, trained_run, tmp_path_factory):
+def export_16bit(request, precision_export):
     precision = request.param
-    base = tmp_path_factory.mktemp(f"models-{precision}") / "captioner"
-    version_dir = export_run(trained_run.run, base, "auto", ExportConfig(precision=precision))
+    version_dir = precision_export(precision)
     model = SessionModel(version_dir)
     yield precision, version_dir, model
     model.close()
@@ -187,6 +189,7 @@ def test_16bit_export_keeps_the_contract(export_16bit, exported_model, test_imag
     assert settings["precision"] == precision == export_precision(version_dir)  # inspect shows it
 
 
+@pytest.mark.slow
 def test_export_cli_refuses_an_unknown_precision(tmp_path):
     result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
                              str(tmp_path), "--precision", "int8"], cwd=ROOT, capture_output=True,

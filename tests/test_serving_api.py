@@ -296,6 +296,7 @@ def run_server_command(*flags) -> subprocess.CompletedProcess:
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_help_says_development_server_and_names_the_container():
     result = run_server_command("--help")
     assert result.returncode == 0
@@ -306,8 +307,9 @@ def test_help_says_development_server_and_names_the_container():
         assert flag in result.stdout
 
 
-@pytest.mark.parametrize("flag", ["--enable_batching=true", "--monitoring_config_file=m.config",
-                                  "--batching_parameters_file=b.config"])
+@pytest.mark.parametrize("flag", [  # one in the fast tier: each starts a server process (~4 s)
+    "--enable_batching=true", pytest.param("--monitoring_config_file=m.config", marks=pytest.mark.slow),
+    pytest.param("--batching_parameters_file=b.config", marks=pytest.mark.slow)])
 def test_other_tf_serving_flags_are_refused_with_the_container_command(flag):
     result = run_server_command("--model_name=captioner", "--model_base_path=/nowhere", flag)
     assert result.returncode == 2
@@ -315,6 +317,7 @@ def test_other_tf_serving_flags_are_refused_with_the_container_command(flag):
     assert flag in result.stderr.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_mixed_precision_takes_only_what_tensorflow_model_server_takes():
     result = run_server_command("--model_name=captioner", "--model_base_path=/nowhere",
                                 "--mixed_precision=float16")
@@ -322,6 +325,7 @@ def test_mixed_precision_takes_only_what_tensorflow_model_server_takes():
     assert "'float16'" in result.stderr
 
 
+@pytest.mark.slow
 def test_model_config_file_with_one_model(served_model_base, tmp_path, reference):
     config = tmp_path / "models.config"
     config.write_text('model_config_list { config { name: "%s" base_path: "%s" model_platform: '

@@ -93,6 +93,7 @@ def test_gradio_client_single_multiple_and_beam(app, images, reference):
         assert single == "a red image" and beam == "a picture that is mostly blue"
 
 
+@pytest.mark.slow
 def test_clear_message_when_the_server_is_down(images, tmp_path):
     from gradio_client import Client, handle_file
     app = AppProcess(f"http://127.0.0.1:{free_port()}", str(tmp_path / "app.log"))

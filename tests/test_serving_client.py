@@ -102,6 +102,7 @@ def test_unavailable_after_retries_with_backoff(transport):
     assert 0.6 < time.monotonic() - started < 15
 
 
+@pytest.mark.slow
 def test_retries_until_a_late_server_comes_up(served_model_base, reference, tmp_path):
     late = ServerProcess(str(tmp_path / "late.log"), base=served_model_base)
     settings = ClientSettings(retries=8, backoff=0.5, timeout=30)
@@ -159,6 +160,7 @@ def test_cli_captions_a_folder(server, reference, image_folder, transport):
         assert lines[red] == "a red image"
 
 
+@pytest.mark.slow
 def test_cli_beam_search_status_and_metadata(server, image_folder):
     result = run_cli("--rest", server.rest_url, "--signature", "beam_search", str(image_folder / "red.png"))
     assert result.returncode == 0, result.stderr

@@ -9,6 +9,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import requests
 
 from export.artifact import publish_version, write_warmup
@@ -57,6 +58,7 @@ def load(rest_url: str, expected: str, stop: threading.Event, version: int | Non
     return count, failures
 
 
+@pytest.mark.slow
 def test_new_version_is_served_without_a_failed_request(served_model_base, reference, tmp_path):
     base = copy_model_base(served_model_base, str(tmp_path / MODEL_NAME), versions=[1])
     expected = reference.captions([image_bytes(RED)])[0][0]

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 from model.decoding import DecodeConfig
 from model.run_dir import saved_decode_config, weights_digest
@@ -21,6 +23,7 @@ def run_cli(*args, timeout=600, env=None):
                           capture_output=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_model_learns_the_builtin_data(trained_run):
     test = trained_run.summary["test"]
     baseline = test["majority_baseline"]["bleu4"]
@@ -60,6 +63,7 @@ def test_runs_saved_before_the_max_length_rename_still_load():
                                                     length_penalty=0.5)
 
 
+@pytest.mark.slow
 def test_resume_after_kill(small_builtin, tmp_path):
     """SIGKILL a run after its first epoch; the same command resumes from the backup."""
     args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"), "--encoder-weights",
@@ -103,6 +107,7 @@ print("REPLICAS", summary["replicas"], "LOSS", summary["final_loss"])
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(small_builtin, tmp_path):
     result = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path / "run"),
                              str(small_builtin), str(tmp_path / "cache")], cwd=ROOT, text=True,
@@ -128,6 +133,7 @@ print("DECODED", ids.shape, lp.dtype)
 """
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_and_decodes():
     result = subprocess.run([sys.executable, "-c", MIXED], cwd=ROOT, text=True,
                             capture_output=True, timeout=300)
@@ -136,6 +142,7 @@ def test_mixed_precision_trains_and_decodes():
     assert "DECODED (4," in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_flags_and_missing_data(tmp_path):
     result = run_cli("--preset", "nonsense")
     assert result.returncode == 2 and "invalid choice" in result.stderr
