@@ -34,7 +34,9 @@ UNKNOWN, JPEG, PNG, GIF, BMP, WEBP = 0, 1, 2, 3, 4, 5
 
 def sniff_format(data: tf.Tensor) -> tf.Tensor:
     """Format code of one encoded image from its magic bytes (int32 scalar)."""
-    head = tf.strings.substr(data, 0, 12)
+    # Padded to 12 bytes: substr past the end of a shorter input would raise (and a 1-byte text
+    # would then be reported as corrupt instead of as an unsupported format).
+    head = tf.strings.join([tf.strings.substr(data, 0, 12), b"\0" * 12])
     is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
     is_png = tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
     gif_magic = tf.strings.substr(head, 0, 6)

@@ -62,6 +62,13 @@ def test_bad_items_get_reasons_and_good_ones_survive():
     assert np.all(pixels.numpy()[1:8] == 0)
 
 
+def test_inputs_shorter_than_any_magic_are_an_unsupported_format():
+    # Shorter than the 12 bytes the sniffer reads (WebP's "RIFF....WEBP"): never "corrupt".
+    short = [b"x", b"GIF8", b"\x89PN", b"RIFF", b"RIFF\x00\x00\x00\x00WEB", b"\xff\xd8"]
+    _, errors = decode_batch(tf.constant(short))
+    assert [e.decode() for e in errors.numpy()] == [images.ERROR_FORMAT] * len(short)
+
+
 def test_truncated_jpeg_recovered_or_refused_never_raises():
     big = encode(Image.fromarray(np.random.RandomState(0).randint(0, 255, (200, 300, 3), np.uint8)), "JPEG")
     for fraction in (0.3, 0.6, 0.9):
