@@ -43,11 +43,12 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from benchmarks._synthetic import photo_jpegs, synthetic_captions  # noqa: E402
+from benchmarks._timing import machine, report, round_robin  # noqa: E402
 from benchmarks._trained_model import BenchmarkModelConfig, ensure_benchmark_model  # noqa: E402
-from benchmarks.bench_export import (ExportBenchConfig, make_images, median, ms,  # noqa: E402
-                                     percentile, round_robin, seconds)
+from benchmarks.bench_export import ExportBenchConfig, median, ms, percentile  # noqa: E402
 from benchmarks.bench_train import (TrainBenchConfig, batch_shapes, seed_model,  # noqa: E402
-                                    synthetic_captions, take_batches, time_batches)
+                                    take_batches, train_steps)
 from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
 from data.sources import open_dataset  # noqa: E402
 from data.splits import split_dataset  # noqa: E402
@@ -55,10 +56,6 @@ from export.inspect import SessionModel, latest_version  # noqa: E402
 from export.precision import mixed_policy, session_config  # noqa: E402
 from export.saved_model import ExportConfig, export_run  # noqa: E402
 from model.metrics import caption_scores  # noqa: E402
-from model.run_dir import write_json  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
-CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 
 
 @dataclasses.dataclass
@@ -81,21 +78,10 @@ class PrecisionBenchConfig:
                    workdir="benchmarks/work")  # bench_export's model, reused
 
 
-def cpu_info() -> dict:
-    """lscpu's model name and which bf16/AMX/AVX flags /proc/cpuinfo lists."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                      if line.startswith("Model name")), "unknown")
-    except OSError:
-        model = "unknown (no lscpu)"
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {"model_name": model, "cpu_count": os.cpu_count(),
-            "flags": {flag: flag in flags for flag in CPU_FLAGS}}
+def seconds(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 # ---- captions on the built-in test split --------------------------------------------------------
@@ -150,10 +136,11 @@ def batch1_latency(models: dict, images: list[bytes], calls: int) -> dict:
 def bench_server_bfloat16(version_dir: Path, images, config: PrecisionBenchConfig) -> dict:
     models = {name: SessionModel(version_dir, session_config(mode))
               for name, mode in SERVING_MODES.items()}
-    photos = make_images(ExportBenchConfig(batch_size=config.serving_batch))
+    photo = ExportBenchConfig()  # bench_export's Flickr-sized photo-like JPEGs
+    photos = photo_jpegs(config.serving_batch, photo.width, photo.height, photo.jpeg_quality, photo.seed)
     batch = np.array(photos, dtype=object)
     times = round_robin({name: (lambda m=m: m.run("serving_default", {"image_bytes": batch}))
-                         for name, m in models.items()}, config.repeats, warmup=2)
+                         for name, m in models.items()}, config.repeats, warmup=2)[0]
     paired = [f / b for f, b in zip(times["float32"], times["server_bfloat16"])]
     throughput = {name: round(config.serving_batch / median(t), 2) for name, t in times.items()}
     captions = {name: greedy_captions(m, images, config.serving_batch)
@@ -262,7 +249,8 @@ def bench_attribution(run_dir: Path, images) -> dict:
 
 def quantile_batches(config: TrainBenchConfig, count: int):
     """`count` full bucketed batches at evenly spaced quantiles of an epoch's padded lengths."""
-    features, rows, tokens = synthetic_captions(config)
+    features, rows, tokens = synthetic_captions(config.images, config.captions_per_image,
+                                                config.vocab_size, config.mean_words, config.seed)
     pipeline = PipelineConfig(batch_size=config.batch_size, seed=config.seed)
     shapes = batch_shapes(rows, tokens, pipeline, config.images)
     full = sorted((t, i) for i, (b, t) in enumerate(shapes) if b == config.batch_size)
@@ -279,10 +267,8 @@ def bench_training_speed(config: PrecisionBenchConfig) -> dict:
     for model in models.values():  # trace the [None, None] step before timing
         for inputs, targets in (batches[0], batches[-1]):
             model.train_on_batch(inputs, targets)
-    times = {name: [] for name in models}
-    for rep in tqdm(range(config.train_repeats), desc="training repeats", file=sys.stderr):
-        for name in (list(models) if rep % 2 == 0 else list(models)[::-1]):
-            times[name].append(time_batches(models[name], batches))
+    times = round_robin({name: train_steps(model, batches) for name, model in models.items()},
+                        config.train_repeats, warmup=0, desc="training repeats")[0]
     captions = sum(int(t.shape[0]) for _, t in batches)
     bf16 = models["mixed_bfloat16"]
     paired = [f / b for f, b in zip(times["float32"], times["mixed_bfloat16"])]
@@ -343,21 +329,19 @@ def run_benchmark(config: PrecisionBenchConfig, parts: set[str]) -> dict:
     work = run_dir.parent
     version_dir = latest_version(model_base)
     images = test_split(work / "data")
-    report = {"benchmark": "bench_precision", "cpu": cpu_info(),
-              "load_average_at_start": round(os.getloadavg()[0], 2),
+    result = {"benchmark": "bench_precision", "machine": machine(),
               "config": dataclasses.asdict(config), "model": str(version_dir),
               "test_images": len(images)}
     if "serving" in parts:
-        report["server_bfloat16"] = bench_server_bfloat16(version_dir, images, config)
+        result["server_bfloat16"] = bench_server_bfloat16(version_dir, images, config)
     if "exports" in parts:
-        report["exports_16bit"] = bench_exports(run_dir, version_dir, work, images, config)
+        result["exports_16bit"] = bench_exports(run_dir, version_dir, work, images, config)
     if "attribution" in parts:
-        report["attribution"] = bench_attribution(run_dir, images)
+        result["attribution"] = bench_attribution(run_dir, images)
     if "training" in parts:
-        report["training_speed"] = bench_training_speed(config)
-        report["training_quality"] = bench_training_quality(run_dir, work, model)
-    report["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    return report
+        result["training_speed"] = bench_training_speed(config)
+        result["training_quality"] = bench_training_quality(run_dir, work, model)
+    return result
 
 
 def main(argv=None):
@@ -374,12 +358,9 @@ def main(argv=None):
             if getattr(args, name) < 1:
                 p.error(f"--{name.replace('_', '-')} must be >= 1")
             setattr(config, name, getattr(args, name))
-    report = run_benchmark(config, set(args.parts))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     name = "bench_precision" + ("_quick" if args.quick else "") + \
         ("" if set(args.parts) == set(parts) else "_" + "_".join(args.parts))
-    write_json(RESULTS / f"{name}.json", report)
-    print(json.dumps(report, indent=2))
+    report(name, run_benchmark(config, set(args.parts)))
 
 
 if __name__ == "__main__":
