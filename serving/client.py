@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from serving.errors import (DeadlineExceededError, ServingError, UnavailableError, error_for_code,
-                            error_for_http)
+from serving.errors import ServingError, UnavailableError, error_for_code, error_for_http
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SIGNATURES = ("serving_default", "beam_search")
@@ -156,7 +155,8 @@ class RestClient(_Client):
         try:
             response = self.session.request(method, url, timeout=self.settings.timeout, **kwargs)
         except requests.Timeout as e:
-            raise DeadlineExceededError(f"no answer from {url} within {self.settings.timeout} s") from e
+            raise ServingError(f"no answer from {url} within {self.settings.timeout} s",
+                               code="DEADLINE_EXCEEDED") from e
         except requests.ConnectionError as e:
             raise UnavailableError(f"cannot connect to {url}: {type(e).__name__}") from e
         try:

@@ -38,10 +38,6 @@ class UnavailableError(ServingError):
     code = "UNAVAILABLE"
 
 
-class DeadlineExceededError(ServingError):
-    code = "DEADLINE_EXCEEDED"
-
-
 _BY_CODE = {cls.code: cls for cls in ServingError.__subclasses__()}
 
 

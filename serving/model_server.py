@@ -1,18 +1,14 @@
 """A DEVELOPMENT server: TF Serving's REST and gRPC API for one exported model, in Python, for
 machines without Docker (development, the notebook, the Gradio page, tests). Production runs the
-tensorflow/serving:2.21.0 container (serving/README-deploy.md). It takes tensorflow_model_server's
-flags for what it does and refuses the others:
+tensorflow/serving:2.21.0 container. It takes tensorflow_model_server's flags for what it does
+(including --mixed_precision=bfloat16) and refuses the others:
 
     python -m serving.model_server --port=8500 --rest_api_port=8501 \\
         --model_name=captioner --model_base_path=models/captioner
 
-The newest version folder is loaded, warmup included, before the ports open. Every
---file_system_poll_wait_seconds (default 1) the base path is read again: a newer version is loaded in
-the background and swapped in once ready (no request waits or fails), and the one it replaces is
-dropped. A version pinned by number (/versions/N) is loaded on its first request and kept while its
-folder exists. A version that fails to load is reported (state END), never retried. Binds 127.0.0.1;
-refuses requests over 16 MiB; stops on SIGINT/SIGTERM. --mixed_precision=bfloat16 turns on the
-same grappler rewrite as the container's flag (for CPUs with AMX/AVX512-BF16; see README "Precision").
+Versions: the newest is served; a new folder is loaded (warmup included) by the poll thread and
+swapped in once ready, so no request fails; /versions/N loads a version on disk on first use.
+Binds 127.0.0.1, refuses requests over 16 MiB. Details: serving/README-deploy.md.
 """
 import argparse
 import base64
