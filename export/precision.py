@@ -26,10 +26,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 from model.encoder import EncoderConfig, build_encoder
+from model.train import MIXED_POLICIES  # training's policy names: "" (float32), float16, bfloat16
 
 SERVER_MIXED_PRECISIONS = ("", "bfloat16")        # tensorflow_model_server --mixed_precision
 EXPORT_PRECISIONS = ("float32", "float16", "bfloat16")
-KERAS_POLICIES = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 POOLING_LAYER = "avg_pool"                        # Keras ResNet50's name for pooling="avg"
 
 
@@ -57,7 +57,8 @@ def check_export_precision(precision: str) -> str:
 def mixed_policy(precision: str):
     """Keras' global dtype policy for `precision` while models are built, restored afterwards:
     layers keep the policy they were built with, so only construction needs to be inside."""
-    policy = KERAS_POLICIES[check_export_precision(precision)]
+    check_export_precision(precision)
+    policy = MIXED_POLICIES["" if precision == "float32" else precision]
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
