@@ -23,7 +23,7 @@ import numpy as np
 from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset
-from export.artifact import SessionModel, latest_version
+from export.artifact import SessionModel, export_settings, latest_version
 from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
 from model.metrics import score_line
@@ -51,8 +51,7 @@ def exported_version(digest: str) -> Path:
     """The newest export of exactly these weights, or a new one."""
     try:
         newest = latest_version(MODEL_BASE)
-        settings = json.loads((newest / "assets" / "export_settings.json").read_text())
-        if settings.get("weights_digest") == digest:
+        if export_settings(newest).get("weights_digest") == digest:
             print(f"[5/7] reusing {newest} (exported from these weights)")
             return newest
     except (FileNotFoundError, json.JSONDecodeError):

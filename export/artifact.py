@@ -9,6 +9,7 @@ Everything that decides whether the real server can use an export lives here, on
 - loading a version the way tensorflow_model_server does (`SessionModel`: the C++ SavedModel loader
   into a TF1 session, signatures run by tensor name; not Python's tf.saved_model.load).
 """
+import json
 import os
 import shutil
 from pathlib import Path
@@ -18,9 +19,16 @@ import numpy as np
 import tensorflow as tf
 
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"  # inside a version folder
+SETTINGS = Path("assets") / "export_settings.json"  # what export.saved_model recorded
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 TMP_PREFIX = ".tmp-"  # .tmp-<version>-<pid>: not a number, so no server takes it for a version
 DEFAULT_SIGNATURE = "serving_default"
+
+
+def export_settings(version_dir) -> dict:
+    """The settings an export recorded (precision, decoding, weights digest...); {} if none."""
+    path = Path(version_dir) / SETTINGS
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _numbered_folders(model_base) -> dict[int, Path]:

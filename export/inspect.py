@@ -5,7 +5,6 @@
     python -m export.inspect models/captioner/3 --image a.jpg b.png --signature beam_search
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -13,16 +12,13 @@ import numpy as np
 import tensorflow as tf
 
 # SessionModel and latest_version are re-exported: callers import them from here too.
-from export.artifact import SessionModel, latest_version  # noqa: F401
+from export.artifact import SessionModel, export_settings, latest_version  # noqa: F401
 from export.precision import SERVER_MIXED_PRECISIONS, session_config
 
 
 def export_precision(export_dir) -> str:
     """The compute precision recorded at export (exports made before it existed are float32)."""
-    settings = Path(export_dir) / "assets" / "export_settings.json"
-    if not settings.is_file():
-        return "float32"
-    return json.loads(settings.read_text()).get("precision", "float32")
+    return export_settings(export_dir).get("precision", "float32")
 
 
 def describe_signatures(signatures) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from data.files import atomic_write
-from export.artifact import publish_version, write_warmup
+from export.artifact import SETTINGS, publish_version, write_warmup
 from export.signatures import SIGNATURES, build_archive
 from export.precision import EXPORT_PRECISIONS, build_export_encoder, load_export_captioner
 from model.encoder import EncoderWeightsError, encoder_id
@@ -59,7 +59,7 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     def write(folder: Path, number: int) -> None:
         archive.write_out(str(folder), verbose=False)
         atomic_write(folder / "assets" / "vocab.json", (run.paths.root / "vocab.json").read_bytes())
-        atomic_write(folder / "assets" / "export_settings.json", json.dumps({
+        atomic_write(folder / SETTINGS, json.dumps({
             "version": number, "precision": config.precision, "decode": dataclasses.asdict(decode),
             "encoder": dataclasses.asdict(run.encoder_config),
             "encoder_id": encoder_id(run.encoder_config),
