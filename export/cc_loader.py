@@ -250,10 +250,14 @@ def _from_tensor(lib, tensor) -> np.ndarray:
 
 
 def caption_images(model: CcSavedModel, signature: str, images: list[bytes]) -> list[dict]:
-    """Per image: its caption, log-probability and error, as plain JSON-able values."""
+    """Per image: its caption, log-probability and error, as plain JSON-able values, and the
+    attention maps ([max_new_tokens][7][7] lists) when the model serves them."""
     out = model.run(signature, {"image_bytes": np.array(images, dtype=object)})
-    return [{"caption": c.decode(), "log_prob": float(lp), "error": e.decode()}
+    rows = [{"caption": c.decode(), "log_prob": float(lp), "error": e.decode()}
             for c, lp, e in zip(out["caption"], out["log_prob"], out["error"])]
+    for row, maps in zip(rows, out.get("attention", [])):
+        row["attention"] = maps.tolist()
+    return rows
 
 
 def main(argv=None):
@@ -263,7 +267,8 @@ def main(argv=None):
     p.add_argument("--signature", nargs="+", default=["serving_default"],
                    help="one or more image signatures (serving_default, beam_search)")
     p.add_argument("--json", action="store_true",
-                   help="print {signature: [{image, caption, log_prob, error}, ...]}")
+                   help="print {signature: [{image, caption, log_prob, error[, attention]}, "
+                        "...]}")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the C++ library's own log level
     try:

@@ -77,12 +77,14 @@ def load_export_captioner(run, precision: str) -> keras.Model:
     return captioner
 
 
-def build_export_encoder(config: EncoderConfig, precision: str) -> keras.Model:
+def build_export_encoder(config: EncoderConfig, precision: str, spatial: bool = False
+                         ) -> keras.Model:
     """build_encoder under the export policy, with the final average pooling in float32 (see the
-    module docstring). The float32 encoder is returned unchanged."""
+    module docstring). The float32 encoder is returned unchanged. The spatial encoder (attention
+    models) has no pooling: its 16-bit map is cast to float32 before the standardisation."""
     with mixed_policy(precision):
-        encoder = build_encoder(config)
-    if precision != "float32":
+        encoder = build_encoder(config, spatial=spatial)
+    if precision != "float32" and not spatial:
         # A float32 layer casts its 16-bit input up before averaging.
         encoder.get_layer(POOLING_LAYER).dtype_policy = keras.DTypePolicy("float32")
     return encoder

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from data.files import atomic_write
 from export.artifact import SETTINGS, publish_version, write_warmup
-from export.signatures import SIGNATURES, build_archive
+from export.signatures import OUTPUTS, SIGNATURES, build_archive
 from export.precision import EXPORT_PRECISIONS, build_export_encoder, load_export_captioner
 from model.encoder import EncoderWeightsError, encoder_id
 from model.run_dir import load_run, weights_digest
@@ -36,9 +36,9 @@ class ExportConfig:
                                   # server's --mixed_precision=bfloat16 instead
 
 
-def warmup_requests(images: list[bytes], feature_dim: int) -> list[tuple[str, dict]]:
+def warmup_requests(images: list[bytes], feature_shape: tuple) -> list[tuple[str, dict]]:
     """One request per signature, replayed by the server at load time."""
-    features = {"features": np.zeros([1, feature_dim], np.float32)}
+    features = {"features": np.zeros([1, *feature_shape], np.float32)}
     return [(signature, features if signature == "caption_features"
              else {"image_bytes": np.array(images, dtype=object)}) for signature in SIGNATURES]
 
@@ -51,7 +51,8 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     chosen = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
     decode = dataclasses.replace(run.decode_config, **{
         k: v for k, v in chosen.items() if k in ("max_new_tokens", "beam_width", "length_penalty")})
-    encoder = build_export_encoder(run.encoder_config, config.precision)
+    encoder = build_export_encoder(run.encoder_config, config.precision,
+                                   spatial=run.model_config.attention)
     captioner = load_export_captioner(run, config.precision)
     archive = build_archive(encoder, captioner, str(run.paths.vocab_file), decode)
     images = warmup_images if warmup_images is not None else _warmup_images(run, config)
@@ -64,11 +65,12 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
             "encoder": dataclasses.asdict(run.encoder_config),
             "encoder_id": encoder_id(run.encoder_config),
             "model": run.settings["model"], "signatures": list(SIGNATURES),
+            "outputs": list(OUTPUTS) + (["attention"] if run.model_config.attention else []),
             "run_dir": str(run.paths.root.resolve()),
             "weights_digest": weights_digest(run.paths.weights),
             "tensorflow": tf.__version__}, indent=2))
         if images:
-            write_warmup(folder, warmup_requests(images, captioner.config.feature_dim))
+            write_warmup(folder, warmup_requests(images, captioner.config.feature_shape))
 
     return publish_version(model_base, write, version)
 

@@ -32,14 +32,31 @@ class ModelConfig:
                                       # (Normalization layer, adapted before fit, exported with
                                       # the weights). Essential for random-init encoders, whose
                                       # features differ between images by ~0.5% of their energy.
+    # The attention family (model/attention.py; the `attention` preset). Its features are
+    # ResNet50's last convolutional map [feature_grid, feature_grid, feature_dim].
+    attention: bool = False
+    feature_grid: int = 7             # 7x7 locations at 224 px
+    attention_units: int = 512        # width of the additive attention's hidden layer
+    attention_regularizer: float = 0.0  # lambda of the doubly stochastic regulariser; 0 = off
 
     def __post_init__(self):
-        for name in ("vocab_size", "feature_dim", "embed_dim", "units"):
+        for name in ("vocab_size", "feature_dim", "embed_dim", "units", "feature_grid",
+                     "attention_units"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.attention_regularizer < 0:
+            raise ValueError("ModelConfig.attention_regularizer must be >= 0, "
+                             f"got {self.attention_regularizer!r}")
+
+    @property
+    def feature_shape(self) -> tuple:
+        """One image's features as the model takes them."""
+        if self.attention:
+            return (self.feature_grid, self.feature_grid, self.feature_dim)
+        return (self.feature_dim,)
 
     def save(self, path):
         atomic_write(path, json.dumps(dataclasses.asdict(self), indent=2))
@@ -75,7 +92,50 @@ def _logits_dtype() -> str | None:
     return None if keras.mixed_precision.global_policy().name == "mixed_bfloat16" else "float32"
 
 
-class Captioner(keras.Model):
+class CaptionerBase(keras.Model):
+    """What both model families share: Keras 3.15 workarounds for multi-worker fit, and
+    build_for. Subclasses set self.config and define initial_state, call and step."""
+
+    # --- Keras 3.15 under MultiWorkerMirroredStrategy: two workarounds, found by running it ----
+    def train_step(self, data):
+        return self._logs_for_multi_worker(super().train_step(data))
+
+    def test_step(self, data):
+        return self._logs_for_multi_worker(super().test_step(data))
+
+    def _logs_for_multi_worker(self, logs):
+        """With several workers Keras averages each replica's logs by strategy.reduce(MEAN,
+        axis=0), which fails on scalar metrics ("Invalid reduction dimension 0 for input with 0
+        dimensions"): give them that axis. The reduction returns scalars again."""
+        if not self._multi_worker():
+            return logs
+        return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
+
+    def _multi_worker(self) -> bool:
+        return self.distribute_strategy.extended._in_multi_worker_mode()
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras 3.15's fit all-reduces the first (dict) batch across replicas just to learn its
+        shapes; MultiWorkerMirroredStrategy cannot reduce a dict ("Attempt to convert a value
+        ({'features': PerReplica...}) ... to a Tensor"). This worker's own copy of the batch has
+        the same shapes and needs no communication."""
+        if iterator is not None and self._multi_worker():
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: self.distribute_strategy.experimental_local_results(value)[0],
+                    next(batches))
+                break
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def build_for(self, batch_size=2, length=3):
+        """Creates every weight (including optional layers) by running a tiny dummy batch."""
+        self({"features": tf.zeros([batch_size, *self.config.feature_shape]),
+              "tokens": tf.ones([batch_size, length], tf.int32)})
+        return self
+
+
+class Captioner(CaptionerBase):
     """inputs {"features": [B, F] float, "tokens": [B, T] int (0 = <pad>)} -> logits [B, T, V]."""
 
     def __init__(self, config: ModelConfig, **kwargs):
@@ -123,46 +183,12 @@ class Captioner(keras.Model):
         output, (h, c) = self.lstm.cell(embedded, [h, c], training=False)
         return tf.cast(self.to_logits(output), tf.float32), (h, c)
 
-    # --- Keras 3.15 under MultiWorkerMirroredStrategy: two workarounds, found by running it ----
-    def train_step(self, data):
-        return self._logs_for_multi_worker(super().train_step(data))
 
-    def test_step(self, data):
-        return self._logs_for_multi_worker(super().test_step(data))
-
-    def _logs_for_multi_worker(self, logs):
-        """With several workers Keras averages each replica's logs by strategy.reduce(MEAN,
-        axis=0), which fails on scalar metrics ("Invalid reduction dimension 0 for input with 0
-        dimensions"): give them that axis. The reduction returns scalars again."""
-        if not self._multi_worker():
-            return logs
-        return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
-
-    def _multi_worker(self) -> bool:
-        return self.distribute_strategy.extended._in_multi_worker_mode()
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras 3.15's fit all-reduces the first (dict) batch across replicas just to learn its
-        shapes; MultiWorkerMirroredStrategy cannot reduce a dict ("Attempt to convert a value
-        ({'features': PerReplica...}) ... to a Tensor"). This worker's own copy of the batch has
-        the same shapes and needs no communication."""
-        if iterator is not None and self._multi_worker():
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda value: self.distribute_strategy.experimental_local_results(value)[0],
-                    next(batches))
-                break
-            iterator = None
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def build_for(self, batch_size=2, length=3):
-        """Creates every weight (including image_to_c) by running a tiny dummy batch."""
-        self({"features": tf.zeros([batch_size, self.config.feature_dim]),
-              "tokens": tf.ones([batch_size, length], tf.int32)})
-        return self
-
-
-def build_captioner(config: ModelConfig) -> Captioner:
+def build_captioner(config: ModelConfig) -> keras.Model:
+    """The model family the config names: Captioner (pooled features) or AttentionCaptioner."""
+    if config.attention:
+        from model.attention import AttentionCaptioner  # it builds on this module
+        return AttentionCaptioner(config, name="captioner").build_for()
     return Captioner(config, name="captioner").build_for()
 
 

@@ -30,8 +30,9 @@ class DecodeConfig:
 
 
 def greedy_search(step_fn, state, batch_size, max_new_tokens, start_id=START_ID,
-                  end_id=END_ID):
-    """Returns (ids [B, L] int32 with <end> kept and <pad> after it, log_prob [B] float32).
+                  end_id=END_ID, return_state=False):
+    """Returns (ids [B, L] int32 with <end> kept and <pad> after it, log_prob [B] float32), and
+    with return_state the decoder state after the last step (what the attention model records).
 
     Stops when every caption has produced <end>, or after max_new_tokens tokens.
     """
@@ -61,14 +62,15 @@ def greedy_search(step_fn, state, batch_size, max_new_tokens, start_id=START_ID,
         tf.nest.map_structure(lambda s: tf.TensorShape([None]).concatenate(s.shape[1:]), state),
         tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([None, None]),
     )
-    *_, log_prob, ids = tf.while_loop(not_done, body, loop_vars, shape_invariants=invariants)
-    return ids, log_prob
+    _, _, state, _, log_prob, ids = tf.while_loop(not_done, body, loop_vars,
+                                                  shape_invariants=invariants)
+    return (ids, log_prob, state) if return_state else (ids, log_prob)
 
 
 def beam_search(step_fn, state, batch_size, max_new_tokens, beam_width=3, length_penalty=0.7,
-                start_id=START_ID, end_id=END_ID):
+                start_id=START_ID, end_id=END_ID, return_state=False):
     """Batched beam search with length normalisation. Returns (ids [B, L], log_prob [B]) of the
-    best beam by log_prob / length ** length_penalty.
+    best beam by log_prob / length ** length_penalty, and with return_state that beam's state.
 
     A beam that produced <end> stays in the beam with a fixed score (it may only continue with
     <pad> at no cost); the loop stops at max_new_tokens or when, for every image, every beam has
@@ -131,22 +133,65 @@ def beam_search(step_fn, state, batch_size, max_new_tokens, beam_width=3, length
         tf.TensorShape([None, k]), tf.TensorShape([None, k]), tf.TensorShape([None, k]),
         tf.TensorShape([None, k, None]),
     )
-    _, _, _, scores, _, lengths, seqs = tf.while_loop(not_done, body, loop_vars,
-                                                      shape_invariants=invariants)
+    _, _, state, scores, _, lengths, seqs = tf.while_loop(not_done, body, loop_vars,
+                                                          shape_invariants=invariants)
     best = tf.argmax(normalised(scores, lengths), axis=1, output_type=tf.int32)
-    return tf.gather(seqs, best, batch_dims=1), tf.gather(scores, best, batch_dims=1)
+    ids, log_prob = tf.gather(seqs, best, batch_dims=1), tf.gather(scores, best, batch_dims=1)
+    if not return_state:
+        return ids, log_prob
+    # Row j of the state belongs to beam j of seqs (body gathers it by parent with the tokens).
+    def of_best_beam(s):
+        beams = tf.reshape(s, tf.concat([[batch_size, k], tf.shape(s)[1:]], 0))
+        return tf.ensure_shape(tf.gather(beams, best, batch_dims=1), [None, *s.shape[1:]])
+
+    return ids, log_prob, tf.nest.map_structure(of_best_beam, state)
 
 
-def decode_features(model, features, config: DecodeConfig, method="greedy"):
-    """Captioner + image features [B, F] -> (ids [B, L], log_prob [B]) by greedy or beam search."""
+def decode_features(model, features, config: DecodeConfig, method="greedy",
+                    return_attention=False):
+    """Captioner + image features ([B, F] pooled, [B, H, W, F] for the attention model) ->
+    (ids [B, L], log_prob [B]) by greedy or beam search.
+
+    return_attention (attention models only) adds the maps aligned to the caption's words,
+    float32 [B, max_new_tokens, H, W] (see aligned_attention): the model's step records each
+    step's weights in the decoder state, so beam search carries them along with its beams.
+    """
+    if method not in ("greedy", "beam"):
+        raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
     batch_size = tf.shape(features)[0]
     state = model.initial_state(features)
+    if return_attention:
+        state = model.recording_state(state, config.max_new_tokens)
     if method == "greedy":
-        return greedy_search(model.step, state, batch_size, config.max_new_tokens)
-    if method == "beam":
-        return beam_search(model.step, state, batch_size, config.max_new_tokens,
-                           config.beam_width, config.length_penalty)
-    raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
+        found = greedy_search(model.step, state, batch_size, config.max_new_tokens,
+                              return_state=return_attention)
+    else:
+        found = beam_search(model.step, state, batch_size, config.max_new_tokens,
+                            config.beam_width, config.length_penalty,
+                            return_state=return_attention)
+    if not return_attention:
+        return found
+    ids, log_prob, state = found
+    grid = features.shape[1:3]
+    return ids, log_prob, aligned_attention(ids, state["attention"], grid)
+
+
+def aligned_attention(ids, attention, grid):
+    """Per-step maps [B, M, H*W] -> per-word maps [B, M, H, W], the served `attention` output.
+
+    Row i < n (n = words of the caption) is the map of the step that produced the caption's
+    word i, row n that of <end>; later rows are zero. Steps whose token the caption drops
+    (<unk>, or <pad> produced before <end>) are left out, so rows and words stay aligned.
+    """
+    ids = tf.cast(ids, tf.int32)
+    ended_before = tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=1, exclusive=True) > 0
+    keep = tf.logical_and(tf.logical_not(ended_before),
+                          tf.logical_or(ids > UNK_ID, tf.equal(ids, END_ID)))
+    steps = tf.shape(ids)[1]
+    rows = tf.ragged.boolean_mask(attention[:, :steps], keep)
+    max_rows, cells = attention.shape[1], attention.shape[2]
+    dense = rows.to_tensor(0.0, shape=[None, max_rows, cells])
+    return tf.reshape(tf.cast(dense, tf.float32), [-1, max_rows, grid[0], grid[1]])
 
 
 def words_table(tokens=None, vocab_file=None) -> tf.lookup.StaticHashTable:

@@ -1,5 +1,6 @@
 """Evaluate a trained run on a split: corpus BLEU-1..4 over all references (NLTK), BLEU and CIDEr-D
-(pycocoevalcap), greedy and beam search, a JSON report and a PNG grid of samples.
+(pycocoevalcap), greedy and beam search, a JSON report and a PNG grid of samples (with each word's
+attention map for the attention model).
 
     python -m model.evaluate --run-dir runs/builtin [--data DIR] [--split test] [--methods greedy beam]
 """
@@ -25,23 +26,31 @@ NUM_SAMPLES = 9
 
 
 def caption_features(captioner, tokens, features: np.ndarray, decode: DecodeConfig,
-                     method="greedy", batch_size=64, progress=True):
-    """In-process captions for a feature matrix [n, F], through the one in-graph decoder.
-    Returns (captions list[str], log_probs np.ndarray [n])."""
+                     method="greedy", batch_size=64, progress=True, return_attention=False):
+    """In-process captions for features [n, F] (or [n, 7, 7, F] for the attention model),
+    through the one in-graph decoder. Returns (captions list[str], log_probs np.ndarray [n]),
+    plus with return_attention the per-word maps [n, max_new_tokens, 7, 7] (attention models)."""
     table = words_table(tokens=tokens)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, features.shape[1]], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, *features.shape[1:]], tf.float32)])
     def run(batch):
-        ids, log_prob = decode_features(captioner, batch, decode, method)
-        return ids_to_captions(ids, table), log_prob
+        ids, log_prob, *maps = decode_features(captioner, batch, decode, method, return_attention)
+        return (ids_to_captions(ids, table), log_prob, *maps)
 
-    captions, log_probs = [], []
+    captions, log_probs, attention = [], [], []
     starts = range(0, len(features), batch_size)
     for start in tqdm(starts, desc=f"{method} decoding", unit="batch", disable=not progress):
-        text, log_prob = run(tf.constant(features[start:start + batch_size], tf.float32))
+        batch = np.asarray(features[start:start + batch_size], np.float32)  # float16 caches
+        text, log_prob, *maps = run(tf.constant(batch))
         captions += [t.decode("utf-8") for t in text.numpy()]
         log_probs.append(log_prob.numpy())
-    return captions, (np.concatenate(log_probs) if log_probs else np.zeros([0], np.float32))
+        attention += [m.numpy() for m in maps]
+    log_probs = np.concatenate(log_probs) if log_probs else np.zeros([0], np.float32)
+    if not return_attention:
+        return captions, log_probs
+    grid = tuple(features.shape[1:3])
+    empty = np.zeros([0, decode.max_new_tokens, *grid], np.float32)
+    return captions, log_probs, (np.concatenate(attention) if attention else empty)
 
 
 def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), features=None,
@@ -62,10 +71,14 @@ def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), f
 
     captioner = run.load_captioner()
     result = {"split": split, "images": len(images)}
-    predictions = {}
+    predictions, attention = {}, None
     for method in methods:
-        predictions[method], _ = caption_features(captioner, run.vocabulary.tokens, split_features,
-                                                  run.decode_config, method)
+        # The attention model's maps of the first method's captions go into samples.png.
+        maps = run.model_config.attention and method == methods[0]
+        predictions[method], _, *found = caption_features(
+            captioner, run.vocabulary.tokens, split_features, run.decode_config, method,
+            return_attention=maps)
+        attention = found[0] if found else attention
         result[method] = caption_scores(references, predictions[method])
     train_captions = [c for image in splits["train"] for c in image.captions]
     result["majority_baseline"] = majority_baseline(train_captions, references)
@@ -77,6 +90,8 @@ def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), f
     out = run.paths.evaluation
     out.mkdir(parents=True, exist_ok=True)
     evaluation_report(result, samples, run.settings, out / "report.json")
+    if attention is not None:  # drawn as per-word heatmaps; not written to report.json
+        samples = [dict(sample, attention=attention[i]) for i, sample in enumerate(samples)]
     sample_grid_png(samples, out / "samples.png")
     result["report"] = str(out / "report.json")
     result["samples_png"] = str(out / "samples.png")

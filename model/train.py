@@ -3,6 +3,7 @@
     python -m model.train                                   # built-in data, default preset
     python -m model.train --data ~/flickr30k --encoder-weights imagenet --run-dir runs/f30k
     python -m model.train --preset seed                     # the original project's exact model
+    python -m model.train --preset attention --run-dir runs/attention   # Show, Attend and Tell
     TF_CONFIG=... python -m model.train --distribute multiworker --run-dir /shared/run  # per machine
 
 Kill it at any time and run the same command again: BackupAndRestore resumes at the last finished
@@ -200,10 +201,12 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     log.info("vocabulary: %d tokens, %.1f%% of training tokens covered",
              len(vocabulary), 100 * vocabulary.coverage)
 
-    cache_dir = Path(cache_dir or default_cache_dir(data, encoder_config))
+    # The attention family reads ResNet50's 7x7 maps (float16 on disk), the others pooled vectors.
+    spatial = bool((model_overrides or {}).get("attention"))
+    cache_dir = Path(cache_dir or default_cache_dir(data, encoder_config, spatial=spatial))
     # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
     lock_wait = CACHE_LOCK_WAIT_SECONDS if train_config.distribute == "multiworker" else 0
-    extraction = ensure_features(dataset.images, cache_dir, encoder_config,
+    extraction = ensure_features(dataset.images, cache_dir, encoder_config, spatial=spatial,
                                  lock_wait_seconds=lock_wait)
     dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
     names, features = extraction.names, extraction.features
@@ -218,7 +221,8 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     # Counted by the pipeline: length buckets add partial batches to ceil(captions / batch).
     steps_per_epoch = int(train_ds.cardinality())
 
-    model_config = ModelConfig(vocab_size=len(vocabulary), feature_dim=int(features.shape[1]),
+    model_config = ModelConfig(vocab_size=len(vocabulary), feature_dim=int(features.shape[-1]),
+                               **({"feature_grid": int(features.shape[1])} if spatial else {}),
                                **(model_overrides or {}))
     settings = {
         "data": {"source": str(data) if data else "builtin", "layout": dataset.layout,
@@ -236,7 +240,10 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     with strategy.scope():
         captioner = build_captioner(model_config)
         if captioner.feature_norm is not None:  # training images' statistics only
-            captioner.feature_norm.adapt(features[sorted(set(train_rows))])
+            if spatial:  # reads the rows in chunks instead of copying 49 x 2048 values each
+                captioner.feature_norm.adapt(features, rows=sorted(set(train_rows)))
+            else:
+                captioner.feature_norm.adapt(features[sorted(set(train_rows))])
         captioner.compile(optimizer=make_optimizer(train_config, steps_per_epoch),
                           loss=MaskedCaptionLoss(train_config.label_smoothing),
                           jit_compile=train_config.jit_compile)
@@ -265,7 +272,8 @@ def parse_args(argv=None):
     p.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout) or a prepared "
                                    "TFDS data dir; omit for the built-in generated dataset")
     p.add_argument("--run-dir", default="runs/builtin", help="where checkpoints and logs go")
-    p.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>)")
+    p.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>, "
+                                       "with -spatial for the attention preset)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -275,6 +283,9 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--dropout", type=float)
     p.add_argument("--image-init-cell", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--attention-regularizer", type=float, metavar="LAMBDA",
+                   help="attention preset: weight of the doubly stochastic regulariser "
+                        "(Xu et al. use 1; default 0 = off)")
     p.add_argument("--min-count", type=int)
     p.add_argument("--patience", type=int)
     p.add_argument("--seed", type=int)
@@ -313,6 +324,10 @@ def configs_from_args(args):
         model_fields["dropout"] = args.dropout
     if args.image_init_cell is not None:
         model_fields["image_init_cell"] = args.image_init_cell
+    if args.attention_regularizer is not None:
+        if not model_fields.get("attention"):
+            raise ValueError("--attention-regularizer needs --preset attention")
+        model_fields["attention_regularizer"] = args.attention_regularizer
     encoder = None
     if args.encoder_weights:
         encoder = EncoderConfig(weights=args.encoder_weights)
