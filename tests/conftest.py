@@ -59,6 +59,33 @@ def trained_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
 
 
 @pytest.fixture(scope="session")
+def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
+    """The attention preset on the same small data (its own spatial feature cache): what the
+    attention export, its contract tests and the page's heatmaps need."""
+    from model.encoder import EncoderConfig
+    from model.train import TrainConfig, train
+    from model.presets import PRESETS
+
+    base = tmp_path_factory.mktemp("trained-attention")
+    epochs = FAST_TIER_EPOCHS if fast_tier(request.config) else TRAINED_EPOCHS
+    config = TrainConfig(**dict(PRESETS["attention"]["train"], epochs=epochs, batch_size=64),
+                         preset="attention", patience=epochs, min_count=2)
+    summary = train(base / "run", data=small_builtin, train_config=config,
+                    model_overrides=PRESETS["attention"]["model"],
+                    encoder_config=EncoderConfig(weights="random"), cache_dir=base / "cache",
+                    verbose=0)
+    return TrainedFixture(small_builtin, base / "cache", base / "run", summary)
+
+
+@pytest.fixture(scope="session")
+def exported_attention_model(trained_attention_run, tmp_path_factory) -> Path:
+    """The attention run exported as <base>/1."""
+    from export.saved_model import export_run
+    base = tmp_path_factory.mktemp("models-attention") / "captioner"
+    return export_run(trained_attention_run.run, base, "auto")
+
+
+@pytest.fixture(scope="session")
 def exported_model(trained_run, tmp_path_factory) -> Path:
     """The trained run exported as <base>/1 (the folder TF Serving would be pointed at: .parent)."""
     from export.saved_model import export_run

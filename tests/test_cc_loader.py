@@ -46,13 +46,18 @@ def precision_export(precision: str):
     return export
 
 
+def attention_export(request, base: Path) -> Path:
+    return request.getfixturevalue("exported_attention_model")
+
+
 EXPORT_KINDS = {
     "default": shared_export,
+    "attention": attention_export,
     "beam2_max12": exported_with(ExportConfig(beam_width=2, max_new_tokens=12)),
     "float16": precision_export("float16"),
     "bfloat16": precision_export("bfloat16"),
 }
-SLOW_KINDS = {"beam2_max12", "float16", "bfloat16"}  # the default export runs in the fast tier
+SLOW_KINDS = {"beam2_max12", "float16", "bfloat16", "attention"}  # the default export runs in the fast tier
 
 
 @pytest.fixture(scope="module", params=[
@@ -110,6 +115,12 @@ def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, hostile_files):
             assert [r["caption"] for r in rows] == [c.decode() for c in expected["caption"]]
             np.testing.assert_allclose([r["log_prob"] for r in rows], expected["log_prob"],
                                        rtol=1e-5, atol=1e-5)
+            if "attention" in expected:  # the attention export's per-word maps
+                np.testing.assert_allclose([r["attention"] for r in rows], expected["attention"],
+                                           atol=1e-5)
+                assert not np.asarray([r["attention"] for r in rows if r["error"]]).any()
+            else:
+                assert all("attention" not in r for r in rows)
             assert all(r["caption"] for r in rows if not r["error"])  # real captions
     finally:
         session.close()

@@ -26,19 +26,39 @@ ROOT = Path(__file__).resolve().parents[1]
 SIGNATURES = {"serving_default", "beam_search", "caption_features"}
 
 
+# Both model families honour the whole contract; the attention export adds its `attention` output.
+FAMILIES = {"pooled": ("trained_run", "exported_model"),
+            "attention": ("trained_attention_run", "exported_attention_model")}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def session_model(exported_model):
-    model = SessionModel(exported_model)
+def trained(request, family):
+    return request.getfixturevalue(FAMILIES[family][0])
+
+
+@pytest.fixture(scope="module")
+def exported(request, family) -> Path:
+    return request.getfixturevalue(FAMILIES[family][1])
+
+
+@pytest.fixture(scope="module")
+def session_model(exported):
+    model = SessionModel(exported)
     yield model
     model.close()
 
 
 @pytest.fixture(scope="module")
-def test_split(trained_run):
-    images = split_dataset(load_dataset(trained_run.data))["test"]
-    names, features = load_features(trained_run.cache, [i.name for i in images])
+def test_split(trained):
+    images = split_dataset(load_dataset(trained.data))["test"]
+    names, features = load_features(trained.cache, [i.name for i in images])
     assert names == [i.name for i in images]
-    return images, features
+    return images, np.asarray(features, np.float32)  # the attention cache holds float16
 
 
 def encode(image, fmt, **kwargs):
@@ -47,26 +67,32 @@ def encode(image, fmt, **kwargs):
     return buffer.getvalue()
 
 
-def test_signatures_match_the_contract(session_model):
+def test_signatures_match_the_contract(session_model, family):
     sigs = session_model.signatures
     assert SIGNATURES <= set(sigs)
     for name in SIGNATURES:
         sig = sigs[name]
         assert sig.method_name == "tensorflow/serving/predict"
-        assert set(sig.outputs) == {"caption", "log_prob", "error"}
+        maps = family == "attention" and name != "caption_features"
+        assert set(sig.outputs) == {"caption", "log_prob", "error"} | ({"attention"} if maps else set())
         assert sig.outputs["caption"].dtype == tf.string.as_datatype_enum
         assert sig.outputs["log_prob"].dtype == tf.float32.as_datatype_enum
         for info in sig.outputs.values():
             assert info.tensor_shape.dim[0].size == -1  # batch-major, any batch size
+        if maps:
+            attention = sig.outputs["attention"]
+            assert attention.dtype == tf.float32.as_datatype_enum
+            assert [d.size for d in attention.tensor_shape.dim] == [-1, 30, 7, 7]
     image_input = sigs["serving_default"].inputs["image_bytes"]
     assert image_input.dtype == tf.string.as_datatype_enum
     assert [d.size for d in image_input.tensor_shape.dim] == [-1]
-    assert [d.size for d in sigs["caption_features"].inputs["features"].tensor_shape.dim] == [-1, 2048]
+    features = [d.size for d in sigs["caption_features"].inputs["features"].tensor_shape.dim]
+    assert features == ([-1, 7, 7, 2048] if family == "attention" else [-1, 2048])
 
 
-def test_served_captions_equal_in_process_greedy(session_model, trained_run, test_split):
+def test_served_captions_equal_in_process_greedy(session_model, trained, test_split):
     images, features = test_split
-    run = load_run(trained_run.run)
+    run = load_run(trained.run)
     expected, expected_lp = caption_features(run.load_captioner(), run.vocabulary.tokens, features,
                                              run.decode_config, "greedy", progress=False)
     served = session_model.run("serving_default", {
@@ -80,14 +106,38 @@ def test_served_captions_equal_in_process_greedy(session_model, trained_run, tes
     assert all(c for c in expected)  # real, non-empty captions
 
 
-def test_beam_signature_equals_in_process_beam(session_model, trained_run, test_split):
+def test_beam_signature_equals_in_process_beam(session_model, trained, test_split):
     images, features = test_split
-    run = load_run(trained_run.run)
+    run = load_run(trained.run)
     expected, _ = caption_features(run.load_captioner(), run.vocabulary.tokens, features[:8],
                                    run.decode_config, "beam", progress=False)
     served = session_model.run("beam_search", {
         "image_bytes": np.array([i.path.read_bytes() for i in images[:8]], dtype=object)})
     assert [c.decode() for c in served["caption"]] == expected
+
+
+@pytest.mark.parametrize("signature, method", [("serving_default", "greedy"),
+                                               ("beam_search", "beam")])
+def test_served_attention_is_the_decoders_per_word_maps(session_model, trained, test_split,
+                                                       family, signature, method):
+    if family != "attention":
+        pytest.skip("pooled models serve no attention maps")
+    images, features = test_split
+    run = load_run(trained.run)
+    captions, _, maps = caption_features(run.load_captioner(), run.vocabulary.tokens,
+                                         features[:8], run.decode_config, method,
+                                         progress=False, return_attention=True)
+    served = session_model.run(signature, {
+        "image_bytes": np.array([i.path.read_bytes() for i in images[:8]], dtype=object)})
+    assert served["attention"].dtype == np.float32 and served["attention"].shape == (8, 30, 7, 7)
+    np.testing.assert_allclose(served["attention"], maps, atol=1e-4)
+    for caption, rows in zip(served["caption"], served["attention"]):
+        words = len(caption.split())
+        sums = rows.sum(axis=(1, 2))
+        # one softmax per word and one for <end> (unless the caption hit the length limit)
+        np.testing.assert_allclose(sums[:words], 1.0, rtol=1e-4)
+        assert np.all(sums[words + 1:] == 0.0)
+        assert sums[words] == pytest.approx(1.0, rel=1e-4) or words == 30
 
 
 def test_one_bad_image_never_fails_the_batch(session_model, test_split):
@@ -104,6 +154,9 @@ def test_one_bad_image_never_fails_the_batch(session_model, test_split):
         captions = [c.decode() for c in out["caption"]]
         assert captions[0] and captions[0] == captions[6]
         assert captions[1:6] == [""] * 5 and list(out["log_prob"][1:6]) == [0.0] * 5
+        if "attention" in out:  # no maps for what was not captioned
+            assert not out["attention"][1:6].any() and out["attention"][0].any()
+            np.testing.assert_allclose(out["attention"][0], out["attention"][6], atol=1e-6)
 
 
 def test_every_image_variant_is_captioned(session_model, test_split):
@@ -155,13 +208,15 @@ def test_every_op_is_a_stock_tensorflow_op(session_model):
     assert {"While", "StatelessWhile"} & ops and "DecodeImage" in ops  # the loop and decode are in
 
 
-def test_assets_and_warmup(exported_model, session_model):
-    assets = exported_model / "assets"
+def test_assets_and_warmup(exported, session_model, family):
+    assets = exported / "assets"
     assert (assets / "vocab.txt").is_file() and (assets / "vocab.json").is_file()
     settings = json.loads((assets / "export_settings.json").read_text())
     assert settings["decode"]["beam_width"] == 3 and settings["tensorflow"] == tf.__version__
+    assert settings["model"]["attention"] == (family == "attention")
+    assert ("attention" in settings["outputs"]) == (family == "attention")
     from tensorflow_serving.apis import prediction_log_pb2
-    warmup = exported_model / WARMUP
+    warmup = exported / WARMUP
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
                for r in tf.data.TFRecordDataset(str(warmup))]
     assert {r.predict_log.request.model_spec.signature_name for r in records} == SIGNATURES
@@ -202,9 +257,9 @@ def test_export_errors_are_clear(tmp_path):
 
 
 @pytest.mark.slow
-def test_inspect_command(exported_model, test_split):
+def test_inspect_command(exported, test_split):
     images, _ = test_split
-    result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported_model.parent),
+    result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported.parent),
                              "--image", str(images[0].path), "--signature", "beam_search"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
