@@ -17,7 +17,8 @@ def _number(text) -> float:
 
 
 def read_history(history_csv) -> dict[str, np.ndarray]:
-    """{"epoch", "loss", and "val_loss" when logged} as float arrays, one entry per logged epoch.
+    """{"epoch", "loss", and "val_loss" / "epoch_seconds" when logged} as float arrays, one entry
+    per logged epoch.
 
     Epochs are 1-based, as Keras prints them ("Epoch 1/N"; CSVLogger writes 0). Raises ValueError
     if the file has no 'loss' column, no rows, or no numeric loss.
@@ -33,7 +34,7 @@ def read_history(history_csv) -> dict[str, np.ndarray]:
     if not rows:
         raise ValueError(f"{path} has a header but no epochs yet")
     history = {name: np.array([_number(row.get(name)) for row in rows])
-               for name in ("epoch", "loss", "val_loss") if name in columns}
+               for name in ("epoch", "loss", "val_loss", "epoch_seconds") if name in columns}
     if np.all(np.isnan(history["loss"])):
         raise ValueError(f"{path} has no numeric 'loss' value in any of its {len(rows)} rows")
     history["epoch"] = history["epoch"] + 1 if "epoch" in history else np.arange(1, len(rows) + 1)
@@ -66,4 +67,8 @@ def history_summary(history_csv) -> dict:
         summary.update(best_epoch=int(history["epoch"][best]),
                        best_val_loss=float(history["val_loss"][best]),
                        final_val_loss=float(history["val_loss"][-1]))
+    if "epoch_seconds" in history and not np.all(np.isnan(history["epoch_seconds"])):
+        # The median: the first epoch also traces the graphs, and a resumed run's first epoch
+        # the restore.
+        summary["median_epoch_seconds"] = float(np.nanmedian(history["epoch_seconds"]))
     return summary

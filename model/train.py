@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -160,8 +161,21 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     return keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm)
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds the epoch's wall-clock seconds (training and validation) to its logs, so CSVLogger
+    writes them to history.csv and the summary can report time per epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._started
+
+
 def callbacks(paths: RunPaths, config: TrainConfig):
     return [
+        EpochTimer(),  # first: the callbacks after it see its entry in the same logs
         keras.callbacks.BackupAndRestore(str(paths.backup)),
         keras.callbacks.ModelCheckpoint(str(paths.weights), monitor="val_loss", save_best_only=True,
                                         save_weights_only=True,

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -34,6 +35,14 @@ def test_model_learns_the_builtin_data(trained_run):
     assert test["images"] == 30
 
 
+@pytest.mark.slow
+def test_attention_model_learns_the_builtin_data(trained_attention_run):
+    test = trained_attention_run.summary["test"]
+    baseline = test["majority_baseline"]["bleu4"]
+    assert test["greedy"]["bleu4"] > baseline + 0.2, (test["greedy"], baseline)
+    assert test["beam"]["bleu4"] > baseline + 0.2
+
+
 def test_run_folder_has_everything(trained_run):
     run = trained_run.run
     for name in ("settings.json", "vocab.txt", "vocab.json", "best.weights.h5", "history.csv",
@@ -49,6 +58,22 @@ def test_run_folder_has_everything(trained_run):
     assert len(rows) == summary["epochs"]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert summary["optimizer_steps"] == summary["epochs"] * summary["steps_per_epoch"]
+    seconds = [float(row["epoch_seconds"]) for row in rows]  # EpochTimer, logged by CSVLogger
+    assert all(s > 0 for s in seconds)
+    assert summary["median_epoch_seconds"] == pytest.approx(float(np.median(seconds)))
+
+
+def test_attention_run_trains_on_spatial_features(trained_attention_run):
+    run, summary = trained_attention_run.run, trained_attention_run.summary
+    settings = summary["settings"]
+    assert settings["train"]["preset"] == "attention" and settings["model"]["attention"]
+    assert settings["model"]["feature_grid"] == 7 and settings["model"]["feature_dim"] == 2048
+    assert settings["data"]["feature_cache"].endswith("cache")  # the fixture's own cache
+    assert (run / "evaluation" / "samples.png").is_file()
+    with (run / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert summary["test"]["greedy"]["num_images"] > 0
 
 
 def test_weights_digest_names_the_file_content(tmp_path):
