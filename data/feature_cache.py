@@ -500,8 +500,9 @@ def _stored(features: np.ndarray, dtype: str, names: list[str]) -> np.ndarray:
     if stored is not features and not np.all(np.isfinite(stored)) and np.all(
             np.isfinite(features)):
         raise FeatureCacheError(
-            f"features of one of {names[:3]}... exceed the {dtype} range (largest magnitude "
-            f"{np.abs(features).max():.4g}); store float32 features instead")
+            f"the features of the batch {names[0]!r} .. {names[-1]!r} exceed the {dtype} range "
+            f"(largest magnitude {np.abs(features).max():.4g}, {dtype} holds up to "
+            f"{np.finfo(dtype).max:.4g}); store them as float32 (feature_dtype=\"float32\")")
     return stored
 
 

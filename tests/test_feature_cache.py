@@ -469,6 +469,16 @@ def test_pooled_and_spatial_requests_never_share_a_cache(tmp_path, tiny_encoder,
         _spatial(items, tiny_spatial_encoder, tmp_path / "c", feature_dtype="bfloat16")
 
 
+def test_maps_float16_cannot_hold_are_refused_not_stored_as_inf(tmp_path):
+    items = _write_images(tmp_path / "images", 2)
+    inputs = keras.Input((224, 224, 3))
+    huge = keras.layers.Rescaling(1e6)(keras.layers.AveragePooling2D(32)(inputs))
+    with pytest.raises(FeatureCacheError, match=r"'img000.png' .. 'img001.jpg' exceed the "
+                                                r"float16 range.*float32"):
+        _spatial(items, keras.Model(inputs, huge), tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("shard-*"))
+
+
 def test_manifest_without_shape_and_dtype_reads_as_pooled_float32(tmp_path, tiny_encoder):
     """Caches written before feature_shape/feature_dtype existed stay valid."""
     import json
