@@ -1,7 +1,8 @@
 """Data-path benchmarks; prints one JSON object.
 
     python benchmarks/bench_data.py [--images 256] [--rounds 3] [--skip-extraction]
-    python benchmarks/bench_data.py --quick       # 64 images, 2 rounds (~3 min)
+                                    [--skip-spatial] [--skip-input-pipeline]
+    python benchmarks/bench_data.py --quick       # 64 images, 2 rounds (~4 min)
 
 1. feature_extraction: images/s of the whole feature pipeline (JPEG files -> read -> decode ->
    ResNet50 -> shard files) against the bare encoder on the same images already decoded in memory,
@@ -11,7 +12,12 @@
    pipeline / bare, target >= 0.9. On a shared machine wall clock is noisy: the CPU-time ratio
    (images per CPU-second of this process) shows the work the pipeline adds regardless.
    Also: the bare encoder via tf.function against model.predict_on_batch.
-2. input_pipeline: batches/s of training_dataset alone at Flickr30k scale (29,000 images x 5
+2. spatial_extraction: the same files -> cache pipeline storing ResNet50's 7x7x2048 maps
+   (float16) against storing the pooled 2048-d vectors (float32), same images, same weights,
+   measured round-robin in one run: seconds per image (wall and CPU of this process), bytes per
+   image measured on the shard files written, and both projected to Flickr30k's 31,783 images
+   (GB on disk, hours on this machine at the measured wall-clock rate).
+3. input_pipeline: batches/s of training_dataset alone at Flickr30k scale (29,000 images x 5
    captions, random features, benchmarks/_synthetic.py's caption lengths, batch 128), against
    the time of one training step of a plain Embedding(20013,256) + LSTM(512) + Dense(20013)
    Keras model at that batch size (jit_compile=False); headroom = batches the pipeline makes during one training step.
@@ -36,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks._synthetic import photo_jpegs, synthetic_captions  # noqa: E402
 from benchmarks._timing import machine, report, round_robin  # noqa: E402
-from data.feature_cache import _encode_function, extract_features  # noqa: E402
+from data.feature_cache import FLICKR30K_IMAGES, _encode_function, extract_features  # noqa: E402
 from data.images import decode_one  # noqa: E402
 from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
 from model.encoder import EncoderConfig, build_encoder  # noqa: E402
@@ -120,6 +126,51 @@ def bench_extraction(num_images: int, rounds: int) -> dict:
     }
 
 
+def bench_spatial_extraction(num_images: int, rounds: int) -> dict:
+    config = EncoderConfig("random", seed=0)
+    kinds = {"pooled": (build_encoder(config), "float32"),
+             "spatial": (build_encoder(config, spatial=True), "float16")}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        items = write_images(folder / "images", photo_jpegs(num_images))
+        runs, sizes = itertools.count(), {name: [] for name in kinds}
+
+        def pipeline(name, items=items):  # files -> cache, a fresh cache each time
+            encoder, dtype = kinds[name]
+            report = extract_features(items, encoder, folder / f"cache-{next(runs)}",
+                                      encoder_id="random-seed0", batch_size=BATCH,
+                                      progress=False, feature_dtype=dtype)
+            assert report.num_extracted == len(items), report
+            sizes[name].append(report.bytes_per_image)
+
+        for name in kinds:  # warm-up: trace each encoder and the decode graph once
+            pipeline(name, items[:BATCH])
+        wall, cpu = round_robin({name: (lambda name=name: pipeline(name)) for name in kinds},
+                                rounds, warmup=0, desc="pooled vs spatial rounds")
+    result = {"images": num_images, "batch_size": BATCH, "weights": "random-seed0",
+              "rounds": rounds}
+    for name in kinds:
+        seconds = statistics.median(wall[name]) / num_images
+        per_image = sizes[name][-1]  # the timed runs' caches (the warm-up's has fewer images)
+        result[name] = {
+            "storage": f"{kinds[name][1]} {list(kinds[name][0].output_shape[1:])}",
+            "seconds_per_image": round(seconds, 4),
+            "seconds_per_image_per_round": _rounded([w / num_images for w in wall[name]], 4),
+            "cpu_seconds_per_image": round(statistics.median(cpu[name]) / num_images, 4),
+            "bytes_per_image": round(per_image, 1),
+            "flickr30k_gb": round(per_image * FLICKR30K_IMAGES / 1e9, 3),
+            "flickr30k_hours": round(seconds * FLICKR30K_IMAGES / 3600, 2),
+        }
+    ratios = [s / p for s, p in zip(wall["spatial"], wall["pooled"])]
+    result["spatial_over_pooled_seconds_per_round"] = _rounded(ratios, 3)
+    result["spatial_over_pooled_cpu_seconds"] = round(
+        statistics.median(cpu["spatial"]) / statistics.median(cpu["pooled"]), 3)
+    result["spatial_over_pooled_bytes"] = round(
+        result["spatial"]["bytes_per_image"] / result["pooled"]["bytes_per_image"], 1)
+    result["flickr30k_images"] = FLICKR30K_IMAGES
+    return result
+
+
 def lstm_model() -> keras.Model:
     tokens = keras.Input((None,), dtype="int32")
     hidden = keras.layers.LSTM(512, return_sequences=True)(
@@ -188,6 +239,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-extraction", action="store_true")
+    parser.add_argument("--skip-spatial", action="store_true")
     parser.add_argument("--skip-input-pipeline", action="store_true")
     parser.add_argument("--quick", action="store_true", help="64 images, 2 rounds")
     args = parser.parse_args(argv)
@@ -196,6 +248,8 @@ def main(argv=None) -> int:
     result = {"benchmark": "bench_data", "machine": machine()}
     if not args.skip_extraction:
         result["feature_extraction"] = bench_extraction(args.images, args.rounds)
+    if not args.skip_spatial:
+        result["spatial_extraction"] = bench_spatial_extraction(args.images, args.rounds)
     if not args.skip_input_pipeline:
         result["input_pipeline"] = bench_input_pipeline(args.rounds)
     report("bench_data", result)

@@ -1,7 +1,9 @@
 """The image encoder: Keras ResNet50 without its classifier, average-pooled to 2048 features.
 
 Input: float32 [batch, 224, 224, 3] already passed through data.images.decode_one (which applies
-ResNet50's own preprocess_input). Output: float32 [batch, 2048].
+ResNet50's own preprocess_input). Output: float32 [batch, 2048], or with spatial=True the last
+convolutional map before the pooling, float32 [batch, 7, 7, 2048] (SPATIAL_SHAPE), for the
+attention decoder. The pooled vector is the mean of that map over its 7x7 grid.
 
 Weights come from one of three places (EncoderConfig.weights):
 - "imagenet": Keras' published ImageNet weights. They are looked up in the Keras cache
@@ -28,6 +30,8 @@ import keras
 from data.images import IMAGE_SIZE
 
 FEATURE_DIM = 2048
+GRID = 7  # ResNet50 downsamples 224 px by 32: a 7x7 grid of locations
+SPATIAL_SHAPE = (GRID, GRID, FEATURE_DIM)
 
 # What Keras' own ResNet50(weights="imagenet", include_top=False) downloads and checks.
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -49,22 +53,26 @@ class EncoderConfig:
     seed: int = 0  # used for "random"
 
 
-def build_encoder(config: EncoderConfig) -> keras.Model:
-    """ResNet50(include_top=False, pooling="avg"): float32 [None,224,224,3] -> [None,2048]."""
+def build_encoder(config: EncoderConfig, spatial: bool = False) -> keras.Model:
+    """ResNet50(include_top=False, pooling="avg"): float32 [None,224,224,3] -> [None,2048].
+
+    spatial=True: the same network without the pooling (pooling=None), -> [None,7,7,2048]. Both
+    have the same weights for the same config (the pooling layer has none).
+    """
     if config.weights == "random":
         # Seeds Python, NumPy, TF and Keras' global seed generator, so the initialisers draw the
         # same values in every process given the same seed.
         keras.utils.set_random_seed(config.seed)
-        return _resnet50()
+        return _resnet50(spatial)
     if config.weights == "imagenet":
         path = _imagenet_weights_file()  # before building, so a failure is immediate
-        return _load(_resnet50(), path, "the ImageNet weights")
+        return _load(_resnet50(spatial), path, "the ImageNet weights")
     path = pathlib.Path(config.weights).expanduser()
     if not path.is_file():
         raise EncoderWeightsError(
             f"encoder weights file {str(path)!r} does not exist; expected 'imagenet', 'random' or "
             f"the path of a Keras ResNet50 notop weights file ({IMAGENET_FILE})")
-    return _load(_resnet50(), path, f"weights file {str(path)!r}")
+    return _load(_resnet50(spatial), path, f"weights file {str(path)!r}")
 
 
 def encoder_id(config: EncoderConfig) -> str:
@@ -85,9 +93,10 @@ def encoder_id(config: EncoderConfig) -> str:
     return "imagenet" if md5 == IMAGENET_MD5 else f"file:{sha256[:16]}"
 
 
-def _resnet50() -> keras.Model:
+def _resnet50(spatial: bool = False) -> keras.Model:
     return keras.applications.ResNet50(
-        include_top=False, weights=None, pooling="avg", input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+        include_top=False, weights=None, pooling=None if spatial else "avg",
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
 
 
 def _load(model: keras.Model, path: pathlib.Path, what: str) -> keras.Model:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import model.encoder as encoder_module
-from model.encoder import (IMAGENET_FILE, EncoderConfig, EncoderWeightsError, build_encoder,
-                           encoder_id)
+from model.encoder import (GRID, IMAGENET_FILE, SPATIAL_SHAPE, EncoderConfig, EncoderWeightsError,
+                           build_encoder, encoder_id)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +78,48 @@ def test_local_weights_file_round_trip(tmp_path, random_encoder):
     loaded = build_encoder(EncoderConfig(str(path)))
     images = np.random.default_rng(0).normal(size=[1, 224, 224, 3]).astype(np.float32)
     np.testing.assert_allclose(loaded(images), random_encoder(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def spatial_encoder(random_encoder):
+    return build_encoder(EncoderConfig("random", seed=0), spatial=True)
+
+
+def test_spatial_encoder_maps_images_to_a_7x7_grid(spatial_encoder):
+    assert SPATIAL_SHAPE == (GRID, GRID, 2048) == (7, 7, 2048)
+    features = spatial_encoder(np.zeros([2, 224, 224, 3], np.float32), training=False)
+    assert tuple(features.shape) == (2, *SPATIAL_SHAPE) and features.dtype == "float32"
+
+
+def test_spatial_map_averaged_over_the_grid_is_the_pooled_vector(random_encoder, spatial_encoder):
+    """Same seed, same weights: the pooled encoder is the spatial one plus a mean over 7x7."""
+    assert _digest(spatial_encoder) == _digest(random_encoder)
+    images = np.random.default_rng(1).normal(size=[2, 224, 224, 3]).astype(np.float32)
+    grid = np.asarray(spatial_encoder(images, training=False))
+    pooled = np.asarray(random_encoder(images, training=False))
+    np.testing.assert_allclose(grid.mean(axis=(1, 2)), pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_pooled_encoder_keeps_its_layer_names(random_encoder, spatial_encoder):
+    """export/precision.py finds the pooling layer by name."""
+    assert random_encoder.layers[-1].name == "avg_pool"
+    assert random_encoder.output_shape == (None, 2048)
+    # The input layer's name is made unique per process (input_layer, input_layer_1...).
+    assert [layer.name for layer in spatial_encoder.layers[1:]] == \
+        [layer.name for layer in random_encoder.layers[1:-1]]
+
+
+def test_local_weights_file_loads_into_the_spatial_encoder(tmp_path, random_encoder):
+    path = tmp_path / "encoder.weights.h5"
+    random_encoder.save_weights(str(path))  # saved from the pooled encoder
+    loaded = build_encoder(EncoderConfig(str(path)), spatial=True)
+    images = np.random.default_rng(2).normal(size=[1, 224, 224, 3]).astype(np.float32)
+    grid = np.asarray(loaded(images, training=False))
+    assert grid.shape == (1, *SPATIAL_SHAPE)
+    np.testing.assert_allclose(grid.mean(axis=(1, 2)), random_encoder(images), rtol=1e-4,
+                               atol=1e-5)
+    with pytest.raises(EncoderWeightsError, match="nope.h5.*does not exist"):
+        build_encoder(EncoderConfig(str(tmp_path / "nope.h5")), spatial=True)
 
 
 def test_missing_weights_file_is_named(tmp_path):

@@ -224,19 +224,23 @@ from data.feature_cache import extract_features
 from model.encoder import EncoderConfig, build_encoder, encoder_id
 items = [(p.name, p) for p in sorted(pathlib.Path(sys.argv[1]).iterdir())]
 config = EncoderConfig("random", seed=0)
-extract_features(items, build_encoder(config), sys.argv[2], encoder_id=encoder_id(config),
-                 batch_size=1, shard_size=1, progress=False)
+spatial = sys.argv[3] == "spatial"
+extract_features(items, build_encoder(config, spatial=spatial), sys.argv[2],
+                 encoder_id=encoder_id(config), batch_size=1, shard_size=1, progress=False,
+                 feature_dtype="float16" if spatial else "float32")
 """
 
 
 @pytest.mark.slow
-def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path):
+@pytest.mark.parametrize("kind", ["pooled", "spatial"])
+def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path, kind):
     """SIGKILL a real ResNet50 extraction after its first shard; resume; compare to a clean run."""
+    spatial, dtype = kind == "spatial", "float16" if kind == "spatial" else "float32"
     items = _write_images(tmp_path / "images", 14)
     cache = tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "images"), str(cache)],
-                             env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "images"), str(cache),
+                              kind], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not (cache / "shard-00000.npz").exists():
@@ -249,9 +253,9 @@ def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path):
     assert 1 <= len(survivors) < len(items), "the child finished before it could be killed"
 
     config = EncoderConfig("random", seed=0)
-    encoder = build_encoder(config)
+    encoder = build_encoder(config, spatial=spatial)
     resumed = extract_features(items, encoder, cache, encoder_id=encoder_id(config),
-                               batch_size=1, shard_size=1, progress=False)
+                               batch_size=1, shard_size=1, progress=False, feature_dtype=dtype)
     assert resumed.num_reused == len(survivors)
     assert resumed.num_extracted == len(items) - len(survivors)
     after = _shard_stamps(cache)
@@ -260,11 +264,13 @@ def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path):
 
     clean = tmp_path / "clean"
     extract_features(items, encoder, clean, encoder_id=encoder_id(config), batch_size=1,
-                     shard_size=1, progress=False)
+                     shard_size=1, progress=False, feature_dtype=dtype)
     names, features = load_features(cache)
     clean_names, clean_features = load_features(clean)
-    assert names == clean_names and features.shape == (14, 2048)
-    np.testing.assert_allclose(features, clean_features, rtol=1e-4, atol=1e-4)
+    assert names == clean_names and features.dtype == dtype
+    assert features.shape == ((14, 7, 7, 2048) if spatial else (14, 2048))
+    tolerance = 1e-2 if spatial else 1e-4  # float16 keeps ~3 significant digits
+    np.testing.assert_allclose(features, clean_features, rtol=tolerance, atol=tolerance)
 
 
 # model/features.py: the command and ensure_features, on a tiny dataset in the Kaggle layout.
@@ -364,3 +370,187 @@ def test_cache_of_another_preprocessing_is_refused(tmp_path, tiny_encoder, monke
     with pytest.raises(FeatureCacheError, match="preprocessing"):
         extract_features([("a.png", path)], tiny_encoder, tmp_path / "cache", encoder_id="tiny",
                          progress=False)
+
+
+# Spatial maps: any per-image shape, stored as float16.
+
+
+@pytest.fixture(scope="module")
+def tiny_spatial_encoder():
+    """A small real Keras encoder [B,224,224,3] -> [B,7,7,4], like ResNet50's map but cheap."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((224, 224, 3))
+    grid = keras.layers.AveragePooling2D(32)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4, activation="relu")(grid))
+
+
+def _spatial(items, encoder, cache, **options):
+    options = {"feature_dtype": "float16", **options}
+    return extract_features(items, encoder, cache, encoder_id="tiny", progress=False, **options)
+
+
+def test_spatial_maps_round_trip_as_float16(tmp_path, tiny_spatial_encoder):
+    items = _write_images(tmp_path / "images", 5) + _bad_items(tmp_path / "bad")[:2]
+    cache = tmp_path / "cache"
+    report = _spatial(items, tiny_spatial_encoder, cache, batch_size=2, shard_size=3)
+    assert (report.num_extracted, sum(report.skipped.values())) == (5, 2)
+    assert report.feature_shape == (7, 7, 4) and report.feature_dtype == "float16"
+    with np.load(cache / "shard-00000.npz", allow_pickle=False) as shard:
+        assert shard["features"].dtype == np.float16
+    names, features = load_features(cache, [name for name, _ in items][::-1])
+    assert names == [name for name, _ in items[:5]][::-1]  # requested order, failures dropped
+    assert features.dtype == np.float16 and features.shape == (5, 7, 7, 4)
+    for name, row in zip(names, features):
+        exact = _expected(tiny_spatial_encoder, dict(items)[name])
+        np.testing.assert_array_equal(row, exact.astype(np.float16))  # the one rounding only
+    info = cache_info(cache)
+    assert info["feature_shape"] == [7, 7, 4] and info["feature_dtype"] == "float16"
+    assert info["feature_dim"] == 4 and info["num_features"] == 5 and info["complete"]
+    assert info["bytes_per_image"] == pytest.approx(report.bytes_per_image, abs=0.1)
+    assert info["bytes_per_image"] > 7 * 7 * 4 * 2  # at least the map itself
+    assert "bytes per image (float16 [7x7x4]" in report.summary()
+
+
+def test_spatial_cache_resumes_after_an_interrupted_run(tmp_path, tiny_spatial_encoder):
+    """What a run killed in its second shard leaves: shard 0, a temp file, no shard 1 or 2."""
+    items = _write_images(tmp_path / "images", 6)
+    cache = tmp_path / "cache"
+    _spatial(items, tiny_spatial_encoder, cache, shard_size=2)
+    _, complete = load_features(cache)
+    for name in ("shard-00001.npz", "shard-00002.npz"):
+        (cache / name).unlink()
+    (cache / f".shard-00001.npz.4242{TEMP_SUFFIX}").write_bytes(b"PK\x03\x04 half a zip")
+    assert load_features(cache)[1].shape == (2, 7, 7, 4)
+    stamps = _shard_stamps(cache)
+    resumed = _spatial(items, tiny_spatial_encoder, cache, shard_size=2)
+    assert (resumed.num_extracted, resumed.num_reused) == (4, 2)
+    assert _shard_stamps(cache)["shard-00000.npz"] == stamps["shard-00000.npz"]
+    assert not list(cache.glob(f"*{TEMP_SUFFIX}"))
+    _, features = load_features(cache)
+    np.testing.assert_array_equal(features, complete)
+
+
+def test_spatial_shard_of_a_changed_image_is_recomputed(tmp_path, tiny_spatial_encoder):
+    items = _write_images(tmp_path / "images", 4)
+    cache = tmp_path / "cache"
+    _spatial(items, tiny_spatial_encoder, cache, shard_size=2)
+    _, before = load_features(cache)
+    Image.new("RGB", (64, 48), (0, 255, 0)).save(items[3][1])  # img003.png, in shard 1
+    os.utime(items[3][1], ns=(1, 1))
+    report = _spatial(items, tiny_spatial_encoder, cache, shard_size=2)
+    assert (report.num_extracted, report.num_reused) == (2, 2)
+    _, after = load_features(cache)
+    np.testing.assert_array_equal(after[:3], before[:3])
+    assert not np.array_equal(after[3], before[3])
+    np.testing.assert_array_equal(
+        after[3], _expected(tiny_spatial_encoder, items[3][1]).astype(np.float16))
+
+
+def test_pooled_and_spatial_requests_never_share_a_cache(tmp_path, tiny_encoder,
+                                                         tiny_spatial_encoder):
+    items = _write_images(tmp_path / "images", 2)
+    pooled, spatial = tmp_path / "pooled", tmp_path / "spatial"
+    extract_features(items, tiny_encoder, pooled, encoder_id="tiny", progress=False)
+    _spatial(items, tiny_spatial_encoder, spatial)
+    both = r"holds float32 \[8\] features, requested: float16 \[7, 7, 4\].*another --cache-dir"
+    with pytest.raises(FeatureCacheError, match=both):
+        _spatial(items, tiny_spatial_encoder, pooled, feature_shape=(7, 7, 4))
+    with pytest.raises(FeatureCacheError, match=both):
+        load_features(pooled, feature_shape=[7, 7, 4], feature_dtype="float16")
+    with pytest.raises(FeatureCacheError, match=r"holds float16 \[7, 7, 4\] features, "
+                                                r"requested: float32"):
+        extract_features(items, tiny_encoder, spatial, encoder_id="tiny", progress=False)
+    # Same dtype, other shape: found once the encoder is built (its output shape).
+    with pytest.raises(FeatureCacheError, match=r"holds float16 \[7, 7, 4\] features, this "
+                                                r"encoder's output: float16 \[8\]"):
+        (spatial / "shard-00000.npz").unlink()
+        _spatial(items, tiny_encoder, spatial)
+    with pytest.raises(ValueError, match="feature_dtype must be one of"):
+        _spatial(items, tiny_spatial_encoder, tmp_path / "c", feature_dtype="bfloat16")
+
+
+def test_maps_float16_cannot_hold_are_refused_not_stored_as_inf(tmp_path):
+    items = _write_images(tmp_path / "images", 2)
+    inputs = keras.Input((224, 224, 3))
+    huge = keras.layers.Rescaling(1e6)(keras.layers.AveragePooling2D(32)(inputs))
+    with pytest.raises(FeatureCacheError, match=r"'img000.png' .. 'img001.jpg' exceed the "
+                                                r"float16 range.*float32"):
+        _spatial(items, keras.Model(inputs, huge), tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("shard-*"))
+
+
+def test_manifest_without_shape_and_dtype_reads_as_pooled_float32(tmp_path, tiny_encoder):
+    """Caches written before feature_shape/feature_dtype existed stay valid."""
+    import json
+    items = _write_images(tmp_path / "images", 3)
+    cache = tmp_path / "cache"
+    extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    del manifest["feature_shape"], manifest["feature_dtype"]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    info = cache_info(cache)
+    assert (info["feature_shape"], info["feature_dtype"]) == ([8], "float32")
+    names, features = load_features(cache, feature_shape=[8], feature_dtype="float32")
+    assert features.shape == (3, 8) and features.dtype == np.float32
+    again = extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False,
+                             feature_shape=[8])
+    assert (again.num_reused, again.num_extracted) == (3, 0)
+    with pytest.raises(FeatureCacheError, match=r"float32 \[8\]"):
+        load_features(cache, feature_dtype="float16")
+
+
+def test_load_features_fills_one_preallocated_array(tmp_path, tiny_spatial_encoder):
+    """Rows come back in any requested order across shards, repeated names included."""
+    items = _write_images(tmp_path / "images", 7)
+    cache = tmp_path / "cache"
+    _spatial(items, tiny_spatial_encoder, cache, shard_size=2)
+    names, everything = load_features(cache)
+    order = [names[6], names[0], names[3], names[0], "nope.jpg"]
+    kept, features = load_features(cache, order)
+    assert kept == order[:4]
+    np.testing.assert_array_equal(features, everything[[6, 0, 3, 0]])
+    assert features.flags["C_CONTIGUOUS"] and features.base is None
+
+
+@pytest.mark.slow
+def test_resnet50_spatial_cache_costs_200704_bytes_per_image_and_matches_pooled(tmp_path):
+    """The real encoder through ensure_features: float16 [n,7,7,2048] whose grid mean is the
+    pooled cache's vector; the reported disk cost is measured on the shard files."""
+    from data.layouts import load_dataset
+    from model.features import ensure_features
+    _tiny_dataset(tmp_path / "data")
+    dataset = load_dataset(tmp_path / "data")
+    config = EncoderConfig("random")
+    spatial = ensure_features(dataset.images, tmp_path / "spatial", config, spatial=True,
+                              progress=False)
+    pooled = ensure_features(dataset.images, tmp_path / "pooled", config, progress=False)
+    assert spatial.names == pooled.names
+    assert spatial.features.shape == (3, 7, 7, 2048) and spatial.features.dtype == np.float16
+    assert pooled.features.shape == (3, 2048) and pooled.features.dtype == np.float32
+    grid_mean = spatial.features.astype(np.float32).mean(axis=(1, 2))
+    np.testing.assert_allclose(grid_mean, pooled.features, rtol=1e-2, atol=1e-2)
+    # 7 * 7 * 2048 * 2 bytes a map + its name, stamp and a share of the zip headers
+    assert 200_704 < spatial.report.bytes_per_image < 200_704 + 1_000
+    assert spatial.report.feature_shape == (7, 7, 2048)
+    assert "Flickr30k's 31,783 images" in spatial.report.summary()
+    with pytest.raises(FeatureCacheError, match="another --cache-dir"):
+        ensure_features(dataset.images, tmp_path / "pooled", config, spatial=True,
+                        progress=False)
+
+
+def test_features_command_spatial_prints_the_measured_disk_cost(tmp_path, capsys,
+                                                               monkeypatch):
+    from model.features import default_cache_dir, main
+    _tiny_dataset(tmp_path / "data")
+    config = EncoderConfig("random")
+    assert str(default_cache_dir(tmp_path / "data", config, spatial=True)) == \
+        "cache/data-random-seed0-spatial"
+    assert str(default_cache_dir(None, config)) == "cache/builtin-random-seed0"
+    monkeypatch.chdir(tmp_path)  # the default cache folder is relative
+    argv = ["--data", str(tmp_path / "data"), "--encoder-weights", "random", "--spatial"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "images: 4  extracted: 3  reused: 0  skipped: 1" in out
+    assert "bytes per image (float16 [7x7x2048]" in out and "Flickr30k's 31,783 images" in out
+    names, features = load_features(tmp_path / "cache/data-random-seed0-spatial")
+    assert features.shape == (3, 7, 7, 2048) and features.dtype == np.float16

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.pipeline import (PipelineConfig, caption_examples, evaluation_dataset,
+from data.pipeline import (PipelineConfig, _feature_table, caption_examples, evaluation_dataset,
                            feature_batches, training_dataset)
 
 START, END = 1, 2
@@ -134,6 +134,62 @@ def test_bad_inputs_are_named():
         training_dataset(np.zeros(3), [0], [[START, END]], PipelineConfig())
     with pytest.raises(ValueError, match="batch_size"):
         PipelineConfig(batch_size=0)
+
+
+def _spatial_maps(num_images, channels=3):
+    """float16 [N, 7, 7, C] maps whose values encode image, cell and channel; divided by 7, so
+    most were rounded when stored as float16 (as the feature cache's maps are)."""
+    values = (np.arange(num_images)[:, None, None, None] * 1000 + np.arange(49).reshape(7, 7)[
+        None, :, :, None] * 10 + np.arange(channels)) / 7.0
+    return values.astype(np.float16)
+
+
+def test_spatial_float16_maps_come_out_as_float32_batches_of_the_right_rows():
+    maps = _spatial_maps(12)
+    _, rows, tokens = _captions()
+    for make in (training_dataset, evaluation_dataset):
+        dataset = make(maps, rows, tokens, PipelineConfig(batch_size=5))
+        spec = dataset.element_spec[0]["features"]
+        assert spec.dtype == tf.float32 and spec.shape.as_list() == [None, 7, 7, 3]
+        for batch_features, _, targets in _batches(dataset):
+            expected = [rows[i] for i in (int(t[0]) - 1000 for t in targets)]
+            assert batch_features.dtype == np.float32
+            # exactly the stored float16 values, widened: no second rounding
+            np.testing.assert_array_equal(batch_features, maps[expected].astype(np.float32))
+    batches = [b.numpy() for b in feature_batches(maps, 5)]
+    assert [b.shape for b in batches] == [(5, 7, 7, 3), (5, 7, 7, 3), (2, 7, 7, 3)]
+    assert all(b.dtype == np.float32 for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), maps.astype(np.float32))
+
+
+def test_float16_features_stay_float16_in_the_variable_float32_stay_float32():
+    """Half the memory for spatial maps; pooled float32 features are not touched."""
+    assert _feature_table(_spatial_maps(2)).dtype == tf.float16
+    pooled = np.arange(6, dtype=np.float32).reshape(3, 2) / 3
+    table = _feature_table(pooled)
+    assert table.dtype == tf.float32
+    np.testing.assert_array_equal(table.numpy(), pooled)
+    assert _feature_table(pooled.astype(np.float64)).dtype == tf.float32  # as before
+    pooled16 = pooled.astype(np.float16)
+    [batch] = [b.numpy() for b in feature_batches(pooled16, 3)]
+    np.testing.assert_array_equal(batch, pooled16.astype(np.float32))
+
+
+def test_keras_fit_runs_on_spatial_float16_features():
+    maps = _spatial_maps(8, channels=6)
+    _, rows, tokens = _captions(num_images=8, per_image=2, longest=6)
+    tokens = [[t if t < 1000 else 3 for t in ids] for ids in tokens]  # vocabulary of 4
+    feature_in = keras.Input((7, 7, 6), name="features")
+    token_in = keras.Input((None,), dtype="int32", name="tokens")
+    embedded = keras.layers.Embedding(4, 4, mask_zero=True)(token_in)
+    state = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(feature_in))
+    hidden = keras.layers.LSTM(4, return_sequences=True)(embedded, initial_state=[state, state])
+    model = keras.Model({"features": feature_in, "tokens": token_in},
+                        keras.layers.Dense(4)(hidden))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(training_dataset(maps, rows, tokens, PipelineConfig(batch_size=4)),
+                        epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
 
 
 def test_flickr30k_sized_input_builds_and_iterates():
