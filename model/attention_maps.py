@@ -18,9 +18,15 @@ COLORMAP = "inferno"  # perceptual; dark where the model did not look, bright wh
 ALPHA = 0.6  # weight of the heatmap over the image
 TILE_SIDE = 160  # pixels of a strip tile's longer image side
 STRIP_COLUMNS = 6  # tiles per strip row before it wraps
-TITLE_HEIGHT = 26  # pixels above each tile for its word
+FONT_SIZE = 15  # pixels of the word above each tile
 GAP = 6  # pixels between tiles
-FONT_SIZE = 15
+
+
+def _title_height(font_size: int) -> int:
+    return round(font_size * 1.7)  # room above each tile for its word
+
+
+TITLE_HEIGHT = _title_height(FONT_SIZE)
 
 
 def _checked_attention(attention) -> np.ndarray:
@@ -100,30 +106,33 @@ def _fitted(draw: ImageDraw.ImageDraw, word: str, font, width: int) -> str:
 
 
 def attention_strip(image, caption: str, attention, tile_side: int = TILE_SIDE,
-                    columns: int = STRIP_COLUMNS) -> Image.Image:
+                    columns: int = STRIP_COLUMNS, font_size: int = FONT_SIZE) -> Image.Image:
     """One small overlay per word of the caption (plus <end> when its map is there), each titled
-    with its word, in rows of at most `columns` tiles. White background, RGB.
+    with its word, in rows of at most `columns` tiles. White background, RGB. tile_side is the
+    longer side of each tile's image in pixels; font_size the words' height in pixels (raise it
+    when the strip will be shown scaled down).
 
     Raises ValueError for bad attention (see word_maps), a bad image, a caption with no words, or
-    tile_side / columns below 1.
+    tile_side below 8, columns or font_size below 1.
     """
-    if tile_side < 8 or columns < 1:
-        raise ValueError(f"tile_side must be at least 8 and columns at least 1, got {tile_side}, {columns}")
+    if tile_side < 8 or columns < 1 or font_size < 1:
+        raise ValueError(f"tile_side must be at least 8, columns and font_size at least 1, got "
+                         f"{tile_side}, {columns}, {font_size}")
     pairs = word_maps(caption, attention)
     if not pairs:
         raise ValueError("the caption has no words, so there are no attention maps to show")
     thumbnail = _rgb_image(image)
     thumbnail.thumbnail((tile_side, tile_side))  # keeps the aspect ratio: tiles are the image's shape
     width, height = thumbnail.size
+    title = _title_height(font_size)
     columns = min(columns, len(pairs))
     rows = -(-len(pairs) // columns)
-    strip = Image.new("RGB", (columns * (width + GAP) - GAP, rows * (TITLE_HEIGHT + height + GAP) - GAP),
-                      "white")
-    draw, font = ImageDraw.Draw(strip), _font(FONT_SIZE)
+    strip = Image.new("RGB", (columns * (width + GAP) - GAP, rows * (title + height + GAP) - GAP), "white")
+    draw, font = ImageDraw.Draw(strip), _font(font_size)
     for k, (word, grid) in enumerate(pairs):
         left = (k % columns) * (width + GAP)
-        top = (k // columns) * (TITLE_HEIGHT + height + GAP)
-        draw.text((left + width / 2, top + TITLE_HEIGHT / 2), _fitted(draw, word, font, width),
+        top = (k // columns) * (title + height + GAP)
+        draw.text((left + width / 2, top + title / 2), _fitted(draw, word, font, width),
                   fill="black", font=font, anchor="mm")
-        strip.paste(overlay(thumbnail, grid), (left, top + TITLE_HEIGHT))
+        strip.paste(overlay(thumbnail, grid), (left, top + title))
     return strip

@@ -122,7 +122,8 @@ def test_strip_long_words_and_single_row():
 @pytest.mark.parametrize("caption, attention, kwargs, message", [
     ("", np.zeros([30, 7, 7]), {}, "no words"),
     ("a red image", np.zeros([2, 7, 7]), {}, "only 2 rows"),
-    ("a red image", np.zeros([30, 7, 7]), {"columns": 0}, "columns at least 1"),
+    ("a red image", np.zeros([30, 7, 7]), {"columns": 0}, "columns and font_size at least 1"),
+    ("a red image", np.zeros([30, 7, 7]), {"tile_side": 4}, "tile_side must be at least 8"),
 ])
 def test_strip_errors(caption, attention, kwargs, message):
     with pytest.raises(ValueError, match=message):
