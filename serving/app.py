@@ -44,7 +44,7 @@ def word_strip(path: str, result: CaptionResult) -> tuple[Image.Image | None, st
     try:
         with Image.open(path) as picture:
             return attention_strip(picture, result.caption, result.attention, columns=STRIP_COLUMNS), ""
-    except (OSError, ValueError) as e:  # the server read the image but PIL cannot, or odd maps
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL cannot read it, or odd maps
         return None, f"(no attention maps for {os.path.basename(path)}: {e})"
 
 

@@ -407,7 +407,7 @@ class _StripWriter:
         try:
             with Image.open(path) as image:
                 strip = attention_strip(image, result.caption, result.attention)
-        except (OSError, ValueError) as e:  # the server read it, PIL cannot; or odd maps: say so, go on
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL cannot read it, or odd maps
             print(f"warning: no attention strip for {path}: {e}", file=sys.stderr)
             return
         stem, k = Path(path).stem, 1
