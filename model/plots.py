@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from data.files import atomic_write
+from model.attention_maps import attention_strip, word_maps
 from model.history import read_history
 
 MAX_TILES = 12  # a grid beyond this is unreadable; callers pass a handful of samples anyway
@@ -28,6 +29,10 @@ WRAP_BOLD, WRAP_NORMAL = 48, 58     # characters per line that fit TILE_WIDTH at
 MAX_LINES_PER_CAPTION = 3
 THUMBNAIL_SIDE = 512
 PLACEHOLDER_GREY = 216  # RGB level of the tile drawn for a missing or unreadable image
+STRIP_HEIGHT = 1.9  # inches under each image for its per-word attention strip (attention models)
+STRIP_COLUMNS = 6  # word heatmaps per strip row
+STRIP_TILE_SIDE = 120  # pixels of each word heatmap before the figure scales the strip down
+STRIP_FONT = 26  # pixels of each word above its heatmap: about FONT_SIZE once scaled down
 
 
 def _save(fig: Figure, out_png, dpi: int) -> None:
@@ -121,12 +126,36 @@ def _check_samples(samples: list[dict], columns: int) -> None:
         if not isinstance(sample, dict) or "prediction" not in sample:
             raise ValueError(f"samples[{i}] must be a dict with at least 'prediction' (and "
                              f"'image_path', 'references', optional 'beam'), got {sample!r}")
+        if sample.get("attention") is not None:
+            try:
+                word_maps(str(sample["prediction"]), sample["attention"])
+            except ValueError as error:
+                raise ValueError(f"samples[{i}]['attention'] does not fit its prediction: {error}") from None
+
+
+def _draw_strip(ax, pixels, sample: dict) -> None:
+    """The sample's per-word attention strip in ax (or why there is none)."""
+    ax.set_axis_off()
+    ax.set_anchor("NW")  # right under the image, in line with the caption text below
+    if pixels is None:
+        ax.text(0.5, 0.5, "no image to show the attention maps on", transform=ax.transAxes,
+                ha="center", va="center", fontsize=FONT_SIZE, color="dimgrey")
+    elif not str(sample["prediction"]).split():
+        ax.text(0.5, 0.5, "empty caption: no attention maps", transform=ax.transAxes,
+                ha="center", va="center", fontsize=FONT_SIZE, color="dimgrey")
+    else:
+        ax.imshow(attention_strip(pixels, str(sample["prediction"]), sample["attention"],
+                                  tile_side=STRIP_TILE_SIDE, columns=STRIP_COLUMNS,
+                                  font_size=STRIP_FONT))
 
 
 def sample_grid_png(samples: list[dict], out_png, columns: int = 3) -> None:
     """A grid of images, each with its predicted caption (bold), optional beam caption and references.
 
-    samples: [{"image_path": str, "references": [str, ...], "prediction": str, "beam": str (optional)}].
+    samples: [{"image_path": str, "references": [str, ...], "prediction": str, "beam": str (optional),
+    "attention": float array [max_new_tokens, 7, 7] (optional: an attention model's maps for
+    `prediction`)}]. A sample with attention also shows, under its image, one small heatmap per word
+    of its prediction (model.attention_maps.attention_strip); without any, the grid is as it was.
     Shows at most MAX_TILES samples. A missing or corrupt image becomes a grey placeholder tile.
     """
     _check_samples(samples, columns)
@@ -135,7 +164,8 @@ def sample_grid_png(samples: list[dict], out_png, columns: int = 3) -> None:
     rows = math.ceil(len(shown) / columns)
     texts = [_caption_lines(sample) for sample in shown]
     text_height = max(len(lines) for lines in texts) * LINE_HEIGHT + PAD
-    tile_height = IMAGE_HEIGHT + text_height
+    strip_height = STRIP_HEIGHT if any(s.get("attention") is not None for s in shown) else 0.0
+    tile_height = IMAGE_HEIGHT + strip_height + text_height
     width, height = columns * TILE_WIDTH, TITLE_HEIGHT + rows * tile_height
 
     fig = Figure(figsize=(width, height))
@@ -155,7 +185,11 @@ def sample_grid_png(samples: list[dict], out_png, columns: int = 3) -> None:
                     ha="center", va="center", fontsize=10, color="dimgrey")
         else:
             ax.imshow(pixels)
+        if sample.get("attention") is not None:
+            _draw_strip(fig.add_axes([left / width, (top - IMAGE_HEIGHT - strip_height) / height,
+                                      (TILE_WIDTH - 2 * PAD) / width, strip_height / height]),
+                        pixels, sample)
         for i, (line, font) in enumerate(lines):
-            fig.text(left, top - IMAGE_HEIGHT - i * LINE_HEIGHT, line, transform=inches,
+            fig.text(left, top - IMAGE_HEIGHT - strip_height - i * LINE_HEIGHT, line, transform=inches,
                      ha="left", va="top", fontsize=FONT_SIZE, **font)
     _save(fig, out_png, dpi=100)

@@ -5,7 +5,9 @@
 It talks ONLY to a model server (the TF Serving container or serving.model_server) through
 serving.client: no TensorFlow, no model code here. (--grpc makes serving.client import the
 tensorflow-serving-api protos, which pull in TensorFlow; the default REST path does not.)
-Binds 127.0.0.1, share=False, analytics off. gradio_client's endpoint is /caption_image.
+Binds 127.0.0.1, share=False, analytics off. gradio_client's endpoint is /caption_image (it returns
+the caption text). For a model that serves attention maps the page also shows, under the caption,
+a strip of the first image with each word's map over it (model.attention_maps, numpy and PIL).
 """
 import argparse
 import os
@@ -16,13 +18,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only matters with --grpc (see above)
 
 import gradio as gr  # noqa: E402  (after the analytics switch)
+from PIL import Image  # noqa: E402
 
-from serving.client import IMAGE_EXTENSIONS, make_client  # noqa: E402
+from model.attention_maps import attention_strip  # noqa: E402
+from serving.client import IMAGE_EXTENSIONS, CaptionResult, make_client  # noqa: E402
 from serving.errors import ServingError, UnavailableError  # noqa: E402
 
 MODES = {"greedy": "serving_default", "beam search": "beam_search"}
 DEFAULT_EXAMPLES = os.path.join("datasets", "builtin", "Images")
 MAX_EXAMPLES = 6
+STRIP_COLUMNS = 4  # word tiles per row: fits the page's right column at a readable size
 
 
 def example_images(folder: str | None) -> list[str]:
@@ -32,26 +37,48 @@ def example_images(folder: str | None) -> list[str]:
     return [os.path.join(folder, name) for name in names[:MAX_EXAMPLES]]
 
 
+def word_strip(path: str, result: CaptionResult) -> tuple[Image.Image | None, str]:
+    """(the per-word attention strip of the image, "") or (None, why there is none to show)."""
+    if not result.ok or result.attention is None:
+        return None, ""  # a pooled model, or nothing was captioned: nothing to explain
+    try:
+        with Image.open(path) as picture:
+            return attention_strip(picture, result.caption, result.attention, columns=STRIP_COLUMNS), ""
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL cannot read it, or odd maps
+        return None, f"(no attention maps for {os.path.basename(path)}: {e})"
+
+
 def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.Blocks:
     """The Gradio Blocks for a serving.client client (RestClient or GrpcClient)."""
 
-    def caption_image(files, image, mode):
-        """Captions for the uploaded files and/or the single image, one line per image."""
+    def captions_and_strip(files, image, mode, want_strip: bool):
+        """(one caption line per image, the first image's attention strip or None)."""
         paths = [f if isinstance(f, str) else f.name for f in (files or [])]
         if image:
             paths.append(image)
         if not paths:
-            return "Upload one or more images first."
+            return "Upload one or more images first.", None
         try:
             results = client.caption([Path(p).read_bytes() for p in paths], MODES.get(mode, "serving_default"))
         except UnavailableError as e:
-            return f"The model server at {server_label} is not reachable or not ready: {e.message}"
+            return f"The model server at {server_label} is not reachable or not ready: {e.message}", None
         except ServingError as e:
-            return f"The model server at {server_label} returned an error: {e}"
+            return f"The model server at {server_label} returned an error: {e}", None
         texts = [r.caption if r.ok else f"ERROR: {r.error}" for r in results]
         if len(paths) == 1:
-            return texts[0]
-        return "\n".join(f"{os.path.basename(path)}: {text}" for path, text in zip(paths, texts))
+            text = texts[0]
+        else:
+            text = "\n".join(f"{os.path.basename(path)}: {text}" for path, text in zip(paths, texts))
+        strip, problem = word_strip(paths[0], results[0]) if want_strip else (None, "")
+        return text + (f"\n{problem}" if problem else ""), strip
+
+    def caption_image(files, image, mode):
+        """Captions for the uploaded files and/or the single image, one line per image."""
+        return captions_and_strip(files, image, mode, want_strip=False)[0]
+
+    def caption_page(files, image, mode):
+        text, strip = captions_and_strip(files, image, mode, want_strip=True)
+        return text, strip, gr.Column(visible=strip is not None)
 
     with gr.Blocks(title="Neural Storyteller") as app:
         gr.Markdown(f"# Neural Storyteller\nCaptions from the model server at `{server_label}`.")
@@ -64,11 +91,24 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
                 submit = gr.Button("Caption", variant="primary", elem_id="caption-button")
             with gr.Column():
                 captions = gr.Textbox(label="Caption", lines=6, interactive=False, elem_id="captions")
+                # Hidden until a model serves attention maps (pooled models never show it). No label
+                # or buttons on the image: Gradio floats them over it, hiding the words' titles.
+                with gr.Column(visible=False) as strip_box:
+                    gr.Markdown("**Where the model looked for each word** (first image; brighter = "
+                                "more attention)")
+                    strip = gr.Image(type="pil", format="png", interactive=False, show_label=False,
+                                     buttons=[], elem_id="attention-strip")
         examples = example_images(examples_dir)
         if examples:
             gr.Examples(examples=[[path] for path in examples], inputs=[image])
-        submit.click(caption_image, inputs=[files, image, mode], outputs=captions,
-                     api_name="caption_image")
+        # The page's button shows caption and strip in one step, off the API. gradio_client's
+        # /caption_image returns the caption text alone, as it always has; it hangs on a hidden
+        # button because an endpoint needs a trigger (gr.State instead would keep a heartbeat
+        # connection open on every page).
+        submit.click(caption_page, inputs=[files, image, mode], outputs=[captions, strip, strip_box],
+                     api_name=False)
+        gr.Button(visible=False).click(caption_image, inputs=[files, image, mode], outputs=captions,
+                                       api_name="caption_image")
     return app
 
 

@@ -2,6 +2,7 @@
 
     python -m serving.client --rest http://127.0.0.1:8501 photos/        # path<TAB>caption lines
     python -m serving.client --grpc 127.0.0.1:8500 --signature beam_search dog.jpg
+    python -m serving.client --attention-dir maps/ photos/   # + one per-word heatmap strip per image
 
 REST needs only `requests`, never TensorFlow. gRPC needs the tensorflow-serving-api protos, whose
 package imports TensorFlow (~3 s), so GrpcClient imports them on first use. Retries (exponential
@@ -31,10 +32,21 @@ class CaptionResult:
     caption: str
     log_prob: float
     error: str = ""  # "" when the image was captioned, else the model's (or client's) reason
+    # float32 [max_new_tokens, 7, 7] when the model serves attention maps, else None (pooled models).
+    # Left out of ==, which cannot compare arrays.
+    attention: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
         return not self.error
+
+    def word_maps(self) -> list[tuple[str, np.ndarray]]:
+        """[(word, map [7, 7])] per caption word (+ "<end>"): model.attention_maps.word_maps.
+        Raises ValueError when the model served no attention maps."""
+        if self.attention is None:
+            raise ValueError("this model serves no attention maps (a pooled-feature captioner)")
+        from model.attention_maps import word_maps  # matplotlib and PIL only when maps are used
+        return word_maps(self.caption, self.attention)
 
 
 @dataclasses.dataclass
@@ -126,11 +138,26 @@ class _Client:
 
 
 def _results(outputs: dict, expected: int) -> list[CaptionResult]:
-    """Columns caption/log_prob/error -> CaptionResults."""
+    """Columns caption/log_prob/error (and attention, if served) -> CaptionResults."""
     columns = [outputs.get(name) for name in ("caption", "log_prob", "error")]
     if any(column is None or len(column) != expected for column in columns):
         raise ServingError(f"expected caption, log_prob and error for {expected} images, got {str(outputs)[:200]}")
-    return [CaptionResult(c, float(p), e) for c, p, e in zip(*columns)]
+    maps = _attention(outputs.get("attention"), expected)
+    return [CaptionResult(c, float(p), e, a) for c, p, e, a in zip(*columns, maps)]
+
+
+def _attention(column, expected: int) -> list:
+    """The served attention column as one float32 [max_new_tokens, h, w] array per image, or Nones
+    when the model serves none."""
+    if column is None:
+        return [None] * expected
+    try:
+        maps = np.asarray(column, dtype=np.float32)
+    except (TypeError, ValueError) as e:  # ragged or non-numeric lists
+        raise ServingError(f"the server's attention output is not a numeric array: {e}") from None
+    if maps.ndim != 4 or len(maps) != expected:
+        raise ServingError(f"expected attention [{expected}, max_new_tokens, 7, 7], got shape {list(maps.shape)}")
+    return list(maps)
 
 
 class RestClient(_Client):
@@ -308,6 +335,9 @@ def _parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
+    parser.add_argument("--attention-dir", metavar="DIR",
+                        help="write one per-word attention strip PNG per image into DIR "
+                             "(only if the model serves attention maps)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--status", action="store_true", help="print the model status JSON")
     action.add_argument("--metadata", action="store_true", help="print the signature defs JSON")
@@ -331,7 +361,8 @@ def main(argv=None) -> int:
             if args.status or args.metadata:
                 print(json.dumps(client.status() if args.status else client.metadata(), indent=2))
                 return 0
-            return _caption_paths(client, find_images(args.paths), args.signature, args.batch_size)
+            return _caption_paths(client, find_images(args.paths), args.signature, args.batch_size,
+                                  args.attention_dir)
     except (ServingError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -339,9 +370,11 @@ def main(argv=None) -> int:
         return 130
 
 
-def _caption_paths(client, paths: list[str], signature: str, batch_size: int) -> int:
+def _caption_paths(client, paths: list[str], signature: str, batch_size: int,
+                   attention_dir: str | None = None) -> int:
     if not paths:
         raise FileNotFoundError("no image files found (looked for " + ", ".join(IMAGE_EXTENSIONS) + ")")
+    strips = _StripWriter(attention_dir) if attention_dir else None
     failures = 0
     for start in range(0, len(paths), batch_size):  # read only one batch of files at a time
         batch = paths[start:start + batch_size]
@@ -350,7 +383,40 @@ def _caption_paths(client, paths: list[str], signature: str, batch_size: int) ->
             print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}",
                   flush=True)
             failures += not result.ok
+            if strips and result.ok:
+                strips.write(path, result)
+    if strips and not strips.written:
+        print(f"note: the model served no attention maps; nothing written to {attention_dir}",
+              file=sys.stderr)
     return 1 if failures else 0
+
+
+class _StripWriter:
+    """Writes <DIR>/<image name>.png strips (name-2.png, ... when two images share a name)."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+        self.names: set[str] = set()
+        self.written = 0
+
+    def write(self, path: str, result: CaptionResult) -> None:
+        if result.attention is None:
+            return
+        from PIL import Image
+        from model.attention_maps import attention_strip
+        try:
+            with Image.open(path) as image:
+                strip = attention_strip(image, result.caption, result.attention)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL cannot read it, or odd maps
+            print(f"warning: no attention strip for {path}: {e}", file=sys.stderr)
+            return
+        stem, k = Path(path).stem, 1
+        while (name := f"{stem}.png" if k == 1 else f"{stem}-{k}.png") in self.names:
+            k += 1
+        self.names.add(name)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        strip.save(self.folder / name)
+        self.written += 1
 
 
 if __name__ == "__main__":

@@ -52,6 +52,20 @@ def huge_png_header(width: int = 20000, height: int = 20000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
+SALMON = (255, 120, 120)
+RED_CORNER = 0.65  # fraction of the width and height the red block covers, from the top-left
+
+
+def red_corner_image(size=(320, 200), fmt="PNG") -> bytes:
+    """A red block over the top-left 65% x 65% of a salmon image. Its mean colour is nearest red,
+    so the stand-in says "a red image"; the attention stand-in's "red" map lies on the block."""
+    image = Image.new("RGB", size, SALMON)
+    image.paste(RED, (0, 0, round(size[0] * RED_CORNER), round(size[1] * RED_CORNER)))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
 def hostile_images() -> dict[str, bytes]:
     good_png = image_bytes(GREEN)
     return {"empty": b"", "text": b"hello, I am not an image\n",
@@ -71,6 +85,25 @@ def served_model_base(tmp_path_factory) -> str:
         publish_standin(base, 1)
         _cache["base"] = base
     return _cache["base"]
+
+
+@pytest.fixture(scope="session")
+def attention_model_base(tmp_path_factory) -> str:
+    """Model base path with version 1 of the attention stand-in (serves `attention` maps)."""
+    if "attention_base" not in _cache:
+        from tests.standin_model import publish_standin
+        base = str(tmp_path_factory.mktemp("standin_attention") / MODEL_NAME)
+        publish_standin(base, 1, attention=True)
+        _cache["attention_base"] = base
+    return _cache["attention_base"]
+
+
+@pytest.fixture(scope="session")
+def attention_server(attention_model_base, tmp_path_factory):
+    """serving.model_server serving the attention stand-in (REST and gRPC), for the session."""
+    log = str(tmp_path_factory.mktemp("attention_server") / "server.log")
+    with running_server(log, base=attention_model_base) as server:
+        yield server
 
 
 class InProcessModel:

@@ -11,6 +11,13 @@ real model. The "caption" names the colour nearest to the image's mean pixel (a 
 scores the palette, a StaticHashTable names the winner): deterministic and easy to assert on.
 The model is written with keras.export.ExportArchive, the path TF Serving's session loader runs.
 
+With attention=True (CLI --attention) serving_default and beam_search also return `attention`,
+float32 [batch, MAX_NEW_TOKENS, 7, 7], exactly as an attention export does: one row per word of the
+caption and one for <end>, zeros after, all zeros for a bad image. The colour word's row is a
+softmax over the 7x7 cells of how close each cell's mean colour is to the named colour (so it
+lights up where that colour is); the other words' (and <end>'s) rows light up where it is not
+(uniform on a one-colour image). Computed in the graph, so tests can predict every map.
+
     python -m tests.standin_model models/standin     # writes models/standin/1/
 """
 import argparse
@@ -32,6 +39,9 @@ PALETTE = [
 COLOUR_NAMES = [name for name, _ in PALETTE]
 # ResNet50 "caffe" preprocessing subtracts these BGR means; the stand-in adds them back.
 _BGR_MEANS = (103.939, 116.779, 123.68)
+MAX_NEW_TOKENS = 30  # the attention output's rows, as an export's default decode setting
+GRID = 7  # attention cells per side, as ResNet50's last convolutional map at 224 px
+SHARPNESS = 20.0  # softmax logit per unit of squared RGB distance (0..1 scale): a clear peak
 
 
 def greedy_caption(colour: str) -> str:
@@ -40,6 +50,16 @@ def greedy_caption(colour: str) -> str:
 
 def beam_caption(colour: str) -> str:
     return f"a picture that is mostly {colour}"
+
+
+def _attention_rows(caption: str) -> np.ndarray:
+    """Which map each attention row shows for a caption template: 2 = the colour word's map,
+    1 = the map of everywhere else (the other words and <end>), 0 = zeros (after <end>)."""
+    words = caption.split()
+    kinds = np.zeros([MAX_NEW_TOKENS], np.int32)
+    kinds[:len(words) + 1] = 1
+    kinds[words.index("{colour}")] = 2
+    return kinds
 
 
 def _palette_scorer() -> keras.Model:
@@ -55,7 +75,8 @@ def _palette_scorer() -> keras.Model:
 class _StandIn:
     """Holds the tracked Keras model and lookup table; its methods are the endpoints."""
 
-    def __init__(self):
+    def __init__(self, attention: bool = False):
+        self.attention = attention
         self.scorer = _palette_scorer()
         keys = tf.range(len(PALETTE), dtype=tf.int64)
         self.greedy_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
@@ -73,17 +94,37 @@ class _StandIn:
                 "log_prob": tf.where(ok, log_prob, 0.0),
                 "error": errors}
 
-    def _caption_images(self, image_bytes, table):
+    def _caption_images(self, image_bytes, table, template):
         pixels, errors = decode_batch(image_bytes)  # [n, 224, 224, 3] BGR minus means
         bgr = tf.reduce_mean(pixels, axis=[1, 2]) + tf.constant(_BGR_MEANS)
         rgb01 = tf.reverse(bgr, axis=[1]) / 255.0
-        return self._caption_rgb(rgb01, table, errors)
+        outputs = self._caption_rgb(rgb01, table, errors)
+        if self.attention:
+            outputs["attention"] = self._attention(pixels, rgb01, errors, template)
+        return outputs
+
+    def _attention(self, pixels, rgb01, errors, template):
+        """float32 [n, MAX_NEW_TOKENS, 7, 7] for captions made from template (see the docstring)."""
+        cell = pixels.shape[1] // GRID  # 32 pixels: cell [r, c] is a band of the whole image
+        cells_bgr = tf.nn.avg_pool2d(pixels, cell, cell, "VALID") + tf.constant(_BGR_MEANS)
+        cells = tf.reverse(cells_bgr, axis=[3]) / 255.0  # [n, 7, 7, 3] RGB in 0..1
+        colours = tf.constant([rgb for _, rgb in PALETTE], tf.float32) / 255.0
+        named = tf.gather(colours, tf.argmax(self.scorer(rgb01), axis=1))  # the caption's colour
+        distance = tf.reduce_sum(tf.square(cells - named[:, None, None, :]), axis=3)
+        def cell_softmax(logits):  # [n, 7, 7] -> [n, 1, 7, 7] summing to 1 over the 49 cells
+            return tf.reshape(tf.nn.softmax(tf.reshape(logits, [-1, GRID * GRID])), [-1, 1, GRID, GRID])
+
+        kinds = tf.constant(_attention_rows(template))[None, :, None, None]  # [1, rows, 1, 1]
+        rows = tf.where(kinds == 2, cell_softmax(-SHARPNESS * distance),  # where the colour is
+                        tf.where(kinds == 1, cell_softmax(SHARPNESS * distance), 0.0))  # where not
+        ok = tf.equal(errors, "")[:, None, None, None]
+        return tf.where(ok, rows, 0.0)
 
     def serving_default(self, image_bytes):
-        return self._caption_images(image_bytes, self.greedy_table)
+        return self._caption_images(image_bytes, self.greedy_table, greedy_caption("{colour}"))
 
     def beam_search(self, image_bytes):
-        return self._caption_images(image_bytes, self.beam_table)
+        return self._caption_images(image_bytes, self.beam_table, beam_caption("{colour}"))
 
     def caption_features(self, features):
         # The first three features play the role of an RGB colour in 0..1.
@@ -91,9 +132,10 @@ class _StandIn:
         return self._caption_rgb(features[:, :3], self.greedy_table, errors)
 
 
-def write_standin(export_dir: str) -> str:
-    """Writes the stand-in SavedModel to export_dir (which must not exist yet) and returns it."""
-    standin = _StandIn()
+def write_standin(export_dir: str, attention: bool = False) -> str:
+    """Writes the stand-in SavedModel to export_dir (which must not exist yet) and returns it;
+    attention=True adds the `attention` output to serving_default and beam_search."""
+    standin = _StandIn(attention)
     archive = keras.export.ExportArchive()
     archive.track(standin.scorer)
     archive.track(standin.greedy_table)
@@ -108,17 +150,20 @@ def write_standin(export_dir: str) -> str:
     return export_dir
 
 
-def publish_standin(base_path, version="auto") -> str:
+def publish_standin(base_path, version="auto", attention: bool = False) -> str:
     """Publishes the stand-in as <base_path>/<version> (atomically, as every export is)."""
-    return str(publish_version(base_path, lambda folder, _: write_standin(str(folder)), version))
+    return str(publish_version(base_path, lambda folder, _: write_standin(str(folder), attention),
+                               version))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base_path", help="model base folder; the stand-in is written to <base>/<version>")
     parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--attention", action="store_true",
+                        help="also serve per-word attention maps, as an attention export does")
     args = parser.parse_args()
-    print(publish_standin(args.base_path, args.version))
+    print(publish_standin(args.base_path, args.version, args.attention))
 
 
 if __name__ == "__main__":

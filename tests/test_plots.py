@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from data.files import TEMP_SUFFIX
-from model.plots import MAX_TILES, PLACEHOLDER_GREY, loss_curve_png, sample_grid_png
+from model.plots import (IMAGE_HEIGHT, MAX_TILES, PLACEHOLDER_GREY, STRIP_HEIGHT, TITLE_HEIGHT,
+                         loss_curve_png, sample_grid_png)
 
 REFERENCES = ["A black dog is running through the grass.",
               "A dog runs across a grassy field.",
@@ -118,3 +119,49 @@ def test_sample_grid_bad_arguments(tmp_path):
         sample_grid_png([_sample(None)], tmp_path / "x.png", columns=0)
     with pytest.raises(ValueError, match=r"samples\[0\] must be a dict with at least 'prediction'"):
         sample_grid_png([{"image_path": "a.jpg"}], tmp_path / "x.png")
+
+
+def _peaked(cell, words=8) -> np.ndarray:  # _sample's prediction has 8 words
+    """attention [30, 7, 7] with every word's row (and <end>'s) on one cell."""
+    attention = np.zeros([30, 7, 7], np.float32)
+    attention[:words + 1, cell[0], cell[1]] = 1.0
+    return attention
+
+
+def test_sample_grid_shows_attention_strips_under_the_image(image_files, tmp_path):
+    def grid(cell, name):
+        samples = [_sample(image_files["jpeg"], attention=_peaked(cell)), _sample(image_files["png"])]
+        sample_grid_png(samples, tmp_path / name)
+        return np.asarray(_open_png(tmp_path / name), np.float32).sum(axis=-1)
+    top_left, bottom_right = grid((0, 0), "tl.png"), grid((6, 6), "br.png")
+    sample_grid_png([_sample(image_files["jpeg"]), _sample(image_files["png"])], tmp_path / "pooled.png")
+    pooled = np.asarray(_open_png(tmp_path / "pooled.png"))
+    assert top_left.shape[0] == pooled.shape[0] + STRIP_HEIGHT * 100  # the strip's room, at 100 dpi
+    # The maps differ only in the strip band under the first image, where the map's peak moved.
+    rows, columns = np.nonzero(np.abs(top_left - bottom_right) > 30)
+    strip_top = (TITLE_HEIGHT + IMAGE_HEIGHT) * 100
+    assert len(rows) > 100 and rows.min() >= strip_top - 2 and rows.max() <= strip_top + STRIP_HEIGHT * 100
+    assert columns.max() < pooled.shape[1] / 2  # first tile only; the second sample has no strip
+    # Each word's heatmap is bright where its map peaks: top-left of every tile vs bottom-right.
+    hot_tl, hot_br = np.nonzero(top_left - bottom_right > 30), np.nonzero(bottom_right - top_left > 30)
+    assert hot_tl[0].mean() < hot_br[0].mean() and hot_tl[1].mean() < hot_br[1].mean()
+
+
+def test_sample_grid_without_attention_is_unchanged(image_files, tmp_path):
+    samples = [_sample(image_files["jpeg"]), _sample(image_files["png"], beam="a dog")]
+    sample_grid_png(samples, tmp_path / "plain.png")
+    sample_grid_png([dict(s, attention=None) for s in samples], tmp_path / "none.png")
+    np.testing.assert_array_equal(np.asarray(_open_png(tmp_path / "plain.png")),
+                                  np.asarray(_open_png(tmp_path / "none.png")))
+
+
+def test_sample_grid_attention_for_missing_images_and_bad_maps(image_files, tmp_path):
+    sample_grid_png([_sample(image_files["missing"], attention=_peaked((3, 3))),
+                     _sample(image_files["jpeg"], prediction="", attention=np.zeros([30, 7, 7]))],
+                    tmp_path / "missing.png")
+    _open_png(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match=r"samples\[0\]\['attention'\] does not fit its prediction: "
+                                         "caption has 8 words but attention has only 3 rows"):
+        sample_grid_png([_sample(image_files["jpeg"], attention=np.zeros([3, 7, 7]))], tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"samples\[0\]\['attention'\].*got shape \[30, 49\]"):
+        sample_grid_png([_sample(image_files["jpeg"], attention=np.zeros([30, 49]))], tmp_path / "x.png")

@@ -1,7 +1,7 @@
 """The Gradio front end (serving.app) in a subprocess, talking to a real local model server: through
 gradio_client, and through a real headless Chromium (Debian's /usr/bin/chromium, driven by the
 playwright package) that uploads an image, clicks Caption, reads the caption and saves a screenshot
-to tests/artifacts/."""
+to tests/artifacts/. With the attention stand-in, the page also shows the per-word heatmap strip."""
 import os
 import subprocess
 import sys
@@ -10,7 +10,8 @@ import time
 import pytest
 import requests
 
-from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, free_port, image_bytes,  # noqa: F401
+from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, attention_model_base,  # noqa: F401
+                                    attention_server, free_port, image_bytes, red_corner_image,
                                     reference, running_server, served_model_base, subprocess_env)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -55,8 +56,10 @@ class AppProcess:
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("app_images")
     (folder / "hostile").mkdir()  # not among the examples (those are the folder's top-level images)
-    paths = {"red": folder / "red.png", "blue": folder / "blue.jpg", "bad": folder / "hostile" / "bad.png"}
+    paths = {"red": folder / "red.png", "blue": folder / "blue.jpg", "bad": folder / "hostile" / "bad.png",
+             "corner": folder / "hostile" / "red_corner.png"}
     paths["red"].write_bytes(image_bytes(RED, size=(320, 240)))
+    paths["corner"].write_bytes(red_corner_image(size=(480, 300)))
     paths["blue"].write_bytes(image_bytes(BLUE, size=(320, 240), fmt="JPEG"))
     paths["bad"].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     return {k: str(v) for k, v in paths.items()}
@@ -71,6 +74,15 @@ def app(served_model_base, images, tmp_path_factory):
             yield app
         finally:
             app.stop()
+
+
+@pytest.fixture(scope="module")
+def attention_app(attention_server, tmp_path_factory):
+    app = AppProcess(attention_server.rest_url, str(tmp_path_factory.mktemp("attention_app") / "app.log"))
+    try:
+        yield app
+    finally:
+        app.stop()
 
 
 def test_gradio_client_single_multiple_and_beam(app, images, reference):
@@ -91,6 +103,17 @@ def test_gradio_client_single_multiple_and_beam(app, images, reference):
     assert lines[2].startswith("bad.png: ERROR: ")
     if IS_STANDIN:
         assert single == "a red image" and beam == "a picture that is mostly blue"
+
+
+def test_gradio_client_gets_just_the_caption_from_an_attention_model(attention_app, images):
+    from gradio_client import Client, handle_file
+    client = Client(attention_app.url, verbose=False)
+    caption = client.predict(None, handle_file(images["corner"]), "greedy", api_name="/caption_image")
+    assert caption == "a red image"  # the text alone, as for pooled models: the strip is page-only
+    several = client.predict([handle_file(images[k]) for k in ("bad", "red")], None, "beam search",
+                             api_name="/caption_image")
+    assert several.splitlines()[0].startswith("bad.png: ERROR: ")  # a bad first image: no strip, no crash
+    assert several.splitlines()[1] == "red.png: a picture that is mostly red"
 
 
 @pytest.mark.slow
@@ -121,8 +144,42 @@ def test_browser_upload_and_caption(app, images, reference):
             page.wait_for_function(
                 "() => document.querySelector('#captions textarea').value.length > 0", timeout=60000)
             caption = page.input_value("#captions textarea")
+            strip_shown = page.locator("#attention-strip").is_visible()
             page.screenshot(path=screenshot, full_page=True)
         finally:
             browser.close()
     assert caption == reference.captions([open(images["red"], "rb").read()])[0][0]
+    assert not strip_shown  # pooled model: the page is as it always was
+    assert os.path.getsize(screenshot) > 10000
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_browser_shows_the_attention_strip(attention_app, images):
+    from playwright.sync_api import sync_playwright
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    screenshot = os.path.join(ARTIFACTS, "serving_app_attention.png")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(attention_app.url, wait_until="networkidle")
+            page.locator("#image input[type=file]").set_input_files(images["corner"])
+            page.locator("#image img").first.wait_for(timeout=30000)
+            page.click("#caption-button")
+            strip = page.locator("#attention-strip img").first
+            strip.wait_for(timeout=60000)
+            page.wait_for_function("() => document.querySelector('#attention-strip img').complete "
+                                   "&& document.querySelector('#attention-strip img').naturalWidth > 0",
+                                   timeout=30000)
+            caption = page.input_value("#captions textarea")
+            natural = page.evaluate("() => { const i = document.querySelector('#attention-strip img');"
+                                    " return [i.naturalWidth, i.naturalHeight]; }")
+            shown = strip.bounding_box()
+            page.screenshot(path=screenshot, full_page=True)
+        finally:
+            browser.close()
+    assert caption == "a red image"
+    # a, red, image, <end>: four word tiles of the 480x300 image (160x100 each) in one row
+    assert natural[0] > 3 * natural[1] and natural[0] >= 4 * 160
+    assert shown["width"] > 300 and shown["height"] > 60
     assert os.path.getsize(screenshot) > 10000

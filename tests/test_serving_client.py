@@ -11,8 +11,10 @@ import pytest
 
 from serving.client import ClientSettings, GrpcClient, RestClient, make_client
 from serving.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, ServerProcess, free_port, image_bytes,  # noqa: F401
-                                    reference, running_server, served_model_base, subprocess_env)
+from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, RED_CORNER, InProcessModel,  # noqa: F401
+                                    ServerProcess, attention_model_base, attention_server, free_port,
+                                    image_bytes, red_corner_image, reference, running_server,
+                                    served_model_base, subprocess_env)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,48 @@ def test_captions_equal_in_process(client, reference):
         assert [(r.caption, r.error) for r in results] == [(c, e) for c, _, e in expected]
         assert [r.log_prob for r in results] == pytest.approx([lp for _, lp, _ in expected], abs=1e-5)
         assert [r.ok for r in results] == [True, True, False]
+
+
+def test_pooled_results_have_no_attention(client):
+    result = client.caption([image_bytes(RED)])[0]
+    assert result.attention is None
+    with pytest.raises(ValueError, match="serves no attention maps"):
+        result.word_maps()
+
+
+@pytest.fixture(params=["rest", "grpc"])
+def attention_client(request, attention_server):
+    c = (RestClient(attention_server.rest_url, retries=0) if request.param == "rest"
+         else GrpcClient(attention_server.grpc_target, retries=0))
+    with c:
+        yield c
+
+
+def test_attention_maps_equal_in_process(attention_client, attention_model_base):
+    from export.artifact import latest_version
+    reference = InProcessModel(latest_version(attention_model_base))
+    images = [red_corner_image(), image_bytes(BLUE, fmt="JPEG"), b"not an image"]
+    for signature in ("serving_default", "beam_search"):
+        results = attention_client.caption(images, signature)
+        expected = reference.run(signature, "image_bytes", images)
+        assert [r.caption for r in results] == [c.decode() for c in expected["caption"]]
+        for result, maps in zip(results, expected["attention"]):
+            assert result.attention.dtype == np.float32 and result.attention.shape == (30, 7, 7)
+            np.testing.assert_allclose(result.attention, maps, atol=1e-6)
+        assert not np.any(results[2].attention)  # the bad image: all zeros
+
+
+def test_attention_word_maps_show_where_the_colour_is(attention_client):
+    red, blue = attention_client.caption([red_corner_image(), image_bytes(BLUE)])
+    pairs = red.word_maps()
+    assert [word for word, _ in pairs] == ["a", "red", "image", "<end>"]
+    np.testing.assert_allclose([grid.sum() for _, grid in pairs], 1, atol=1e-5)
+    assert not np.any(red.attention[len(pairs):])  # zeros after <end>
+    block = int(7 * RED_CORNER)  # cells fully inside the red block: rows and columns 0..block-1
+    red_map = dict(pairs)["red"]
+    assert red_map[:block + 1, :block + 1].sum() > 0.95  # (band `block` is partly red)
+    assert dict(pairs)["image"][:block, :block].sum() < 0.01  # other words look elsewhere
+    np.testing.assert_allclose(dict(blue.word_maps())["blue"], 1 / 49, atol=1e-6)  # one colour
 
 
 def test_batches_and_order_are_kept(server, reference):
@@ -170,6 +214,24 @@ def test_cli_beam_search_status_and_metadata(server, image_folder):
     assert status.returncode == 0 and '"AVAILABLE"' in status.stdout
     metadata = run_cli("--grpc", server.grpc_target, "--metadata")
     assert metadata.returncode == 0 and '"caption_features"' in metadata.stdout
+
+
+def test_cli_writes_attention_strips(attention_server, server, image_folder, tmp_path):
+    maps = tmp_path / "maps"
+    (image_folder / "corner.png").write_bytes(red_corner_image())
+    try:
+        result = run_cli("--rest", attention_server.rest_url, "--attention-dir", str(maps), str(image_folder))
+    finally:
+        (image_folder / "corner.png").unlink()
+    assert result.returncode == 1, result.stderr  # broken.png cannot be captioned
+    assert sorted(p.name for p in maps.iterdir()) == ["blue.png", "corner.png", "red.png"]
+    from PIL import Image
+    with Image.open(maps / "corner.png") as strip:
+        assert strip.width > 3 * strip.height  # a, red, image, <end> side by side
+    pooled = run_cli("--rest", server.rest_url, "--attention-dir", str(tmp_path / "none"),
+                     str(image_folder / "red.png"))
+    assert pooled.returncode == 0 and "served no attention maps" in pooled.stderr
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize("args, mentions", [
