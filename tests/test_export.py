@@ -130,7 +130,9 @@ def test_served_attention_is_the_decoders_per_word_maps(session_model, trained, 
     served = session_model.run(signature, {
         "image_bytes": np.array([i.path.read_bytes() for i in images[:8]], dtype=object)})
     assert served["attention"].dtype == np.float32 and served["attention"].shape == (8, 30, 7, 7)
-    np.testing.assert_allclose(served["attention"], maps, atol=1e-4)
+    # In process the maps come from the float16 feature cache, served from the image itself:
+    # the rounding of the features (~1e-3 relative) moves the weights by up to ~1e-3.
+    np.testing.assert_allclose(served["attention"], maps, atol=5e-3)
     for caption, rows in zip(served["caption"], served["attention"]):
         words = len(caption.split())
         sums = rows.sum(axis=(1, 2))
