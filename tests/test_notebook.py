@@ -117,7 +117,9 @@ def test_notebook_runs_without_errors(executed):
     assert all(cell.execution_count for cell in nb.cells if cell.cell_type == "code")
     # Everything it made is in WORKDIR (a tmp folder here), none of it in the repository.
     for made in ("builtin/captions.txt", "features", "run/loss_curve.png",
-                 "run/evaluation/samples.png", "models/captioner/1/saved_model.pb", "server.log"):
+                 "run/evaluation/samples.png", "models/captioner/1/saved_model.pb", "server.log",
+                 "features-spatial", "run-attention/evaluation/samples.png",
+                 "models/attention/1/saved_model.pb"):
         assert (workdir / made).exists(), f"{workdir / made} missing"
 
 
@@ -143,3 +145,18 @@ def test_notebook_prints_a_served_caption_and_stops_the_server(executed):
     assert "server stopped, exit code 0" in text, text
     assert any("image/jpeg" in out.get("data", {}) or "image/png" in out.get("data", {})
                for out in cell.outputs if out.output_type == "display_data"), "image not shown"
+
+
+@pytest.mark.slow
+def test_notebook_compares_the_attention_preset_and_shows_served_maps(executed):
+    nb, _ = executed
+    table = stream_text(cell_tagged(nb, "attention-train"))
+    for row in ("default greedy", "default beam", "attention greedy", "attention beam"):
+        assert re.search(rf"^{row}\s+\d\.\d{{3}}\s+\d+\.\d{{3}}\s+\d+\.\d$", table, re.MULTILINE), table
+    assert has_png(cell_tagged(nb, "attention-samples")), "the attention samples were not shown"
+    served = cell_tagged(nb, "attention-served")
+    text = stream_text(served)
+    assert "'attention'" in text and "(2, 30, 7, 7) float32" in text, text
+    strips = [out for out in served.outputs if out.output_type == "display_data"
+              and "image/png" in out.get("data", {})]
+    assert len(strips) == 2, "expected one attention strip per test image"
