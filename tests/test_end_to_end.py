@@ -84,3 +84,57 @@ def test_gradio_app_and_browser_show_the_model_caption(server, expected, tmp_pat
         assert shown == greedy[2]
     finally:
         app.stop()
+
+
+@pytest.fixture(scope="module")
+def attention_server(exported_attention_model, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("e2e-attention")
+    with running_server(str(logs / "server.log"), base=str(exported_attention_model.parent)) as server:
+        yield server
+
+
+def test_attention_model_serves_maps_to_clients_and_the_page(attention_server,
+                                                             exported_attention_model,
+                                                             trained_attention_run, tmp_path):
+    """The real attention export: REST and gRPC return its per-word maps exactly as the model
+    computes them in TF Serving's session path, and the page draws them in a real browser."""
+    import numpy as np
+    from export.artifact import SessionModel
+    images = split_dataset(load_dataset(trained_attention_run.data))["test"][:4]
+    payload = [image.path.read_bytes() for image in images]
+    session = SessionModel(exported_attention_model)
+    try:
+        direct = session.run("serving_default", {"image_bytes": np.array(payload, dtype=object)})
+    finally:
+        session.close()
+    with RestClient(attention_server.rest_url) as rest, GrpcClient(attention_server.grpc_target) as grpc:
+        for client in (rest, grpc):
+            got = client.caption(payload)
+            assert [r.caption for r in got] == [c.decode() for c in direct["caption"]]
+            for result, maps in zip(got, direct["attention"]):
+                np.testing.assert_allclose(result.attention, maps, atol=1e-6)
+                words = result.word_maps()
+                assert [w for w, _ in words][:len(result.caption.split())] == result.caption.split()
+    app = AppProcess(attention_server.rest_url, str(tmp_path / "app.log"))
+    try:
+        if not Path(CHROMIUM).exists():
+            pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium (as .ci/run does)")
+        from playwright.sync_api import sync_playwright
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(app.url, wait_until="networkidle")
+            page.locator("#image input[type=file]").set_input_files(str(images[0].path))
+            page.locator("#image img").first.wait_for(timeout=30000)
+            page.click("#caption-button")
+            strip = page.locator("#attention-strip img").first
+            strip.wait_for(state="visible", timeout=60000)
+            box = strip.bounding_box()
+            shown = page.input_value("#captions textarea")
+            os.makedirs(ARTIFACTS, exist_ok=True)
+            page.screenshot(path=os.path.join(ARTIFACTS, "end_to_end_attention.png"), full_page=True)
+            browser.close()
+        assert shown == direct["caption"][0].decode()
+        assert box["width"] > 300 and box["height"] > 60  # a strip of word tiles, not an icon
+    finally:
+        app.stop()
