@@ -56,9 +56,13 @@ def test_spatial_standardizer_adapts_in_chunks_like_numpy(monkeypatch):
     rows = [0, 2, 3, 5, 6, 7, 10]
     norm = SpatialStandardizer(dtype="float32")
     norm.adapt(maps, rows=rows)
-    flat = maps[rows].astype(np.float64).reshape(-1, maps.shape[-1])
-    np.testing.assert_allclose(norm.mean.numpy(), flat.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(norm.std.numpy(), flat.std(0), rtol=1e-5)
+    cells = maps[rows].astype(np.float64).reshape(len(rows), -1, maps.shape[-1])
+    # per location and channel, over images
+    assert norm.mean.shape == (9, 16)
+    np.testing.assert_allclose(norm.mean.numpy(), cells.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(norm.std.numpy(), cells.std(0), rtol=1e-5)
+    standardised = norm(tf.constant(cells, tf.float32)).numpy()
+    np.testing.assert_allclose(standardised.mean(0), 0.0, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
