@@ -41,6 +41,7 @@ class AttentionBenchConfig:
     repeats: int = 5
     reuse: bool = False
     picture: str | None = None
+    picture_index: int = 0          # which test image the picture shows
 
 
 def train_preset(name: str, data, work: Path, config: AttentionBenchConfig) -> dict:
@@ -113,7 +114,7 @@ def run_benchmark(config: AttentionBenchConfig) -> dict:
     images = [test[i % len(test)].path.read_bytes() for i in range(config.serve_batch)]
     served = served_images_per_second(versions, images, config.repeats)
     if config.picture:
-        draw_picture(versions["attention"], test[0].path, Path(config.picture))
+        draw_picture(versions["attention"], test[config.picture_index].path, Path(config.picture))
 
     result = {"benchmark": "attention vs default preset", "machine": machine(),
               "config": dataclasses.asdict(config), "presets": {}}
@@ -151,8 +152,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, help="timed batches per model and signature (5)")
     p.add_argument("--reuse", action="store_true", help="keep finished runs of an earlier call")
     p.add_argument("--picture", help="write the attention strip of a test image to this PNG")
+    p.add_argument("--picture-index", type=int, default=0, help="which test image (0)")
     args = p.parse_args(argv)
-    config = AttentionBenchConfig(reuse=args.reuse, picture=args.picture)
+    config = AttentionBenchConfig(reuse=args.reuse, picture=args.picture,
+                                  picture_index=args.picture_index)
     if args.quick:
         config = dataclasses.replace(config, num_images=300, epochs=3, repeats=2)
     if args.epochs:

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 END = "<end>"
 COLORMAP = "inferno"  # perceptual; dark where the model did not look, bright where it did
-ALPHA = 0.6  # weight of the heatmap over the image
+ALPHA = 0.7  # weight of the heatmap over the image where the map peaks (0 where it is 0)
 TILE_SIDE = 160  # pixels of a strip tile's longer image side
 STRIP_COLUMNS = 6  # tiles per strip row before it wraps
 FONT_SIZE = 15  # pixels of the word above each tile
@@ -68,10 +68,12 @@ def _rgb_image(image) -> Image.Image:
 
 def overlay(image, attention_map) -> Image.Image:
     """The map (any [h, w] grid) smoothly upsampled over the whole image, normalised to its
-    maximum, coloured with COLORMAP and alpha-blended onto the image. Same size as the image.
+    maximum, coloured with COLORMAP and blended onto the image in proportion to the attention:
+    where the model looked the heat shows, elsewhere the image keeps its own colours (which the
+    caption's colour words are about). Same size as the image.
 
-    image: a PIL image or a uint8 array [h, w, 3] / [h, w]. An all-zero map leaves the image dimmed
-    (nothing looked at). Raises ValueError for a map that is not 2-D, not finite or negative.
+    image: a PIL image or a uint8 array [h, w, 3] / [h, w]. An all-zero map leaves the image as it
+    is (nothing looked at). Raises ValueError for a map that is not 2-D, not finite or negative.
     """
     rgb = _rgb_image(image)
     grid = np.asarray(attention_map, dtype=np.float32)
@@ -85,7 +87,8 @@ def overlay(image, attention_map) -> Image.Image:
     peak = upsampled.max()
     normalised = upsampled / peak if peak > 0 else upsampled
     heat = colormaps[COLORMAP](normalised)[..., :3] * 255
-    blended = (1 - ALPHA) * np.asarray(rgb, np.float32) + ALPHA * heat
+    weight = ALPHA * normalised[..., None]
+    blended = (1 - weight) * np.asarray(rgb, np.float32) + weight * heat
     return Image.fromarray(np.round(blended).astype(np.uint8))
 
 

@@ -77,7 +77,8 @@ def test_overlay_is_smooth_and_keeps_the_image_visible():
 
 def test_overlay_accepts_greyscale_and_zero_maps():
     grey = np.full([50, 80], 200, np.uint8)
-    assert overlay(grey, np.zeros([GRID, GRID])).size == (80, 50)  # nothing looked at: dimmed image
+    unchanged = overlay(grey, np.zeros([GRID, GRID]))  # nothing looked at: the image as it is
+    assert unchanged.size == (80, 50) and np.all(np.asarray(unchanged) == 200)
     assert overlay(Image.fromarray(grey).convert("L"), np.eye(GRID)).mode == "RGB"
 
 
