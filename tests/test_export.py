@@ -118,17 +118,20 @@ def test_beam_signature_equals_in_process_beam(session_model, trained, test_spli
 
 @pytest.mark.parametrize("signature, method", [("serving_default", "greedy"),
                                                ("beam_search", "beam")])
-def test_served_attention_is_the_decoders_per_word_maps(session_model, trained, test_split,
-                                                       family, signature, method):
-    if family != "attention":
-        pytest.skip("pooled models serve no attention maps")
-    images, features = test_split
-    run = load_run(trained.run)
+def test_served_attention_is_the_decoders_per_word_maps(exported_attention_model,
+                                                       trained_attention_run, signature, method):
+    images = split_dataset(load_dataset(trained_attention_run.data))["test"][:8]
+    _, features = load_features(trained_attention_run.cache, [i.name for i in images])
+    run = load_run(trained_attention_run.run)
     captions, _, maps = caption_features(run.load_captioner(), run.vocabulary.tokens,
-                                         features[:8], run.decode_config, method,
-                                         progress=False, return_attention=True)
-    served = session_model.run(signature, {
-        "image_bytes": np.array([i.path.read_bytes() for i in images[:8]], dtype=object)})
+                                         np.asarray(features, np.float32), run.decode_config,
+                                         method, progress=False, return_attention=True)
+    session = SessionModel(exported_attention_model)
+    try:
+        served = session.run(signature, {
+            "image_bytes": np.array([i.path.read_bytes() for i in images], dtype=object)})
+    finally:
+        session.close()
     assert served["attention"].dtype == np.float32 and served["attention"].shape == (8, 30, 7, 7)
     # In process the maps come from the float16 feature cache, served from the image itself:
     # the rounding of the features (~1e-3 relative) moves the weights by up to ~1e-3.
