@@ -9,6 +9,8 @@ where the model looked for word i of the caption, row n (n words) the step that 
 zeros after. Cell [r, c] covers row band r and column band c of the WHOLE image (the model sees it
 resized to 224x224 without cropping), so a map is stretched over the image whatever its aspect.
 """
+import os
+
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
@@ -139,3 +141,14 @@ def attention_strip(image, caption: str, attention, tile_side: int = TILE_SIDE,
                   fill="black", font=font, anchor="mm")
         strip.paste(overlay(thumbnail, grid), (left, top + title))
     return strip
+
+
+def strip_of_file(path, caption: str, attention, **options) -> tuple[Image.Image | None, str]:
+    """(attention_strip of the image file, "") or (None, why not): a file PIL cannot read, or
+    maps that do not fit the caption. For the page and the client's CLI, which must not fail on
+    one image."""
+    try:
+        with Image.open(path) as image:
+            return attention_strip(image, caption, attention, **options), ""
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return None, f"no attention maps for {os.path.basename(path)}: {e}"

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only matters with --grpc (
 import gradio as gr  # noqa: E402  (after the analytics switch)
 from PIL import Image  # noqa: E402
 
-from model.attention_maps import attention_strip  # noqa: E402
+from model.attention_maps import strip_of_file  # noqa: E402
 from serving.client import IMAGE_EXTENSIONS, CaptionResult, make_client  # noqa: E402
 from serving.errors import ServingError, UnavailableError  # noqa: E402
 
@@ -41,11 +41,8 @@ def word_strip(path: str, result: CaptionResult) -> tuple[Image.Image | None, st
     """(the per-word attention strip of the image, "") or (None, why there is none to show)."""
     if not result.ok or result.attention is None:
         return None, ""  # a pooled model, or nothing was captioned: nothing to explain
-    try:
-        with Image.open(path) as picture:
-            return attention_strip(picture, result.caption, result.attention, columns=STRIP_COLUMNS), ""
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL cannot read it, or odd maps
-        return None, f"(no attention maps for {os.path.basename(path)}: {e})"
+    strip, problem = strip_of_file(path, result.caption, result.attention, columns=STRIP_COLUMNS)
+    return strip, f"({problem})" if problem else ""
 
 
 def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.Blocks:

@@ -374,49 +374,35 @@ def _caption_paths(client, paths: list[str], signature: str, batch_size: int,
                    attention_dir: str | None = None) -> int:
     if not paths:
         raise FileNotFoundError("no image files found (looked for " + ", ".join(IMAGE_EXTENSIONS) + ")")
-    strips = _StripWriter(attention_dir) if attention_dir else None
+    written: set[str] = set()  # strip file names, so two images with one name both get theirs
     failures = 0
     for start in range(0, len(paths), batch_size):  # read only one batch of files at a time
         batch = paths[start:start + batch_size]
-        images = [Path(path).read_bytes() for path in batch]
-        for path, result in zip(batch, client.caption(images, signature)):
+        for path, result in zip(batch, client.caption([Path(p).read_bytes() for p in batch], signature)):
             print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}",
                   flush=True)
             failures += not result.ok
-            if strips and result.ok:
-                strips.write(path, result)
-    if strips and not strips.written:
+            if attention_dir and result.ok and result.attention is not None:
+                _write_strip(Path(attention_dir), path, result, written)
+    if attention_dir and not written:
         print(f"note: the model served no attention maps; nothing written to {attention_dir}",
               file=sys.stderr)
     return 1 if failures else 0
 
 
-class _StripWriter:
-    """Writes <DIR>/<image name>.png strips (name-2.png, ... when two images share a name)."""
-
-    def __init__(self, folder: str):
-        self.folder = Path(folder)
-        self.names: set[str] = set()
-        self.written = 0
-
-    def write(self, path: str, result: CaptionResult) -> None:
-        if result.attention is None:
-            return
-        from PIL import Image
-        from model.attention_maps import attention_strip
-        try:
-            with Image.open(path) as image:
-                strip = attention_strip(image, result.caption, result.attention)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL cannot read it, or odd maps
-            print(f"warning: no attention strip for {path}: {e}", file=sys.stderr)
-            return
-        stem, k = Path(path).stem, 1
-        while (name := f"{stem}.png" if k == 1 else f"{stem}-{k}.png") in self.names:
-            k += 1
-        self.names.add(name)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        strip.save(self.folder / name)
-        self.written += 1
+def _write_strip(folder: Path, path: str, result: CaptionResult, written: set[str]) -> None:
+    """<folder>/<image name>.png (name-2.png, ... when two images share a name)."""
+    from model.attention_maps import strip_of_file
+    strip, problem = strip_of_file(path, result.caption, result.attention)
+    if strip is None:
+        print(f"warning: {problem}", file=sys.stderr)
+        return
+    stem, k = Path(path).stem, 1
+    while (name := f"{stem}.png" if k == 1 else f"{stem}-{k}.png") in written:
+        k += 1
+    written.add(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    strip.save(folder / name)
 
 
 if __name__ == "__main__":

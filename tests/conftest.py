@@ -42,44 +42,39 @@ def small_builtin(request, tmp_path_factory) -> Path:
     return generate_builtin(root, num_images=images, seed=0)
 
 
-@pytest.fixture(scope="session")
-def trained_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
-    """The default preset trained on the small built-in data: enough to caption it well (in the
-    fast tier: a smaller, shorter run that captions it roughly)."""
+def train_preset(name: str, data: Path, base: Path, epochs: int, patience: int) -> TrainedFixture:
+    """The named preset trained on `data` (random-init ResNet50, batch 64, its own feature cache
+    under `base`)."""
     from model.encoder import EncoderConfig
     from model.train import TrainConfig, train
     from model.presets import PRESETS
 
-    base = tmp_path_factory.mktemp("trained")
-    epochs = FAST_TIER_EPOCHS if fast_tier(request.config) else TRAINED_EPOCHS
-    config = TrainConfig(**dict(PRESETS["default"]["train"], epochs=epochs, batch_size=64),
-                         patience=epochs, min_count=2)
-    summary = train(base / "run", data=small_builtin, train_config=config,
-                    model_overrides=PRESETS["default"]["model"],
+    config = TrainConfig(**dict(PRESETS[name]["train"], epochs=epochs, batch_size=64),
+                         preset=name, patience=patience, min_count=2)
+    summary = train(base / "run", data=data, train_config=config,
+                    model_overrides=PRESETS[name]["model"],
                     encoder_config=EncoderConfig(weights="random"), cache_dir=base / "cache",
                     verbose=0)
-    return TrainedFixture(small_builtin, base / "cache", base / "run", summary)
+    return TrainedFixture(data, base / "cache", base / "run", summary)
+
+
+@pytest.fixture(scope="session")
+def trained_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
+    """The default preset trained on the small built-in data: enough to caption it well (in the
+    fast tier: a smaller, shorter run that captions it roughly)."""
+    epochs = FAST_TIER_EPOCHS if fast_tier(request.config) else TRAINED_EPOCHS
+    return train_preset("default", small_builtin, tmp_path_factory.mktemp("trained"), epochs, epochs)
 
 
 @pytest.fixture(scope="session")
 def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
     """The attention preset on the same small data (its own spatial feature cache): what the
     attention export, its contract tests and the page's heatmaps need."""
-    from model.encoder import EncoderConfig
-    from model.train import TrainConfig, train
-    from model.presets import PRESETS
-
-    base = tmp_path_factory.mktemp("trained-attention")
     fast = fast_tier(request.config)
-    epochs = FAST_TIER_EPOCHS if fast else ATTENTION_EPOCHS
-    config = TrainConfig(**dict(PRESETS["attention"]["train"], epochs=epochs, batch_size=64),
-                         preset="attention", patience=epochs if fast else ATTENTION_PATIENCE,
-                         min_count=2)
-    summary = train(base / "run", data=small_builtin, train_config=config,
-                    model_overrides=PRESETS["attention"]["model"],
-                    encoder_config=EncoderConfig(weights="random"), cache_dir=base / "cache",
-                    verbose=0)
-    return TrainedFixture(small_builtin, base / "cache", base / "run", summary)
+    epochs, patience = ((FAST_TIER_EPOCHS, FAST_TIER_EPOCHS) if fast
+                        else (ATTENTION_EPOCHS, ATTENTION_PATIENCE))
+    return train_preset("attention", small_builtin, tmp_path_factory.mktemp("trained-attention"),
+                        epochs, patience)
 
 
 @pytest.fixture(scope="session")
