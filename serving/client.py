@@ -2,7 +2,6 @@
 
     python -m serving.client --rest http://127.0.0.1:8501 photos/        # path<TAB>caption lines
     python -m serving.client --grpc 127.0.0.1:8500 --signature beam_search dog.jpg
-    python -m serving.client --attention-dir maps/ photos/   # + one per-word heatmap strip per image
 
 REST needs only `requests`, never TensorFlow. gRPC needs the tensorflow-serving-api protos, whose
 package imports TensorFlow (~3 s), so GrpcClient imports them on first use. Retries (exponential
@@ -335,9 +334,6 @@ def _parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
-    parser.add_argument("--attention-dir", metavar="DIR",
-                        help="write one per-word attention strip PNG per image into DIR "
-                             "(only if the model serves attention maps)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--status", action="store_true", help="print the model status JSON")
     action.add_argument("--metadata", action="store_true", help="print the signature defs JSON")
@@ -361,8 +357,7 @@ def main(argv=None) -> int:
             if args.status or args.metadata:
                 print(json.dumps(client.status() if args.status else client.metadata(), indent=2))
                 return 0
-            return _caption_paths(client, find_images(args.paths), args.signature, args.batch_size,
-                                  args.attention_dir)
+            return _caption_paths(client, find_images(args.paths), args.signature, args.batch_size)
     except (ServingError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -370,39 +365,18 @@ def main(argv=None) -> int:
         return 130
 
 
-def _caption_paths(client, paths: list[str], signature: str, batch_size: int,
-                   attention_dir: str | None = None) -> int:
+def _caption_paths(client, paths: list[str], signature: str, batch_size: int) -> int:
     if not paths:
         raise FileNotFoundError("no image files found (looked for " + ", ".join(IMAGE_EXTENSIONS) + ")")
-    written: set[str] = set()  # strip file names, so two images with one name both get theirs
     failures = 0
     for start in range(0, len(paths), batch_size):  # read only one batch of files at a time
         batch = paths[start:start + batch_size]
-        for path, result in zip(batch, client.caption([Path(p).read_bytes() for p in batch], signature)):
+        images = [Path(path).read_bytes() for path in batch]
+        for path, result in zip(batch, client.caption(images, signature)):
             print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}",
                   flush=True)
             failures += not result.ok
-            if attention_dir and result.ok and result.attention is not None:
-                _write_strip(Path(attention_dir), path, result, written)
-    if attention_dir and not written:
-        print(f"note: the model served no attention maps; nothing written to {attention_dir}",
-              file=sys.stderr)
     return 1 if failures else 0
-
-
-def _write_strip(folder: Path, path: str, result: CaptionResult, written: set[str]) -> None:
-    """<folder>/<image name>.png (name-2.png, ... when two images share a name)."""
-    from model.attention_maps import strip_of_file
-    strip, problem = strip_of_file(path, result.caption, result.attention)
-    if strip is None:
-        print(f"warning: {problem}", file=sys.stderr)
-        return
-    stem, k = Path(path).stem, 1
-    while (name := f"{stem}.png" if k == 1 else f"{stem}-{k}.png") in written:
-        k += 1
-    written.add(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    strip.save(folder / name)
 
 
 if __name__ == "__main__":

@@ -216,24 +216,6 @@ def test_cli_beam_search_status_and_metadata(server, image_folder):
     assert metadata.returncode == 0 and '"caption_features"' in metadata.stdout
 
 
-def test_cli_writes_attention_strips(attention_server, server, image_folder, tmp_path):
-    maps = tmp_path / "maps"
-    (image_folder / "corner.png").write_bytes(red_corner_image())
-    try:
-        result = run_cli("--rest", attention_server.rest_url, "--attention-dir", str(maps), str(image_folder))
-    finally:
-        (image_folder / "corner.png").unlink()
-    assert result.returncode == 1, result.stderr  # broken.png cannot be captioned
-    assert sorted(p.name for p in maps.iterdir()) == ["blue.png", "corner.png", "red.png"]
-    from PIL import Image
-    with Image.open(maps / "corner.png") as strip:
-        assert strip.width > 3 * strip.height  # a, red, image, <end> side by side
-    pooled = run_cli("--rest", server.rest_url, "--attention-dir", str(tmp_path / "none"),
-                     str(image_folder / "red.png"))
-    assert pooled.returncode == 0 and "served no attention maps" in pooled.stderr
-    assert not (tmp_path / "none").exists()
-
-
 @pytest.mark.parametrize("args, mentions", [
     (["--model", "nope"], "nope"),
     (["--rest", "http://127.0.0.1:1", "--retries", "0"], "cannot connect"),
