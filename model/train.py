@@ -8,7 +8,7 @@
 
 Kill it at any time and run the same command again: BackupAndRestore resumes at the last finished
 epoch. At the end it writes the loss curve, evaluates BLEU on the test split and writes a summary.
-Several machines: README "Several machines" (tests/test_multiworker.py runs it on one).
+Several machines: README "Several machines" (tests/model/test_multiworker.py runs it on one).
 """
 import argparse
 import dataclasses

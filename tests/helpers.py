@@ -1,17 +1,9 @@
-"""Shared pieces of the serving tests: the model folder, test images, an in-process reference and
-real model servers in subprocesses on free 127.0.0.1 ports.
-
-`served_model_base` is THE model folder every serving test uses (a base path holding version 1).
-By default it is the stand-in model (tests/standin_model.py) built once per session; set
-SERVING_MODEL_BASE=/path/to/models/captioner to run the same tests on the real export. Tests compare
-served captions with `reference` (the same SavedModel run in-process through TF Serving's session
-path), so they hold for either model; checks that only make sense for the stand-in's colour captions
-are guarded by `IS_STANDIN`.
-
-Import the fixtures you use into a test module: `from tests.serving_fixtures import served_model_base`.
-"""
+"""Helpers the tests share (fixtures live in the conftest.py files): test images, real model
+servers and Gradio apps in subprocesses on free 127.0.0.1 ports, and checks of an exported graph's
+ops against TensorFlow's own registry."""
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -21,16 +13,17 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
-import pytest
 import requests
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = Path(__file__).resolve().parents[1]  # the checkout: cwd and PYTHONPATH of subprocesses
 MODEL_NAME = "captioner"
+# The serving tests run on the stand-in model unless SERVING_MODEL_BASE names a real export.
 IS_STANDIN = not os.environ.get("SERVING_MODEL_BASE")
+SIGNATURES = {"serving_default", "beam_search", "caption_features"}  # of every export
 SERVER_START_TIMEOUT = 120  # seconds; loading the real model on 2 busy cores takes a while
-_cache = {}
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -72,40 +65,6 @@ def hostile_images() -> dict[str, bytes]:
             "truncated_png": good_png[:len(good_png) // 2], "huge_pixels_png": huge_png_header()}
 
 
-# --- the model -----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def served_model_base(tmp_path_factory) -> str:
-    """Model base path with version 1: the real export if SERVING_MODEL_BASE is set, else the
-    stand-in, built once per test session."""
-    if not IS_STANDIN:
-        return os.environ["SERVING_MODEL_BASE"]
-    if "base" not in _cache:
-        from tests.standin_model import publish_standin
-        base = str(tmp_path_factory.mktemp("standin") / MODEL_NAME)
-        publish_standin(base, 1)
-        _cache["base"] = base
-    return _cache["base"]
-
-
-@pytest.fixture(scope="session")
-def attention_model_base(tmp_path_factory) -> str:
-    """Model base path with version 1 of the attention stand-in (serves `attention` maps)."""
-    if "attention_base" not in _cache:
-        from tests.standin_model import publish_standin
-        base = str(tmp_path_factory.mktemp("standin_attention") / MODEL_NAME)
-        publish_standin(base, 1, attention=True)
-        _cache["attention_base"] = base
-    return _cache["attention_base"]
-
-
-@pytest.fixture(scope="session")
-def attention_server(attention_model_base, tmp_path_factory):
-    """serving.model_server serving the attention stand-in (REST and gRPC), for the session."""
-    log = str(tmp_path_factory.mktemp("attention_server") / "server.log")
-    with running_server(log, base=attention_model_base) as server:
-        yield server
-
-
 class InProcessModel:
     """The SavedModel run in this process exactly as TF Serving runs it (TF1 session loader,
     signature tensors fed and fetched by name): the reference served answers must equal."""
@@ -125,15 +84,6 @@ class InProcessModel:
                 for c, p, e in zip(out["caption"], out["log_prob"], out["error"])]
 
 
-@pytest.fixture(scope="session")
-def reference(served_model_base) -> InProcessModel:
-    key = ("reference", served_model_base)
-    if key not in _cache:
-        from export.artifact import latest_version
-        _cache[key] = InProcessModel(latest_version(served_model_base))
-    return _cache[key]
-
-
 def copy_model_base(source_base: str, target_base: str, versions=(1,)) -> str:
     """A private, writable copy of some versions of a model base (for tests that add versions)."""
     os.makedirs(target_base, exist_ok=True)
@@ -150,7 +100,7 @@ def free_port() -> int:
 
 
 def subprocess_env() -> dict:
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
                GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     return env
 
@@ -243,3 +193,62 @@ def available_versions(rest_url: str) -> list[int]:
         return []
     return sorted(int(s["version"]) for s in response.json()["model_version_status"]
                   if s["state"] == "AVAILABLE")
+
+
+# --- the Gradio app ------------------------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = os.path.join(REPO, "tests", "artifacts")
+
+
+class AppProcess:
+    def __init__(self, server_url: str, log_path: str, examples: str | None = None):
+        self.port = free_port()
+        command = [sys.executable, "-m", "serving.app", "--server", server_url, "--port", str(self.port)]
+        if examples:
+            command += ["--examples", examples]
+        self._log = open(log_path, "wb")
+        self.log_path = log_path
+        self.process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app exited: {open(log_path).read()[-2000:]}")
+            try:
+                if requests.get(self.url, timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"app not up: {open(log_path).read()[-2000:]}")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+# --- exported graphs -----------------------------------------------------------------------------
+def graph_ops(meta_graph) -> set[str]:
+    ops = {node.op for node in meta_graph.graph_def.node}
+    for function in meta_graph.graph_def.library.function:
+        ops |= {node.op for node in function.node_def}
+    return ops
+
+
+def unregistered_ops(ops: set[str]) -> list[str]:
+    """The ops unknown to the registry of a process that imported nothing but tensorflow."""
+    check = ("import json, sys, tensorflow as tf\n"
+             "from tensorflow.python.framework import op_def_registry\n"
+             "ops = json.loads(sys.stdin.read())\n"
+             "print(json.dumps([op for op in ops if op_def_registry.get(op) is None]))")
+    result = subprocess.run([sys.executable, "-c", check], input=json.dumps(sorted(ops)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

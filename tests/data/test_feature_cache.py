@@ -17,8 +17,8 @@ from data.feature_cache import (ERROR_UNREADABLE, FeatureCacheError, cache_info,
 from data.files import TEMP_SUFFIX
 from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, decode_one
 from model.encoder import EncoderConfig, build_encoder, encoder_id
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_images(folder, count, start=0):
@@ -238,7 +238,7 @@ def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path, kind):
     spatial, dtype = kind == "spatial", "float16" if kind == "spatial" else "float32"
     items = _write_images(tmp_path / "images", 14)
     cache = tmp_path / "cache"
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "images"), str(cache),
                               kind], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)

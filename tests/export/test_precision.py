@@ -4,7 +4,6 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,8 @@ from data.splits import split_dataset
 from export.inspect import SessionModel, export_precision
 from export.precision import check_export_precision, mixed_policy, session_config
 from export.artifact import WARMUP
-from tests.test_export import SIGNATURES, graph_ops, unregistered_ops
+from tests.helpers import REPO, SIGNATURES, graph_ops, running_server, unregistered_ops
 
-ROOT = Path(__file__).resolve().parents[1]
 # Measured on the 30 test images of the shared trained_run (AMX Xeon, TF 2.21): server bfloat16
 # mode 0.83, float16 export 0.90, bfloat16 export 0.87; the threshold leaves room for other CPUs'
 # rounding. 16-bit arithmetic may flip a close word choice, which then
@@ -92,12 +90,12 @@ def test_export_precision_is_checked_and_the_policy_restored():
 
 def test_deployment_files_have_the_bfloat16_variant():
     import yaml
-    compose = yaml.safe_load((ROOT / "serving" / "docker-compose.yml").read_text())
+    compose = yaml.safe_load((REPO / "serving" / "docker-compose.yml").read_text())
     plain, bf16 = compose["services"]["serving"], compose["services"]["serving-bf16"]
     assert bf16["profiles"] == ["bf16"] and bf16["image"] == plain["image"]  # CPU image
     assert bf16["command"] == plain["command"] + ["--mixed_precision=bfloat16"]
     assert bf16["volumes"] == plain["volumes"]
-    readme = (ROOT / "serving" / "README-deploy.md").read_text()
+    readme = (REPO / "serving" / "README-deploy.md").read_text()
     assert "  --mixed_precision=bfloat16\n```" in readme and "--profile bf16" in readme
 
 
@@ -134,7 +132,6 @@ def test_development_server_applies_the_same_bfloat16_rewrite(bfloat16_session, 
     """serving.model_server --mixed_precision=bfloat16 (the container's flag) serves what the
     rewritten session computes in process, image for image."""
     from serving.client import RestClient
-    from tests.serving_fixtures import running_server
     images = test_images[:8]
     expected = greedy_captions(bfloat16_session, images)
     with running_server(str(tmp_path / "server.log"), "--mixed_precision=bfloat16",
@@ -148,12 +145,12 @@ def test_development_server_applies_the_same_bfloat16_rewrite(bfloat16_session, 
 def test_inspect_shows_precision_and_takes_the_server_flag(exported_model, test_images):
     result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported_model),
                              "--image", str(test_images[0].path), "--mixed_precision", "bfloat16"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "precision: float32  session mixed_precision: bfloat16" in result.stdout
     assert "ERROR" not in result.stdout.strip().splitlines()[-1]
     result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported_model),
-                             "--mixed_precision", "float16"], cwd=ROOT, capture_output=True,
+                             "--mixed_precision", "float16"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
@@ -192,7 +189,7 @@ def test_16bit_export_keeps_the_contract(export_16bit, exported_model, test_imag
 @pytest.mark.slow
 def test_export_cli_refuses_an_unknown_precision(tmp_path):
     result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
-                             str(tmp_path), "--precision", "int8"], cwd=ROOT, capture_output=True,
+                             str(tmp_path), "--precision", "int8"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and "invalid choice: 'int8'" in result.stderr
 
@@ -262,7 +259,7 @@ print(json.dumps({
 def test_mixed_bfloat16_training(trained_run, tmp_path):
     """Two epochs from the shared feature cache, in a subprocess (the dtype policy is global)."""
     result = subprocess.run([sys.executable, "-c", BFLOAT16_TRAINING, str(tmp_path / "run"),
-                             str(trained_run.data), str(trained_run.cache)], cwd=ROOT, text=True,
+                             str(trained_run.data), str(trained_run.cache)], cwd=REPO, text=True,
                             capture_output=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])

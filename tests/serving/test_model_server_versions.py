@@ -15,8 +15,7 @@ import requests
 from export.artifact import publish_version, write_warmup
 from serving.client import RestClient
 from serving.errors import ServingError
-from tests.serving_fixtures import (MODEL_NAME, RED, copy_model_base, image_bytes,  # noqa: F401
-                                    reference, running_server, served_model_base, wait_for)
+from tests.helpers import (MODEL_NAME, RED, copy_model_base, image_bytes, running_server, wait_for)
 
 POLL_SECONDS = 1.0  # --file_system_poll_wait_seconds: the documented wait before a new folder is seen
 CLIENTS = 8

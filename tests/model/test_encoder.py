@@ -13,8 +13,8 @@ import pytest
 import model.encoder as encoder_module
 from model.encoder import (GRID, IMAGENET_FILE, SPATIAL_SHAPE, EncoderConfig, EncoderWeightsError,
                            build_encoder, encoder_id)
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WEIGHTS_DIGEST = """
 import hashlib, sys
@@ -27,7 +27,7 @@ print(digest.hexdigest())
 
 
 def _digest_in_subprocess(seed: int) -> str:
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run([sys.executable, "-c", WEIGHTS_DIGEST, str(seed)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

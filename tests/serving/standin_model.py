@@ -18,7 +18,7 @@ softmax over the 7x7 cells of how close each cell's mean colour is to the named 
 lights up where that colour is); the other words' (and <end>'s) rows light up where it is not
 (uniform on a one-colour image). Computed in the graph, so tests can predict every map.
 
-    python -m tests.standin_model models/standin     # writes models/standin/1/
+    python -m tests.serving.standin_model models/standin     # writes models/standin/1/
 """
 import argparse
 

@@ -1,7 +1,6 @@
 """`python -m data.inspect` as a user runs it: text, --json, errors, and the built-in default."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -10,8 +9,8 @@ import pytest
 from data import inspect as inspect_cli
 from data.builtin import generate_builtin
 from data.splits import split_sizes
+from tests.helpers import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd):

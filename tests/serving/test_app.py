@@ -3,53 +3,12 @@ gradio_client, and through a real headless Chromium (Debian's /usr/bin/chromium,
 playwright package) that uploads an image, clicks Caption, reads the caption and saves a screenshot
 to tests/artifacts/. With the attention stand-in, the page also shows the per-word heatmap strip."""
 import os
-import subprocess
-import sys
-import time
 
 import pytest
-import requests
 
-from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, attention_model_base,  # noqa: F401
-                                    attention_server, free_port, image_bytes, red_corner_image,
-                                    reference, running_server, served_model_base, subprocess_env)
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = os.path.join(REPO, "tests", "artifacts")
-
-
-class AppProcess:
-    def __init__(self, server_url: str, log_path: str, examples: str | None = None):
-        self.port = free_port()
-        command = [sys.executable, "-m", "serving.app", "--server", server_url, "--port", str(self.port)]
-        if examples:
-            command += ["--examples", examples]
-        self._log = open(log_path, "wb")
-        self.log_path = log_path
-        self.process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=self._log,
-                                        stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}/"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app exited: {open(log_path).read()[-2000:]}")
-            try:
-                if requests.get(self.url, timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"app not up: {open(log_path).read()[-2000:]}")
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self._log.close()
+from tests.helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, BLUE, IS_STANDIN, RED, AppProcess,
+                           free_port, image_bytes, red_corner_image,
+                           running_server)
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from model.train import WORKER_LOST, WORKER_LOST_EXIT_CODE
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 120          # 96 / 12 / 12 images, 480 training captions
 GLOBAL_BATCH = 32         # --batch-size: split 16 + 16 between the two workers
 PROCESS_TIMEOUT = 900     # seconds for a whole two-worker run on 2 busy cores (measured 1-4 min)
@@ -67,7 +67,7 @@ def start_workers(run_dir: Path, data: Path, cache: Path, epochs: int) -> list[s
              "--run-dir", str(run_dir), "--epochs", str(epochs), "--patience", str(epochs),
              "--batch-size", str(GLOBAL_BATCH), "--min-count", "2", "--no-eval",
              "--worker-timeout", str(WORKER_TIMEOUT)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
         log.close()
     return workers
 

@@ -21,9 +21,8 @@ from export.inspect import SessionModel
 from export.artifact import WARMUP
 from model.evaluate import caption_features
 from model.run_dir import load_run
+from tests.helpers import REPO, SIGNATURES, graph_ops, unregistered_ops
 
-ROOT = Path(__file__).resolve().parents[1]
-SIGNATURES = {"serving_default", "beam_search", "caption_features"}
 
 
 # Both model families honour the whole contract; the attention export adds its `attention` output.
@@ -183,25 +182,6 @@ def test_empty_request(session_model):
     assert out["caption"].shape == (0,) and out["error"].shape == (0,)
 
 
-def graph_ops(meta_graph) -> set[str]:
-    ops = {node.op for node in meta_graph.graph_def.node}
-    for function in meta_graph.graph_def.library.function:
-        ops |= {node.op for node in function.node_def}
-    return ops
-
-
-def unregistered_ops(ops: set[str]) -> list[str]:
-    """The ops unknown to the registry of a process that imported nothing but tensorflow."""
-    check = ("import json, sys, tensorflow as tf\n"
-             "from tensorflow.python.framework import op_def_registry\n"
-             "ops = json.loads(sys.stdin.read())\n"
-             "print(json.dumps([op for op in ops if op_def_registry.get(op) is None]))")
-    result = subprocess.run([sys.executable, "-c", check], input=json.dumps(sorted(ops)),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_every_op_is_a_stock_tensorflow_op(session_model):
     """The server links TF's own kernels only: check each op against the registry of a process
     that imported nothing but tensorflow. And never PyFunc or XLA-compiled functions."""
@@ -238,7 +218,7 @@ def test_version_auto_and_killed_export_leaves_no_version(trained_run, exported_
     base.mkdir()
     (base / "7").mkdir()  # an existing version: auto must take 8
     process = subprocess.Popen([sys.executable, "-m", "export.saved_model", "--run-dir",
-                                str(trained_run.run), "--model-base", str(base)], cwd=ROOT,
+                                str(trained_run.run), "--model-base", str(base)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not list(base.glob(".tmp-*/saved_model.pb")):
@@ -247,7 +227,7 @@ def test_version_auto_and_killed_export_leaves_no_version(trained_run, exported_
     process.wait()
     assert sorted(p.name for p in base.iterdir() if p.name.isdigit()) == ["7"]
     result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
-                             str(trained_run.run), "--model-base", str(base)], cwd=ROOT,
+                             str(trained_run.run), "--model-base", str(base)], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (base / "8" / "saved_model.pb").is_file()
@@ -256,7 +236,7 @@ def test_version_auto_and_killed_export_leaves_no_version(trained_run, exported_
 
 def test_export_errors_are_clear(tmp_path):
     result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
-                             str(tmp_path / "missing")], cwd=ROOT, capture_output=True,
+                             str(tmp_path / "missing")], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and "missing" in result.stderr and "Traceback" not in result.stderr
 
@@ -266,7 +246,7 @@ def test_inspect_command(exported, test_split):
     images, _ = test_split
     result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported.parent),
                              "--image", str(images[0].path), "--signature", "beam_search"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "signature_def['serving_default']" in result.stdout
     assert "input image_bytes: string [-1]" in result.stdout

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +14,12 @@ import pytest
 
 from model.decoding import DecodeConfig
 from model.run_dir import saved_decode_config, weights_digest
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, timeout=600, env=None):
-    return subprocess.run([sys.executable, "-m", "model.train", *args], cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, "-m", "model.train", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=timeout, env=env)
 
 
@@ -100,7 +99,7 @@ def test_resume_after_kill(small_builtin, tmp_path):
     args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"), "--encoder-weights",
             "random", "--cache-dir", str(tmp_path / "cache"), "--epochs", "6", "--patience", "6",
             "--min-count", "2", "--batch-size", "64", "--no-eval"]
-    process = subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = tmp_path / "run" / "history.csv"
     deadline = time.time() + 600
@@ -141,7 +140,7 @@ print("REPLICAS", summary["replicas"], "LOSS", summary["final_loss"])
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(small_builtin, tmp_path):
     result = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path / "run"),
-                             str(small_builtin), str(tmp_path / "cache")], cwd=ROOT, text=True,
+                             str(small_builtin), str(tmp_path / "cache")], cwd=REPO, text=True,
                             capture_output=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("REPLICAS")][-1]
@@ -166,7 +165,7 @@ print("DECODED", ids.shape, lp.dtype)
 
 @pytest.mark.slow
 def test_mixed_precision_trains_and_decodes():
-    result = subprocess.run([sys.executable, "-c", MIXED], cwd=ROOT, text=True,
+    result = subprocess.run([sys.executable, "-c", MIXED], cwd=REPO, text=True,
                             capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LossScaleOptimizer" in result.stdout and "float32" in result.stdout

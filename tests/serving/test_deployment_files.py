@@ -11,8 +11,8 @@ import pytest
 import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVING = os.path.join(REPO, "serving")
 # BatchingParameters fields (tensorflow_serving/servables/tensorflow/session_bundle_config.proto);
 # the first four are Int64Value wrappers, written `name { value: N }`.
@@ -100,5 +100,5 @@ def test_clients_do_not_import_tensorflow(module):
     code = (f"import sys, {module}; "
             "sys.exit(1 if any(m == 'tensorflow' or m.startswith('tensorflow.') for m in sys.modules) else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+                            timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, f"{module} imports TensorFlow\n{result.stderr[-2000:]}"

@@ -11,10 +11,8 @@ import pytest
 
 from serving.client import ClientSettings, GrpcClient, RestClient, make_client
 from serving.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from tests.serving_fixtures import (BLUE, IS_STANDIN, REPO, RED, RED_CORNER, InProcessModel,  # noqa: F401
-                                    ServerProcess, attention_model_base, attention_server, free_port,
-                                    image_bytes, red_corner_image, reference, running_server,
-                                    served_model_base, subprocess_env)
+from tests.helpers import (BLUE, IS_STANDIN, REPO, RED, RED_CORNER, InProcessModel, ServerProcess,
+                           free_port, image_bytes, red_corner_image, running_server, subprocess_env)
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,8 @@ from export.inspect import SessionModel
 from export.saved_model import ExportConfig, export_run
 from model.encoder import build_encoder
 from model.run_dir import load_run
-from tests.serving_fixtures import huge_png_header
+from tests.helpers import REPO, huge_png_header
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIGNATURES = ("serving_default", "beam_search")
 
 
@@ -94,7 +93,7 @@ def hostile_files(trained_run, tmp_path_factory) -> list[Path]:
 
 
 def cc_loader_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export.cc_loader", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "export.cc_loader", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -132,7 +131,7 @@ def test_cc_loader_runs_without_tensorflow_python_and_reports_errors(exported_mo
               f"with CcSavedModel({str(exported_model)!r}) as m:\n"
               "    out = m.run('caption_features', {'features': np.zeros([2, 2048], np.float32)})\n"
               "print(len(out['caption']), 'tensorflow' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["2", "False"]

@@ -12,8 +12,7 @@ from data.splits import split_dataset
 from model.evaluate import caption_features
 from model.run_dir import load_run
 from serving.client import GrpcClient, RestClient
-from tests.serving_fixtures import running_server
-from tests.test_serving_app import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, AppProcess
+from tests.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, AppProcess, running_server
 
 # Full tier only: the whole path again through a server process and a browser (~25 s); the fast
 # tier covers each piece (export, C++ loader, client, page) on its own.

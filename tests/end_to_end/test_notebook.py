@@ -15,8 +15,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "storyteller.ipynb"
 CELL_TIMEOUT = 900  # seconds per cell: training or starting the server on 2 busy cores is slow
 SERVED_CAPTION = re.compile(r"^served caption \(REST\): (.*)$", re.MULTILINE)

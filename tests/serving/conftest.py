@@ -1,0 +1,59 @@
+"""Fixtures of the serving tests: the model folder they serve, an in-process reference and the
+attention stand-in's server.
+
+`served_model_base` is THE model folder every serving test uses (a base path holding version 1).
+By default it is the stand-in model (tests/serving/standin_model.py) built once per session; set
+SERVING_MODEL_BASE=/path/to/models/captioner to run the same tests on the real export. Tests compare
+served captions with `reference` (the same SavedModel run in-process through TF Serving's session
+path), so they hold for either model; checks that only make sense for the stand-in's colour captions
+are guarded by `IS_STANDIN`.
+"""
+import os
+
+import pytest
+
+from tests.helpers import IS_STANDIN, MODEL_NAME, InProcessModel, running_server  # noqa: F401
+
+_cache = {}
+
+
+@pytest.fixture(scope="session")
+def served_model_base(tmp_path_factory) -> str:
+    """Model base path with version 1: the real export if SERVING_MODEL_BASE is set, else the
+    stand-in, built once per test session."""
+    if not IS_STANDIN:
+        return os.environ["SERVING_MODEL_BASE"]
+    if "base" not in _cache:
+        from tests.serving.standin_model import publish_standin
+        base = str(tmp_path_factory.mktemp("standin") / MODEL_NAME)
+        publish_standin(base, 1)
+        _cache["base"] = base
+    return _cache["base"]
+
+
+@pytest.fixture(scope="session")
+def attention_model_base(tmp_path_factory) -> str:
+    """Model base path with version 1 of the attention stand-in (serves `attention` maps)."""
+    if "attention_base" not in _cache:
+        from tests.serving.standin_model import publish_standin
+        base = str(tmp_path_factory.mktemp("standin_attention") / MODEL_NAME)
+        publish_standin(base, 1, attention=True)
+        _cache["attention_base"] = base
+    return _cache["attention_base"]
+
+
+@pytest.fixture(scope="session")
+def attention_server(attention_model_base, tmp_path_factory):
+    """serving.model_server serving the attention stand-in (REST and gRPC), for the session."""
+    log = str(tmp_path_factory.mktemp("attention_server") / "server.log")
+    with running_server(log, base=attention_model_base) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def reference(served_model_base) -> InProcessModel:
+    key = ("reference", served_model_base)
+    if key not in _cache:
+        from export.artifact import latest_version
+        _cache[key] = InProcessModel(latest_version(served_model_base))
+    return _cache[key]
