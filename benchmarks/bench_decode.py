@@ -30,7 +30,8 @@ from tqdm import tqdm  # noqa: E402
 
 from benchmarks._synthetic import FEATURE_DIM  # noqa: E402
 from benchmarks._timing import REPO, machine, report, round_robin  # noqa: E402
-from model.captioner import ModelConfig, build_captioner  # noqa: E402
+from model.base import ModelConfig  # noqa: E402
+from model.presets import build_captioner  # noqa: E402
 from data.vocabulary import END_ID  # noqa: E402
 from model.decoding import DecodeConfig, decode_features  # noqa: E402
 from model.presets import PRESETS  # noqa: E402

@@ -35,7 +35,8 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks._synthetic import synthetic_captions  # noqa: E402
 from benchmarks._timing import machine, report, round_robin  # noqa: E402
 from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
-from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner  # noqa: E402
+from model.base import MaskedCaptionLoss, ModelConfig  # noqa: E402
+from model.presets import build_captioner  # noqa: E402
 from model.presets import PRESETS  # noqa: E402
 
 

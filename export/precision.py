@@ -10,7 +10,7 @@
    `build_export_encoder` keeps ResNet50's final pooling in float32.
 
 What stays float32, and why: the random-init ResNet50 features of two images differ by ~0.5% of
-their energy (model/captioner.py), and bfloat16 rounds each value by up to 2**-9 = 0.2%. So the
+their energy (model/base.py), and bfloat16 rounds each value by up to 2**-9 = 0.2%. So the
 final average pooling runs in float32 (it averages the 7x7 16-bit activations without rounding
 the mean), and so does the standardisation after it (captioner.FeatureStandardizer). Measured
 (benchmarks/bench_precision.py, README "Precision"): most of the 16-bit error comes from the
@@ -26,7 +26,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 from model.encoder import EncoderConfig, build_encoder
-from model.train import MIXED_POLICIES  # training's policy names: "" (float32), float16, bfloat16
+from model.base import MIXED_POLICIES
 
 SERVER_MIXED_PRECISIONS = ("", "bfloat16")        # tensorflow_model_server --mixed_precision
 EXPORT_PRECISIONS = ("float32", "float16", "bfloat16")

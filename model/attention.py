@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.captioner import CaptionerBase, FeatureStandardizer, ModelConfig, _logits_dtype
+from model.base import CaptionerBase, FeatureStandardizer, ModelConfig, logits_dtype
 
 ADAPT_ROWS_PER_CHUNK = 256  # images per chunk when computing feature statistics
 
@@ -81,7 +81,7 @@ class AttentionCaptioner(CaptionerBase):
                                                 name="embedding")
         self.cell = keras.layers.LSTMCell(config.units, name="lstm_cell")
         self.dropout = keras.layers.Dropout(config.dropout)
-        self.to_logits = keras.layers.Dense(config.vocab_size, dtype=_logits_dtype(),
+        self.to_logits = keras.layers.Dense(config.vocab_size, dtype=logits_dtype(),
                                             name="to_logits")
 
     # --- the pieces --------------------------------------------------------------------------

@@ -5,6 +5,11 @@ is the soft-attention family with the default preset's training recipe.
 Each preset gives ModelConfig fields (except vocab_size, which comes from the data) and TrainConfig
 fields; command-line flags override single fields.
 """
+import keras
+
+from model.attention import AttentionCaptioner
+from model.base import ModelConfig
+from model.captioner import Captioner
 
 PRESETS = {
     # Dense(2048->512, ReLU) -> h0, c0 = 0; Embedding(V, 256); LSTM(512); Dense(V);
@@ -38,3 +43,10 @@ def preset(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+def build_captioner(config: ModelConfig) -> keras.Model:
+    """The model family the config names: Captioner (pooled features) or AttentionCaptioner."""
+    if config.attention:
+        return AttentionCaptioner(config, name="captioner").build_for()
+    return Captioner(config, name="captioner").build_for()

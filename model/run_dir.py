@@ -20,7 +20,8 @@ from pathlib import Path
 
 from data.files import atomic_write
 from data.vocabulary import Vocabulary
-from model.captioner import ModelConfig, build_captioner
+from model.base import ModelConfig
+from model.presets import build_captioner
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig
 

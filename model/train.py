@@ -25,14 +25,14 @@ from data.pipeline import PipelineConfig, evaluation_dataset, training_dataset
 from data.sources import open_dataset
 from data.splits import split_dataset
 from data.vocabulary import Vocabulary
-from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner
+from model.base import MIXED_POLICIES, MaskedCaptionLoss, ModelConfig
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig, EncoderWeightsError
 from model.features import default_cache_dir, ensure_features
 from model.history import best_val_loss, history_summary
 from model.metrics import score_line
 from model.plots import loss_curve_png
-from model.presets import PRESETS, preset
+from model.presets import PRESETS, build_captioner, preset
 from model.run_dir import RunPaths, write_json
 
 log = logging.getLogger("train")
@@ -44,9 +44,6 @@ WORKER_LOST = ("multi-worker training stopped: another worker died or stopped an
                "finished epoch (BackupAndRestore).")
 WORKER_LOST_EXIT_CODE = 3
 
-
-# Logits and loss stay float32 under both (Captioner.to_logits, MaskedCaptionLoss).
-MIXED_POLICIES = {"": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 @dataclasses.dataclass

@@ -7,7 +7,9 @@ import tensorflow as tf
 
 from data.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
 from model.attention import AttentionCaptioner, SpatialStandardizer
-from model.captioner import Captioner, MaskedCaptionLoss, ModelConfig, build_captioner
+from model.base import MaskedCaptionLoss, ModelConfig
+from model.captioner import Captioner
+from model.presets import build_captioner
 from model.decoding import DecodeConfig, aligned_attention, beam_search, decode_features
 from model.presets import PRESETS
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.captioner import MaskedCaptionLoss, ModelConfig, build_captioner
+from model.base import MaskedCaptionLoss, ModelConfig
+from model.presets import build_captioner
 from model.decoding import greedy_search
 from model.presets import PRESETS
 

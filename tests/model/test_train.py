@@ -151,7 +151,8 @@ def test_mirrored_strategy_on_two_logical_cpus(small_builtin, tmp_path):
 MIXED = """
 import keras, tensorflow as tf, numpy as np
 keras.mixed_precision.set_global_policy("mixed_float16")
-from model.captioner import ModelConfig, build_captioner, MaskedCaptionLoss
+from model.base import ModelConfig, MaskedCaptionLoss
+from model.presets import build_captioner
 from model.decoding import greedy_search
 m = build_captioner(ModelConfig(vocab_size=20, normalize_features=True))
 m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=MaskedCaptionLoss(0.1))

@@ -1,0 +1,151 @@
+"""What every captioner shares: its settings (ModelConfig), the feature standardiser, the
+training loss, the logits' dtype under mixed precision, and CaptionerBase (Keras workarounds and
+build_for). Both model families (model/captioner.py, model/attention.py) build on this module;
+model/presets.py picks the family.
+"""
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.encoder import FEATURE_DIM, GRID
+
+# Training's Keras dtype policies by precision name; logits and loss stay float32 under both
+# 16-bit policies (logits_dtype, MaskedCaptionLoss).
+MIXED_POLICIES = {"": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    vocab_size: int
+    feature_dim: int = FEATURE_DIM
+    embed_dim: int = 256
+    units: int = 512
+    dropout: float = 0.0             # on embeddings and LSTM outputs (never recurrent: cuDNN)
+    image_init_cell: bool = False    # c0 = tanh(Dense(features)) instead of zeros
+    normalize_features: bool = False  # standardise features with training-set mean/variance
+                                      # (Normalization layer, adapted before fit, exported with
+                                      # the weights). Essential for random-init encoders, whose
+                                      # features differ between images by ~0.5% of their energy.
+    # The attention family (model/attention.py; the `attention` preset). Its features are
+    # ResNet50's last convolutional map [feature_grid, feature_grid, feature_dim].
+    attention: bool = False
+    feature_grid: int = GRID          # locations per side of ResNet50's last map
+    attention_units: int = 512        # width of the additive attention's hidden layer
+    attention_regularizer: float = 0.0  # lambda of the doubly stochastic regulariser; 0 = off
+
+    def __post_init__(self):
+        for name in ("vocab_size", "feature_dim", "embed_dim", "units", "feature_grid",
+                     "attention_units"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.attention_regularizer < 0:
+            raise ValueError("ModelConfig.attention_regularizer must be >= 0, "
+                             f"got {self.attention_regularizer!r}")
+
+    @property
+    def feature_shape(self) -> tuple:
+        """One image's features as the model takes them."""
+        if self.attention:
+            return (self.feature_grid, self.feature_grid, self.feature_dim)
+        return (self.feature_dim,)
+
+
+class FeatureStandardizer(keras.layers.Layer):
+    """(x - mean) / std with statistics set once from the training features by `adapt`; they are
+    non-trainable weights, so checkpoints and the exported SavedModel carry them."""
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=(dim,), initializer="ones", trainable=False, name="std")
+
+    def adapt(self, features):
+        features = np.asarray(features, np.float64)
+        if not self.built:
+            self.build(features.shape)
+        self.mean.assign(features.mean(0).astype("float32"))
+        self.std.assign(np.maximum(features.std(0), 1e-6).astype("float32"))
+
+    def call(self, features):
+        return (features - keras.ops.cast(self.mean, features.dtype)) / \
+            keras.ops.cast(self.std, features.dtype)
+
+
+def logits_dtype() -> str | None:
+    """None (follow the global policy) under mixed_bfloat16, else float32."""
+    return None if keras.mixed_precision.global_policy().name == "mixed_bfloat16" else "float32"
+
+
+class CaptionerBase(keras.Model):
+    """What both model families share: Keras 3.15 workarounds for multi-worker fit, and
+    build_for. Subclasses set self.config and define initial_state, call and step."""
+
+    # --- Keras 3.15 under MultiWorkerMirroredStrategy: two workarounds, found by running it ----
+    def train_step(self, data):
+        return self._logs_for_multi_worker(super().train_step(data))
+
+    def test_step(self, data):
+        return self._logs_for_multi_worker(super().test_step(data))
+
+    def _logs_for_multi_worker(self, logs):
+        """With several workers Keras averages each replica's logs by strategy.reduce(MEAN,
+        axis=0), which fails on scalar metrics ("Invalid reduction dimension 0 for input with 0
+        dimensions"): give them that axis. The reduction returns scalars again."""
+        if not self._multi_worker():
+            return logs
+        return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
+
+    def _multi_worker(self) -> bool:
+        return self.distribute_strategy.extended._in_multi_worker_mode()
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras 3.15's fit all-reduces the first (dict) batch across replicas just to learn its
+        shapes; MultiWorkerMirroredStrategy cannot reduce a dict ("Attempt to convert a value
+        ({'features': PerReplica...}) ... to a Tensor"). This worker's own copy of the batch has
+        the same shapes and needs no communication."""
+        if iterator is not None and self._multi_worker():
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: self.distribute_strategy.experimental_local_results(value)[0],
+                    next(batches))
+                break
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def build_for(self, batch_size=2, length=3):
+        """Creates every weight (including optional layers) by running a tiny dummy batch."""
+        self({"features": tf.zeros([batch_size, *self.config.feature_shape]),
+              "tokens": tf.ones([batch_size, length], tf.int32)})
+        return self
+
+
+class MaskedCaptionLoss(keras.losses.Loss):
+    """Cross-entropy over real tokens only (targets == 0 are <pad>), with optional label
+    smoothing, averaged over the number of real tokens in the batch (not the padded area),
+    like PyTorch's CrossEntropyLoss(ignore_index=pad).
+
+    Each token's share is divided by the real-token count here and the reduction is a plain sum,
+    so the value is right whether or not Keras also applies the output's padding mask."""
+
+    def __init__(self, label_smoothing=0.0, name="masked_caption_loss", **kwargs):
+        kwargs.setdefault("reduction", "sum")
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.int32)
+        log_probs = tf.nn.log_softmax(tf.cast(y_pred, tf.float32))
+        nll = -tf.gather(log_probs, y_true, batch_dims=2)
+        if self.label_smoothing:
+            smooth = -tf.reduce_mean(log_probs, axis=-1)
+            nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
+        real = tf.cast(tf.not_equal(y_true, 0), nll.dtype)
+        return nll * real / tf.maximum(tf.reduce_sum(real), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
