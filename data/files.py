@@ -1,4 +1,6 @@
-"""The project's one atomic file write.
+"""The project's one atomic file write, and the file facts every stage shares (which files are
+images, where the built-in dataset lives). No TensorFlow here: the REST client and the Gradio page
+import it too.
 
 Every writer whose file someone else may read while it is being written (feature-cache shards and
 manifest, the run folder's JSON, the evaluation report, plots, export settings) goes through
@@ -14,6 +16,9 @@ import pathlib
 from typing import BinaryIO, Callable
 
 TEMP_SUFFIX = ".partial"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what data.images decodes
+BUILTIN_ROOT = pathlib.Path("datasets/builtin")  # data/builtin.py generates it on first use
+BUILTIN_IMAGES = BUILTIN_ROOT / "Images"
 
 
 def atomic_write(path, content: bytes | str | Callable[[BinaryIO], None]) -> pathlib.Path:
