@@ -1,9 +1,10 @@
-"""The one decoder: batched greedy and beam search as explicit tf.while_loops.
+"""The one decoder: batched greedy search, beam search and sampling as explicit tf.while_loops.
 
 Evaluation calls these in a tf.function; export/ puts the very same functions into the SavedModel
 (ExportArchive endpoints are traced with autograph off, hence explicit tf.while_loop, no Python
-loops over tensors). Both searches take a `step_fn(tokens [N], state) -> (logits [N, V], state)`
-so tests can drive them with a fake next-token function whose best answer is known.
+loops over tensors); self-critical training samples its captions with them. Every search takes a
+`step_fn(tokens [N], state) -> (logits [N, V], state)` so tests can drive it with a fake
+next-token function whose best answer is known.
 """
 import dataclasses
 
@@ -36,14 +37,42 @@ def greedy_search(step_fn, state, batch_size, max_new_tokens, start_id=START_ID,
 
     Stops when every caption has produced <end>, or after max_new_tokens tokens.
     """
+    def most_likely(log_probs):
+        return tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+
+    return _token_by_token(step_fn, state, batch_size, max_new_tokens, most_likely, start_id,
+                           end_id, return_state)
+
+
+def sample_search(step_fn, state, batch_size, max_new_tokens, num_samples, temperature=1.0,
+                  start_id=START_ID, end_id=END_ID):
+    """num_samples captions per image drawn from the model's own distribution (softmax of the
+    logits / temperature): (ids [B * num_samples, L], log_prob [B * num_samples]), the samples of
+    image i in rows i * num_samples .. i * num_samples + num_samples - 1. log_prob is the model's
+    own (temperature 1) log-probability of each sample."""
+    if num_samples < 1 or temperature <= 0:
+        raise ValueError(f"num_samples must be >= 1 and temperature > 0, got {num_samples}, "
+                         f"{temperature}")
+    state = tf.nest.map_structure(lambda s: tf.repeat(s, num_samples, axis=0), state)
+
+    def drawn(log_probs):
+        return tf.random.categorical(log_probs / temperature, 1, dtype=tf.int32)[:, 0]
+
+    return _token_by_token(step_fn, state, batch_size * num_samples, max_new_tokens, drawn,
+                           start_id, end_id)
+
+
+def _token_by_token(step_fn, state, batch_size, max_new_tokens, pick, start_id=START_ID,
+                    end_id=END_ID, return_state=False):
+    """The loop greedy search and sampling share: one token per caption and step, chosen by
+    pick(log_probs [N, V]) -> [N], until every caption has produced <end>."""
     def not_done(i, tokens, state, finished, log_prob, ids):
         return tf.logical_and(i < max_new_tokens, tf.logical_not(tf.reduce_all(finished)))
 
     def body(i, tokens, state, finished, log_prob, ids):
         logits, state = step_fn(tokens, state)
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-        chosen = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        chosen = tf.where(finished, PAD_ID, chosen)
+        chosen = tf.where(finished, PAD_ID, pick(log_probs))
         gained = tf.gather(log_probs, chosen, batch_dims=1)
         log_prob += tf.where(finished, 0.0, gained)
         finished = tf.logical_or(finished, tf.equal(chosen, end_id))
@@ -68,9 +97,10 @@ def greedy_search(step_fn, state, batch_size, max_new_tokens, start_id=START_ID,
 
 
 def beam_search(step_fn, state, batch_size, max_new_tokens, beam_width=3, length_penalty=0.7,
-                start_id=START_ID, end_id=END_ID, return_state=False):
+                start_id=START_ID, end_id=END_ID, return_state=False, return_beams=False):
     """Batched beam search with length normalisation. Returns (ids [B, L], log_prob [B]) of the
-    best beam by log_prob / length ** length_penalty, and with return_state that beam's state.
+    best beam by log_prob / length ** length_penalty, then with return_state that beam's state,
+    then with return_beams every beam best first: (ids [B, K, L], normalised scores [B, K]).
 
     A beam that produced <end> stays in the beam with a fixed score (it may only continue with
     <pad> at no cost); the loop stops at max_new_tokens or when, for every image, every beam has
@@ -135,16 +165,19 @@ def beam_search(step_fn, state, batch_size, max_new_tokens, beam_width=3, length
     )
     _, _, state, scores, _, lengths, seqs = tf.while_loop(not_done, body, loop_vars,
                                                           shape_invariants=invariants)
-    best = tf.argmax(normalised(scores, lengths), axis=1, output_type=tf.int32)
-    ids, log_prob = tf.gather(seqs, best, batch_dims=1), tf.gather(scores, best, batch_dims=1)
-    if not return_state:
-        return ids, log_prob
-    # Row j of the state belongs to beam j of seqs (body gathers it by parent with the tokens).
-    def of_best_beam(s):
-        beams = tf.reshape(s, tf.concat([[batch_size, k], tf.shape(s)[1:]], 0))
-        return tf.ensure_shape(tf.gather(beams, best, batch_dims=1), [None, *s.shape[1:]])
-
-    return ids, log_prob, tf.nest.map_structure(of_best_beam, state)
+    ranked = normalised(scores, lengths)
+    best = tf.argmax(ranked, axis=1, output_type=tf.int32)
+    found = [tf.gather(seqs, best, batch_dims=1), tf.gather(scores, best, batch_dims=1)]
+    if return_state:
+        # Row j of the state belongs to beam j of seqs (body gathers it by parent with the tokens).
+        def of_best_beam(s):
+            beams = tf.reshape(s, tf.concat([[batch_size, k], tf.shape(s)[1:]], 0))
+            return tf.ensure_shape(tf.gather(beams, best, batch_dims=1), [None, *s.shape[1:]])
+        found.append(tf.nest.map_structure(of_best_beam, state))
+    if return_beams:
+        ranked, order = tf.math.top_k(ranked, k)  # sorted, best first (ties: the lower beam)
+        found += [tf.gather(seqs, order, batch_dims=1), ranked]
+    return tuple(found)
 
 
 def decode_features(model, features, config: DecodeConfig, method="greedy",

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from data.vocabulary import END_ID, SPECIAL_TOKENS, START_ID
-from model.decoding import DecodeConfig, beam_search, greedy_search, ids_to_captions, words_table
+from model.decoding import (DecodeConfig, beam_search, greedy_search, ids_to_captions,
+                            sample_search, words_table)
 
 # Tokens: 0 <pad>, 1 <start>, 2 <end>, 3 <unk>, 4 "a", 5 "b", 6 "c".
 TOKENS = [*SPECIAL_TOKENS, "a", "b", "c"]
@@ -115,3 +116,53 @@ def test_ids_to_captions_drops_special_tokens():
 def test_decode_config_validation():
     with pytest.raises(ValueError, match="beam_width"):
         DecodeConfig(beam_width=0)
+
+
+def test_sampling_follows_the_model_distribution():
+    """After <start>: "a" 0.6 / "b" 0.4; after "b" <end> 0.99. 4 images x 500 samples: the first
+    token's frequencies match, every sample is padded after its <end>, its log_prob is the
+    model's own, and the samples of an image sit in consecutive rows."""
+    tf.random.set_seed(0)
+    ids, log_prob = sample_search(markov_step(TRAP), dummy_state(4), 4, max_new_tokens=6,
+                                  num_samples=500)
+    ids, log_prob = ids.numpy(), log_prob.numpy()
+    assert ids.shape[0] == 2000 and log_prob.shape == (2000,)
+    first = ids[:, 0]
+    assert abs(np.mean(first == 4) - 0.6) < 0.05 and set(first) <= {4, 5}
+    for row, lp in zip(ids, log_prob):
+        ended = np.flatnonzero(row == END_ID)
+        if len(ended):
+            assert (row[ended[0] + 1:] == 0).all()
+        steps = row[:ended[0] + 1] if len(ended) else row
+        expected = sum(np.log(TRAP[prev][tok] + 1e-9)
+                       for prev, tok in zip([START_ID, *steps[:-1]], steps))
+        assert lp == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    b_then_end = (ids[:, 0] == 5) & (ids[:, 1] == END_ID)
+    assert abs(b_then_end.mean() - 0.4 * 0.99) < 0.05
+
+
+def test_sampling_temperature_sharpens_and_refuses_bad_settings():
+    tf.random.set_seed(1)
+    ids, _ = sample_search(markov_step(TRAP), dummy_state(1), 1, 3, num_samples=400,
+                           temperature=0.25)
+    assert np.mean(ids.numpy()[:, 0] == 4) > 0.75  # 0.6 / 0.4 at temperature 1
+    for bad in ({"num_samples": 0}, {"num_samples": 2, "temperature": 0.0}):
+        with pytest.raises(ValueError, match="num_samples"):
+            sample_search(markov_step(TRAP), dummy_state(1), 1, 3, **bad)
+
+
+def test_beam_alternatives_are_every_beam_best_first():
+    ids, log_prob, beams, scores = beam_search(markov_step(TRAP), dummy_state(2), 2,
+                                               max_new_tokens=8, beam_width=3,
+                                               length_penalty=0.7, return_beams=True)
+    beams, scores = beams.numpy(), scores.numpy()
+    assert beams.shape[:2] == (2, 3) and scores.shape == (2, 3)
+    np.testing.assert_array_equal(beams[:, 0], ids.numpy())      # the first is the caption
+    assert (np.diff(scores, axis=1) <= 0).all()                    # best first
+    assert len({tuple(b) for b in beams[0]}) == 3                 # three different captions
+    for beam, score in zip(beams[0], scores[0]):                   # length-normalised log-prob
+        ended = np.flatnonzero(beam == END_ID)
+        steps = beam[:ended[0] + 1] if len(ended) else beam
+        total = sum(np.log(TRAP[prev][tok] + 1e-9)
+                    for prev, tok in zip([START_ID, *steps[:-1]], steps))
+        assert score == pytest.approx(total / len(steps) ** 0.7, rel=1e-4)
