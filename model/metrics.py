@@ -1,4 +1,5 @@
-"""Caption evaluation done right: corpus BLEU over all references, plus COCO's BLEU and CIDEr-D.
+"""Caption evaluation done right: corpus BLEU over all references, plus the table papers print
+(pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L and CIDEr-D).
 
 What the original project got wrong, and what this module does instead:
 - It averaged NLTK `sentence_bleu` over 100 random caption rows, each scored against ONE reference
@@ -19,12 +20,19 @@ Two implementations are reported side by side:
   we do not want a second tokenisation rule). pycocoevalcap's Cider class is CIDEr-D (clipped
   n-gram counts, Gaussian length penalty sigma=6, x10). Its idf comes from the references of the
   images being scored, so it is only meaningful over many images: over ONE image it is always 0.
+- "meteor" and "rouge_l": pycocoevalcap's Meteor (METEOR 1.5, a Java program whose jar and
+  paraphrase table ship in the wheel, so it runs offline; MeteorScorer starts it once per
+  evaluation) and Rouge (ROUGE-L, beta 1.2), on the same cleaned captions. Without Java "meteor"
+  is None and "meteor_skipped" says why. SPICE is not reported: it downloads Stanford CoreNLP at
+  run time.
 """
 import dataclasses
 import datetime
 import importlib.metadata
 import json
 import re
+import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +40,8 @@ from typing import Sequence
 from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
 
 from data.captions import caption_words, clean_captions
 from data.files import atomic_write
@@ -41,6 +51,59 @@ _SPECIAL_TOKEN_RE = re.compile("|".join(re.escape(token) for token in SPECIAL_TO
 
 # Cumulative BLEU-n: uniform weights over orders 1..n.
 BLEU_WEIGHTS = [tuple([1.0 / n] * n) for n in range(1, 5)]
+METEOR_TIMEOUT_SECONDS = 600  # a JVM that stops answering must not hang an evaluation
+
+
+class MeteorScorer:
+    """pycocoevalcap's METEOR 1.5, one Java process for all the scores of an evaluation (starting
+    it and loading its paraphrase table takes ~10 s). `skipped` says why when it cannot run."""
+
+    def __init__(self):
+        self.skipped, self._meteor = "", None
+        if shutil.which("java") is None:
+            self.skipped = ("no Java runtime on PATH: METEOR 1.5 is a Java program "
+                            "(apt-get install default-jre-headless)")
+            return
+        try:
+            self._meteor = Meteor()
+        except OSError as error:
+            self.skipped = f"METEOR could not start java: {error}"
+
+    def score(self, gts: dict, res: dict) -> float | None:
+        if self._meteor is None:
+            return None
+        result = []
+        worker = threading.Thread(target=lambda: result.append(self._compute(gts, res)),
+                                  daemon=True)
+        worker.start()
+        worker.join(METEOR_TIMEOUT_SECONDS)
+        if not result or isinstance(result[0], str):
+            self.skipped = result[0] if result else (
+                f"METEOR gave no answer within {METEOR_TIMEOUT_SECONDS} s")
+            self.close()
+            return None
+        return result[0]
+
+    def _compute(self, gts, res):
+        try:
+            return float(self._meteor.compute_score(gts, res)[0])
+        except (OSError, ValueError) as error:  # the Java process died or answered garbage
+            return f"METEOR failed: {type(error).__name__}: {error}"
+
+    def close(self) -> None:
+        """Stops the Java process. pycocoevalcap's own clean-up waits for a lock a failed call
+        never released, so the process is stopped here and the lock replaced."""
+        if self._meteor is not None:
+            self._meteor.meteor_p.kill()
+            self._meteor.meteor_p.wait()
+            self._meteor.lock = threading.Lock()
+            self._meteor = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _check_inputs(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> None:
@@ -86,7 +149,8 @@ def _nltk_bleu(clean_refs: list[list[str]], clean_preds: list[str]) -> dict:
     return {f"bleu{n}": float(s) for n, s in enumerate(scores, start=1)}
 
 
-def _coco(clean_refs: list[list[str]], clean_preds: list[str]) -> dict:
+def _coco(clean_refs: list[list[str]], clean_preds: list[str],
+          meteor: MeteorScorer | None = None) -> dict:
     # pycocoevalcap splits on whitespace, which is exactly caption_words on a cleaned caption.
     gts = {i: refs for i, refs in enumerate(clean_refs)}
     res = {i: [pred] for i, pred in enumerate(clean_preds)}
@@ -94,6 +158,10 @@ def _coco(clean_refs: list[list[str]], clean_preds: list[str]) -> dict:
     cider, _ = Cider().compute_score(gts, res)
     scores = {f"coco_bleu{n}": float(s) for n, s in enumerate(bleu, start=1)}
     scores["cider_d"] = float(cider)
+    scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    scores["meteor"] = meteor.score(gts, res) if meteor else None
+    if scores["meteor"] is None:
+        scores["meteor_skipped"] = meteor.skipped if meteor else "not requested"
     return scores
 
 
@@ -106,28 +174,34 @@ def corpus_bleu_scores(references: Sequence[Sequence[str]], predictions: Sequenc
     return _nltk_bleu(*_prepare(references, predictions))
 
 
-def coco_scores(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict:
-    """pycocoevalcap BLEU-1..4 ("coco_bleu1".."coco_bleu4") and CIDEr-D ("cider_d")."""
-    return _coco(*_prepare(references, predictions))
+def coco_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
+                meteor: MeteorScorer | None = None) -> dict:
+    """pycocoevalcap BLEU-1..4 ("coco_bleu1".."coco_bleu4"), ROUGE-L ("rouge_l"), CIDEr-D
+    ("cider_d") and, with a MeteorScorer, METEOR ("meteor"; else None and "meteor_skipped")."""
+    return _coco(*_prepare(references, predictions), meteor)
 
 
-def caption_scores(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict:
-    """All scores (NLTK BLEU, COCO BLEU, CIDEr-D) plus the number of images and references."""
+def caption_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
+                   meteor: MeteorScorer | None = None) -> dict:
+    """All scores (NLTK BLEU and coco_scores) plus the number of images and references."""
     clean_refs, clean_preds = _prepare(references, predictions)
-    scores = _nltk_bleu(clean_refs, clean_preds) | _coco(clean_refs, clean_preds)
+    scores = _nltk_bleu(clean_refs, clean_preds) | _coco(clean_refs, clean_preds, meteor)
     scores["num_images"] = len(clean_refs)
     scores["num_references"] = sum(len(refs) for refs in clean_refs)
     return scores
 
 
 def score_line(label: str, scores: dict, label_width: int = 17) -> str:
-    """One method's scores as every command prints them:
-    `           greedy  BLEU-1..4 0.892 0.800 0.694 0.584  CIDEr-D 2.196`."""
+    """One method's scores as every command prints them (METEOR "-" when it was skipped):
+    `   greedy  BLEU-1..4 0.892 0.800 0.694 0.584  METEOR 0.412  ROUGE-L 0.731  CIDEr-D 2.196`."""
     bleu = " ".join(f"{scores[f'bleu{n}']:.3f}" for n in range(1, 5))
-    return f"{label:>{label_width}}  BLEU-1..4 {bleu}  CIDEr-D {scores['cider_d']:.3f}"
+    meteor = "-" if scores.get("meteor") is None else f"{scores['meteor']:.3f}"
+    return (f"{label:>{label_width}}  BLEU-1..4 {bleu}  METEOR {meteor}  "
+            f"ROUGE-L {scores['rouge_l']:.3f}  CIDEr-D {scores['cider_d']:.3f}")
 
 
-def majority_baseline(train_captions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+def majority_baseline(train_captions: Sequence[str], references: Sequence[Sequence[str]],
+                      meteor: MeteorScorer | None = None) -> dict:
     """Scores of predicting the most frequent (cleaned) training caption for every image.
 
     A trained model has to beat this; the chosen caption is returned as "majority_caption".
@@ -136,7 +210,7 @@ def majority_baseline(train_captions: Sequence[str], references: Sequence[Sequen
     if isinstance(train_captions, str) or not train_captions:
         raise ValueError(f"train_captions must be a non-empty list of strings, got {train_captions!r}")
     caption, count = Counter(clean_captions(list(train_captions))).most_common(1)[0]
-    scores = caption_scores(references, [caption] * len(references))
+    scores = caption_scores(references, [caption] * len(references), meteor)
     return scores | {"majority_caption": caption, "majority_count": count}
 
 
@@ -147,6 +221,17 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"evaluation_report cannot write a {type(value).__name__} to JSON: {value!r}")
+
+
+def coco_results(image_names: Sequence[str], captions: Sequence[str], path) -> None:
+    """Writes COCO's results format, [{"image_id": ..., "caption": ...}], so coco-caption scripts
+    can score a run. image_id is a Flickr-style file name's number (1000092795.jpg -> 1000092795),
+    else the file name."""
+    if len(image_names) != len(captions):
+        raise ValueError(f"got {len(image_names)} image names for {len(captions)} captions")
+    rows = [{"image_id": int(Path(name).stem) if Path(name).stem.isdigit() else name,
+             "caption": caption} for name, caption in zip(image_names, captions)]
+    atomic_write(path, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
 
 
 def evaluation_report(scores: dict, samples: list[dict], settings: dict, path) -> None:

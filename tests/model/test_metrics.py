@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
 
 from data.captions import clean_caption
 from data.vocabulary import SPECIAL_TOKENS
-from model.metrics import (caption_scores, coco_scores, corpus_bleu_scores, evaluation_report,
-                           majority_baseline, score_line)
+from model import metrics
+from model.metrics import (MeteorScorer, caption_scores, coco_results, coco_scores,
+                           corpus_bleu_scores, evaluation_report, majority_baseline, score_line)
 
 # Two images; raw captions (capitals, punctuation, special tokens) to exercise cleaning too.
 HAND_REFS = [
@@ -212,6 +215,62 @@ def test_evaluation_report_writes_json_atomically(tmp_path):
 
 
 def test_score_line_is_the_one_printed_format():
-    scores = {"bleu1": 0.8923, "bleu2": 0.8, "bleu3": 0.6944, "bleu4": 0.5836, "cider_d": 2.1962}
+    scores = {"bleu1": 0.8923, "bleu2": 0.8, "bleu3": 0.6944, "bleu4": 0.5836, "cider_d": 2.1962,
+              "meteor": 0.41234, "rouge_l": 0.7309}
     assert score_line("greedy", scores) == (
-        "           greedy  BLEU-1..4 0.892 0.800 0.694 0.584  CIDEr-D 2.196")
+        "           greedy  BLEU-1..4 0.892 0.800 0.694 0.584  METEOR 0.412  ROUGE-L 0.731  "
+        "CIDEr-D 2.196")
+    assert "METEOR -  ROUGE-L" in score_line("beam", scores | {"meteor": None})
+
+
+def test_meteor_and_rouge_l_equal_pycocoevalcap_on_the_same_tokens():
+    ref_tokens, pred_tokens = _tokens(REAL_REFS, REAL_PREDS)
+    gts = {i: [" ".join(r) for r in rs] for i, rs in enumerate(ref_tokens)}
+    res = {i: [" ".join(p)] for i, p in enumerate(pred_tokens)}
+    with MeteorScorer() as meteor:
+        assert meteor.skipped == ""
+        ours = caption_scores(REAL_REFS, REAL_PREDS, meteor)
+        again = caption_scores(REAL_REFS, REAL_PREDS, meteor)  # one Java process, many calls
+    direct = Meteor()
+    assert ours["meteor"] == pytest.approx(direct.compute_score(gts, res)[0], abs=1e-12)
+    assert ours["rouge_l"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-12)
+    assert again["meteor"] == ours["meteor"] and 0 < ours["meteor"] < 1
+    assert "meteor_skipped" not in ours
+    assert caption_scores(REAL_REFS, REAL_PREDS)["meteor_skipped"] == "not requested"
+
+
+def _fake_java(folder, script: str):
+    """A `java` on PATH that is not Java: it exits at once, or never answers."""
+    java = folder / "java"
+    java.write_text("#!/bin/sh\n" + script + "\n")
+    java.chmod(0o755)
+
+
+@pytest.mark.parametrize("script, reason", [("exit 1", "METEOR failed"),
+                                            ("exec /bin/sleep 600", "no answer within 2 s")])
+def test_meteor_that_cannot_run_is_skipped_with_the_reason(tmp_path, monkeypatch, script, reason):
+    _fake_java(tmp_path, script)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(metrics, "METEOR_TIMEOUT_SECONDS", 2)
+    with MeteorScorer() as meteor:
+        scores = caption_scores(REAL_REFS, REAL_PREDS, meteor)
+    assert scores["meteor"] is None and reason in scores["meteor_skipped"]
+    assert scores["cider_d"] > 0 and scores["rouge_l"] > 0  # the other scores are still there
+
+
+def test_without_java_meteor_is_skipped_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no java
+    with MeteorScorer() as meteor:
+        scores = majority_baseline(["a dog runs"], REAL_REFS[:2], meteor)
+    assert scores["meteor"] is None and "no Java runtime" in scores["meteor_skipped"]
+    assert "default-jre-headless" in scores["meteor_skipped"]
+
+
+def test_coco_results_file(tmp_path):
+    path = tmp_path / "captions_greedy.json"
+    coco_results(["1000092795.jpg", "scene_00004.jpg"], ["two men", "a red circle"], path)
+    assert json.loads(path.read_text()) == [{"image_id": 1000092795, "caption": "two men"},
+                                            {"image_id": "scene_00004.jpg",
+                                             "caption": "a red circle"}]
+    with pytest.raises(ValueError, match="2 image names for 1 captions"):
+        coco_results(["a.jpg", "b.jpg"], ["x"], path)
