@@ -197,3 +197,30 @@ def _assemble(batches: tf.data.Dataset, examples: CaptionExamples, table: tf.Var
 
     return (batches.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def image_batches(features: np.ndarray, image_rows: Sequence[int], references: np.ndarray,
+                  batch_size: int, seed: int = 0) -> tf.data.Dataset:
+    """Shuffled batches of images for self-critical training: (features float32 [B, ...],
+    reference token ids int32 [B, R, L]), where references[i] holds the references of the image
+    in feature row image_rows[i] (model.cider.CiderReferences.tokens)."""
+    if len(image_rows) != len(references):
+        raise ValueError(f"got {len(image_rows)} image rows for {len(references)} reference sets")
+    if batch_size < 1 or not len(image_rows):
+        raise ValueError(f"need batch_size >= 1 and at least one image, got {batch_size}, "
+                         f"{len(image_rows)} images")
+    table = _feature_table(features)
+    rows = tf.constant(np.asarray(image_rows, np.int64))
+    if int(tf.reduce_max(rows)) >= table.shape[0]:
+        raise ValueError(f"image row {int(tf.reduce_max(rows))} is beyond the feature matrix's "
+                         f"{table.shape[0]} rows")
+    references = tf.constant(np.asarray(references, np.int32))
+
+    def make_batch(indices):
+        batch = tf.cast(tf.gather(table, tf.gather(rows, indices)), tf.float32)
+        return batch, tf.gather(references, indices)
+
+    return (tf.data.Dataset.range(len(image_rows))
+            .shuffle(len(image_rows), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from model.encoder import FEATURE_DIM, GRID
+from model.scst import self_critical_step
 
 # Training's Keras dtype policies by precision name; logits and loss stay float32 under both
 # 16-bit policies (logits_dtype, MaskedCaptionLoss).
@@ -82,11 +83,21 @@ def logits_dtype() -> str | None:
 
 
 class CaptionerBase(keras.Model):
-    """What both model families share: Keras 3.15 workarounds for multi-worker fit, and
-    build_for. Subclasses set self.config and define initial_state, call and step."""
+    """What both model families share: self-critical training (model/scst.py), Keras 3.15
+    workarounds for multi-worker fit, and build_for. Subclasses set self.config and define
+    initial_state, call and step."""
+
+    self_critical = None  # a model.scst.SelfCritical once model.scst.enable() was called
+
+    @property
+    def metrics(self):
+        extra = [self.self_critical.mean_reward] if self.self_critical else []
+        return super().metrics + extra  # Keras resets and logs these every epoch
 
     # --- Keras 3.15 under MultiWorkerMirroredStrategy: two workarounds, found by running it ----
     def train_step(self, data):
+        if self.self_critical is not None:
+            return self._logs_for_multi_worker(self_critical_step(self, data))
         return self._logs_for_multi_worker(super().train_step(data))
 
     def test_step(self, data):

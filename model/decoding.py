@@ -181,18 +181,21 @@ def beam_search(step_fn, state, batch_size, max_new_tokens, beam_width=3, length
 
 
 def decode_features(model, features, config: DecodeConfig, method="greedy",
-                    return_attention=False):
+                    return_attention=False, num_samples=1):
     """Captioner + image features ([B, F] pooled, [B, H, W, F] for the attention model) ->
-    (ids [B, L], log_prob [B]) by greedy or beam search.
+    (ids [B, L], log_prob [B]) by greedy or beam search; method "sample" draws num_samples
+    captions per image instead (ids [B * num_samples, L], see sample_search).
 
     return_attention (attention models only) adds the maps aligned to the caption's words,
     float32 [B, max_new_tokens, H, W] (see aligned_attention): the model's step records each
     step's weights in the decoder state, so beam search carries them along with its beams.
     """
-    if method not in ("greedy", "beam"):
-        raise ValueError(f"decoding method must be 'greedy' or 'beam', got {method!r}")
+    if method not in ("greedy", "beam", "sample"):
+        raise ValueError(f"decoding method must be 'greedy', 'beam' or 'sample', got {method!r}")
     batch_size = tf.shape(features)[0]
     state = model.initial_state(features)
+    if method == "sample":
+        return sample_search(model.step, state, batch_size, config.max_new_tokens, num_samples)
     if return_attention:
         state = model.recording_state(state, config.max_new_tokens)
     if method == "greedy":
