@@ -1,0 +1,1 @@
+"""Speed measurements, each run as `python -m benchmarks.NAME` from the repository root."""
