@@ -1,5 +1,7 @@
-"""What every benchmark shares: the one round-robin timer, batch-1 latency, the machine record
-every JSON carries, and `report` (print the JSON, save benchmarks/results/<name>.json)."""
+"""What every benchmark shares: the command line (`parse`), the one round-robin timer, batch-1
+latency, the machine record every JSON carries, and `report` (print and save the JSON)."""
+import argparse
+import dataclasses
 import importlib.metadata
 import itertools
 import json
@@ -8,6 +10,7 @@ import platform
 import statistics
 import sys
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,32 @@ RESULTS = REPO / "benchmarks" / "results"
 # changes from day to day: every JSON says which ran.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 median = statistics.median
+
+
+def parse(doc: str, config_class, quick: dict, argv=None, **flags):
+    """(config, args): --quick applies `quick`, then each --field given (both --a-b and --a_b
+    spellings) sets one int, float, str or bool field of the dataclass; `flags` adds others:
+    {name: add_argument keywords}."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"a smoke run: {quick}")
+    for name, keywords in flags.items():
+        p.add_argument(f"--{name.replace('_', '-')}", **keywords)
+    fields = {}
+    for field in dataclasses.fields(config_class):
+        kind = (typing.get_args(field.type) or (field.type,))[0]
+        if kind in (int, float, str, bool):
+            fields[field.name] = field
+            p.add_argument(*dict.fromkeys([f"--{field.name.replace('_', '-')}", f"--{field.name}"]),
+                           default=None, help=f"default {field.default!r}", **(
+                               {"action": argparse.BooleanOptionalAction} if kind is bool
+                               else {"type": kind}))
+    args = p.parse_args(argv)
+    given = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+    for name, value in given.items():
+        low = 0 if fields[name].default == 0 else 1
+        if type(value) is int and value < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    return config_class(**{**(quick if args.quick else {}), **given}), args
 
 
 def round_robin(tasks: dict, repeats: int, warmup: int = 1, desc: str = "repetitions"):

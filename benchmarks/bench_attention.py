@@ -9,7 +9,6 @@ recipe: test BLEU-1..4 / CIDEr-D (greedy and beam), seconds per epoch, and serve
 batch 32 (float32 exports, session path, round-robin). Runs go to benchmarks/work/attention/;
 --reuse keeps finished runs of an earlier call; --picture draws a test image's served maps.
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks._timing import REPO, machine, median, report, round_robin  # noqa: E402
+from benchmarks._timing import REPO, machine, median, parse, report, round_robin  # noqa: E402
 from benchmarks._trained_model import caption, train  # noqa: E402
 
 PRESET_NAMES = ("default", "attention")
@@ -36,6 +35,9 @@ class AttentionBenchConfig:
     reuse: bool = False
     picture: str | None = None
     picture_index: int = 0          # which test image the picture shows
+
+
+QUICK = {"num_images": 300, "epochs": 3, "repeats": 2}
 
 
 def train_preset(name: str, data, work: Path, config: AttentionBenchConfig) -> dict:
@@ -114,19 +116,7 @@ def run_benchmark(config: AttentionBenchConfig) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="300 images, 3 epochs, 2 repeats")
-    p.add_argument("--epochs", type=int, help="default 12 (the demo's); --quick: 3")
-    p.add_argument("--repeats", type=int, help="timed batches per model and signature (5)")
-    p.add_argument("--reuse", action="store_true", help="keep finished runs of an earlier call")
-    p.add_argument("--picture", help="write the attention strip of a test image to this PNG")
-    p.add_argument("--picture-index", type=int, default=0, help="which test image (0)")
-    args = p.parse_args(argv)
-    config = AttentionBenchConfig(reuse=args.reuse, picture=args.picture,
-                                  picture_index=args.picture_index)
-    if args.quick:
-        config = dataclasses.replace(config, num_images=300, epochs=3, repeats=2)
-    config.epochs, config.repeats = args.epochs or config.epochs, args.repeats or config.repeats
+    config, args = parse(__doc__, AttentionBenchConfig, QUICK, argv)
     report("bench_attention" + ("_quick" if args.quick else ""), run_benchmark(config))
 
 

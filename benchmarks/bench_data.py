@@ -1,8 +1,7 @@
 """Data-path benchmarks (one JSON object):
 
     python -m benchmarks.bench_data [--images 256] [--rounds 3] [--skip-extraction]
-                                    [--skip-spatial] [--skip-input-pipeline]
-    python -m benchmarks.bench_data --quick       # 64 images, 2 rounds
+                                    [--skip-spatial] [--skip-input-pipeline] [--quick]
 
 feature_extraction  files -> cache (read, decode, ResNet50, shards) vs the bare encoder on the same
                     images decoded in memory: images/s and images per CPU-second, target >= 0.9.
@@ -11,7 +10,7 @@ spatial_extraction  the same pipeline storing 7x7x2048 float16 maps vs pooled 20
 input_pipeline      training_dataset batches/s at Flickr30k scale vs one training step of a plain
                     Embedding + LSTM(512) + Dense(20013) model: the headroom.
 """
-import argparse
+import dataclasses
 import itertools
 import os
 import pathlib
@@ -25,7 +24,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._synthetic import photo_jpegs, synthetic_captions  # noqa: E402
-from benchmarks._timing import machine, median, paired, report, round_robin, rounded  # noqa: E402
+from benchmarks._timing import (machine, median, paired, parse, report, round_robin,  # noqa: E402
+                                rounded)
 from data.feature_cache import FLICKR30K_IMAGES, _encode_function, extract_features  # noqa: E402
 from data.images import decode_one  # noqa: E402
 from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
@@ -33,6 +33,15 @@ from model.encoder import EncoderConfig, build_encoder  # noqa: E402
 
 BATCH = 32
 FLICKR_IMAGES, VOCAB = 29_000, 20_013
+
+
+@dataclasses.dataclass
+class DataBenchConfig:
+    images: int = 256
+    rounds: int = 3
+    skip_extraction: bool = False
+    skip_spatial: bool = False
+    skip_input_pipeline: bool = False
 
 
 def bench_extraction(num_images: int, rounds: int, bare: bool, spatial: bool) -> dict:
@@ -169,22 +178,13 @@ def bench_input_pipeline(rounds: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--images", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--skip-extraction", action="store_true")
-    p.add_argument("--skip-spatial", action="store_true")
-    p.add_argument("--skip-input-pipeline", action="store_true")
-    p.add_argument("--quick", action="store_true", help="64 images, 2 rounds")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.images, args.rounds = 64, 2
-    result = {"benchmark": "bench_data", "machine": machine()}
-    if not (args.skip_extraction and args.skip_spatial):
-        result.update(bench_extraction(args.images, args.rounds, not args.skip_extraction,
-                                       not args.skip_spatial))
-    if not args.skip_input_pipeline:
-        result["input_pipeline"] = bench_input_pipeline(args.rounds)
+    config = parse(__doc__, DataBenchConfig, {"images": 64, "rounds": 2}, argv)[0]
+    result = {"benchmark": "bench_data", "machine": machine(), "settings": dataclasses.asdict(config)}
+    if not (config.skip_extraction and config.skip_spatial):
+        result.update(bench_extraction(config.images, config.rounds, not config.skip_extraction,
+                                       not config.skip_spatial))
+    if not config.skip_input_pipeline:
+        result["input_pipeline"] = bench_input_pipeline(config.rounds)
     report("bench_data", result)
 
 

@@ -2,12 +2,10 @@
 tf.function with an input_signature, as model/evaluate.py runs it), seed-preset model with random
 weights, V 20,013 (the original's) and 7,500 (min count 5 on Flickr30k), batch 1 and 32:
 
-    python -m benchmarks.bench_decode [--steps 40]
-    python -m benchmarks.bench_decode --quick      # fewer repetitions
+    python -m benchmarks.bench_decode [--steps 40] [--quick]
 
 Every caption runs exactly `steps` steps: <end> gets a -1e4 bias, so ms/step = call time / steps.
 """
-import argparse
 import dataclasses
 import os
 
@@ -17,7 +15,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._synthetic import FEATURE_DIM  # noqa: E402
-from benchmarks._timing import machine, median, report, round_robin, rounded  # noqa: E402
+from benchmarks._timing import machine, median, parse, report, round_robin, rounded  # noqa: E402
 from data.vocabulary import END_ID  # noqa: E402
 from model.base import ModelConfig  # noqa: E402
 from model.decoding import DecodeConfig, decode_features  # noqa: E402
@@ -84,11 +82,7 @@ def bench_vocab(vocab_size: int, config: DecodeBenchConfig) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=DecodeBenchConfig.steps)
-    p.add_argument("--quick", action="store_true", help="fewer repetitions: " + str(QUICK))
-    args = p.parse_args(argv)
-    config = DecodeBenchConfig(steps=args.steps, **(QUICK if args.quick else {}))
+    config = parse(__doc__, DecodeBenchConfig, QUICK, argv)[0]
     result = {"benchmark": "bench_decode", "machine": machine(),
               "settings": dataclasses.asdict(config),
               "model": {**PRESETS["seed"]["model"], "feature_dim": FEATURE_DIM},

@@ -3,6 +3,7 @@
     python -m benchmarks.bench_export              # +3 min the first time (trains and exports
                                                    # benchmarks/_trained_model.py's model)
     python -m benchmarks.bench_export --quick      # batch 8, 2 repetitions, 5 latency calls
+    python -m benchmarks.bench_export --no-profile --repeats 5 --latency-calls 20
 
 end_to_end        serving_default (image bytes -> caption) vs the same ResNet50 on the same images
                   decoded in memory, called the fastest in-process way; target ratio >= 0.9.
@@ -12,7 +13,6 @@ caption_features  features [batch, 2048] -> caption: the decoder's share.
 profile           where serving_default's time goes: its stages as endpoints of a SavedModel of
                   the same weights, run through the same session path.
 """
-import argparse
 import dataclasses
 import os
 import tempfile
@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._synthetic import photo_jpegs  # noqa: E402
-from benchmarks._timing import (REPO, latency, machine, median, ms, paired, report,  # noqa: E402
-                                round_robin, rounded)
+from benchmarks._timing import (REPO, latency, machine, median, ms, paired, parse,  # noqa: E402
+                                report, round_robin, rounded)
 from benchmarks._trained_model import caption, ensure_benchmark_model  # noqa: E402
 from data.images import decode_batch  # noqa: E402
 from export.artifact import SessionModel, latest_version  # noqa: E402
@@ -204,19 +204,7 @@ def profile_breakdown(times: dict, batch: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--repeats", type=int, default=ExportBenchConfig.repeats)
-    p.add_argument("--latency-calls", type=int, default=ExportBenchConfig.latency_calls)
-    p.add_argument("--no-profile", action="store_true", help="skip the stage breakdown")
-    p.add_argument("--workdir", default=ExportBenchConfig.workdir, help="benchmark model folder")
-    p.add_argument("--quick", action="store_true", help="a smoke run: " + str(QUICK))
-    args = p.parse_args(argv)
-    if min(args.repeats, args.latency_calls) < 1:
-        p.error("--repeats and --latency-calls must be >= 1")
-    config = ExportBenchConfig(**{"repeats": args.repeats, "latency_calls": args.latency_calls,
-                                  "profile": not args.no_profile, "workdir": args.workdir,
-                                  **(QUICK if args.quick else {})})
-    report("bench_export", run_benchmark(config))
+    report("bench_export", run_benchmark(parse(__doc__, ExportBenchConfig, QUICK, argv)[0]))
 
 
 if __name__ == "__main__":

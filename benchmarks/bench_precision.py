@@ -15,7 +15,6 @@ attribution       greedy captions with only the ResNet50 trunk, only the decoder
 training_speed    float32 vs mixed_bfloat16 train_on_batch captions/s at bench_train's shapes.
 training_quality  the built-in data trained in float32 and mixed_bfloat16: best val loss.
 """
-import argparse
 import dataclasses
 import json
 import multiprocessing
@@ -28,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from benchmarks._synthetic import photo_jpegs  # noqa: E402
-from benchmarks._timing import (latency, machine, median, paired, report,  # noqa: E402
+from benchmarks._timing import (latency, machine, median, paired, parse, report,  # noqa: E402
                                 round_robin, rounded)
 from benchmarks._trained_model import (BenchmarkModelConfig, caption,  # noqa: E402
                                        ensure_benchmark_model, train_benchmark_run)
@@ -251,18 +250,8 @@ def run_benchmark(config: PrecisionBenchConfig, parts) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="300 images, fewer repetitions")
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    p.add_argument("--repeats", type=int, help="round-robin repetitions at batch 32")
-    p.add_argument("--train-repeats", type=int, help="training_speed repetitions")
-    args = p.parse_args(argv)
-    config = PrecisionBenchConfig(**(QUICK if args.quick else {}))
-    for name in ("repeats", "train_repeats"):
-        if getattr(args, name) is not None:
-            if getattr(args, name) < 1:
-                p.error(f"--{name.replace('_', '-')} must be >= 1")
-            setattr(config, name, getattr(args, name))
+    config, args = parse(__doc__, PrecisionBenchConfig, QUICK, argv,
+                         parts={"nargs": "+", "default": list(PARTS), "choices": PARTS})
     name = "bench_precision" + ("_quick" if args.quick else "") + \
         ("" if set(args.parts) == set(PARTS) else "_" + "_".join(args.parts))
     report(name, run_benchmark(config, set(args.parts)))

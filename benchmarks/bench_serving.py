@@ -8,8 +8,8 @@ REST and gRPC with 1 and 8 concurrent clients (serving.client), requests of --im
 images. Each server run sits between two in-process runs (TF Serving's session path, one caller,
 back to back) and is compared with their mean; target >= 0.8x in-process at 8 REST clients.
 """
-import argparse
 import concurrent.futures
+import dataclasses
 import json
 import math
 import os
@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import requests  # noqa: E402
 
 from benchmarks._synthetic import photo_jpegs  # noqa: E402
-from benchmarks._timing import REPO, machine, median, report  # noqa: E402
+from benchmarks._timing import REPO, machine, median, parse, report  # noqa: E402
 from benchmarks._trained_model import caption, ensure_benchmark_model  # noqa: E402
 from export.artifact import SessionModel, latest_version  # noqa: E402
 from serving.client import GrpcClient, RestClient  # noqa: E402
@@ -98,27 +98,25 @@ def server_throughput(make_client, batches: list[list[bytes]], clients: int) -> 
             "failures": sum(f for _, f in results)}
 
 
+@dataclasses.dataclass
+class ServingBenchConfig:
+    model_base_path: str | None = None  # default: the benchmark model's export
+    images: int = 32                    # distinct 500x375 photo-like JPEGs
+    images_per_request: int = 1
+    requests: int = 160                 # per scenario
+    repeats: int = 3                    # runs per scenario; the median (by ratio) is kept
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model_base_path", help="export base folder (default: the benchmark's)")
-    parser.add_argument("--images", type=int, default=32, help="distinct test images")
-    parser.add_argument("--image-size", default="500x375", help="WxH of the JPEGs (Flickr-like)")
-    parser.add_argument("--images-per-request", type=int, default=1)
-    parser.add_argument("--requests", type=int, default=160, help="requests per scenario")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per scenario (median kept)")
-    parser.add_argument("--quick", action="store_true", help="8 images, 16 requests, 1 repeat")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.images, args.requests, args.repeats = 8, 16, 1
-    base = Path(args.model_base_path or ensure_benchmark_model()[1]).resolve()
-    images = photo_jpegs(args.images, *map(int, args.image_size.split("x")))
-    per = args.images_per_request
+    config = parse(__doc__, ServingBenchConfig, {"images": 8, "requests": 16, "repeats": 1},
+                   argv)[0]
+    base = Path(config.model_base_path or ensure_benchmark_model()[1]).resolve()
+    images, per = photo_jpegs(config.images), config.images_per_request
     batches = [[images[(i * per + j) % len(images)] for j in range(per)]
-               for i in range(args.requests)]
+               for i in range(config.requests)]
     result = {"benchmark": "bench_serving", "machine": machine(), "model": str(base),
-              "images": args.images, "image_size": args.image_size, "images_per_request": per,
-              "requests_per_scenario": args.requests, "server": []}
+              "images": config.images, "image_size": "500x375", "images_per_request": per,
+              "requests_per_scenario": config.requests, "repeats": config.repeats, "server": []}
     model = SessionModel(latest_version(base))
     log = open(Path(tempfile.mkdtemp(prefix="bench_serving_")) / "server.log", "wb")
     server, rest_url, grpc_target = start_server(base, log)
@@ -127,7 +125,7 @@ def main(argv=None) -> None:
             client = (lambda: RestClient(rest_url, batch_size=per, timeout=120)) if api == "rest" \
                 else (lambda: GrpcClient(grpc_target, batch_size=per, timeout=120))
             runs = []  # in-process right before and after each server run: load hits both alike
-            for _ in range(args.repeats):
+            for _ in range(config.repeats):
                 before = in_process_images_per_s(model, batches)
                 run = server_throughput(client, batches, clients)
                 baseline = (before + in_process_images_per_s(model, batches)) / 2

@@ -6,7 +6,6 @@
     python -m benchmarks.bench_train --full-scale [--steps N]   # one Flickr30k-sized epoch
     python -m benchmarks.bench_train --quick    # a smoke run of the first line
 """
-import argparse
 import dataclasses
 import os
 import resource
@@ -21,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks._synthetic import synthetic_captions  # noqa: E402
-from benchmarks._timing import machine, median, report, round_robin, rounded  # noqa: E402
+from benchmarks._timing import machine, median, parse, report, round_robin, rounded  # noqa: E402
 from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
 from model.base import MaskedCaptionLoss, ModelConfig  # noqa: E402
 from model.presets import PRESETS, build_captioner  # noqa: E402
@@ -56,15 +55,6 @@ def synthetic_epoch(config: TrainBenchConfig, data, pad_to=None, shapes=True):
             [tuple(int(d) for d in t.shape) for _, t in twin] if shapes else None)
 
 
-def take_batches(dataset, indices):
-    """The batches at these positions of the dataset's first epoch."""
-    found = {}
-    for index, batch in zip(range(max(indices) + 1), dataset):
-        if index in indices:
-            found[index] = batch
-    return [found[i] for i in indices]
-
-
 def quantile_batches(config: TrainBenchConfig, count: int):
     """(`count` full bucketed batches at evenly spaced quantiles of an epoch's padded lengths,
     so that a few batches stand for the epoch; the epoch's shapes; the synthetic data)."""
@@ -73,7 +63,8 @@ def quantile_batches(config: TrainBenchConfig, count: int):
     dataset, shapes = synthetic_epoch(config, data)
     full = sorted((t, i) for i, (b, t) in enumerate(shapes) if b == config.batch_size)
     picked = [full[int((j + 0.5) * len(full) / count)][1] for j in range(count)]
-    return take_batches(dataset, picked), shapes, data
+    found = {i: batch for i, batch in zip(range(max(picked) + 1), dataset) if i in picked}
+    return [found[i] for i in picked], shapes, data
 
 
 def seed_model(vocab_size: int, jit_compile=False):
@@ -121,8 +112,8 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
     matmul that says what the machine gives right now."""
     started = machine()
     bucketed, shapes, data = quantile_batches(config, config.bucketed_batches)
-    padded = take_batches(synthetic_epoch(config, data, config.pad_to, shapes=False)[0],
-                          list(range(config.padded_batches)))
+    padded = list(synthetic_epoch(config, data, config.pad_to, shapes=False)[0]
+                  .take(config.padded_batches))
     tokens = data[2]
     words = np.array([len(t) - 2 for t in tokens])
     model, model_config = seed_model(config.vocab_size)
@@ -207,12 +198,11 @@ class StepEnds(keras.callbacks.Callback):
         self.bar.update(1)
 
 
-def bench_full_scale(steps: int | None) -> dict:
+def bench_full_scale(config: TrainBenchConfig, steps: int | None) -> dict:
     """One epoch over Flickr30k-sized data (29,000 images x 5 captions, V 7,500) through the real
     training_dataset and keras fit. With `steps`, only the first `steps` batches are trained and
     the epoch is extrapolated by padded tokens (the twin gives every batch's shape)."""
     started = machine()
-    config = TrainBenchConfig(vocab_size=7_500)
     data = synthetic_captions(config.images, config.captions_per_image, config.vocab_size,
                               config.mean_words, config.seed)
     (dataset, shapes), tokens = synthetic_epoch(config, data), data[2]
@@ -256,21 +246,17 @@ def peak_rss_mb() -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--jit", action="store_true", help="add a jit_compile=True vs False row")
-    p.add_argument("--full-scale", action="store_true",
-                   help="one Flickr30k-sized epoch (vocabulary 7,500): seconds and peak memory")
-    p.add_argument("--steps", type=int, help="--full-scale: train only the first N steps and "
-                                             "extrapolate the epoch (said so in the JSON)")
-    p.add_argument("--repeats", type=int, default=TrainBenchConfig.repeats)
-    p.add_argument("--quick", action="store_true", help="a smoke run: " + str(QUICK))
-    args = p.parse_args(argv)
+    config, args = parse(__doc__, TrainBenchConfig, QUICK, argv,
+                         jit={"action": "store_true", "help": "add a jit_compile=True vs False row"},
+                         full_scale={"action": "store_true", "help": "one Flickr30k-sized epoch"},
+                         steps={"type": int, "help": "--full-scale: train only the first N steps "
+                                                     "and extrapolate the epoch (said in the JSON)"})
     if args.steps is not None and args.steps < 2:
-        p.error(f"--steps must be >= 2, got {args.steps}")
-    if args.full_scale:
-        report("bench_train_full_scale", bench_full_scale(args.steps))
+        raise SystemExit(f"--steps must be >= 2, got {args.steps}")
+    if args.full_scale:  # vocabulary 7,500 unless --vocab-size
+        config = config if args.vocab_size else dataclasses.replace(config, vocab_size=7_500)
+        report("bench_train_full_scale", bench_full_scale(config, args.steps))
     else:
-        config = TrainBenchConfig(**{"repeats": args.repeats, **(QUICK if args.quick else {})})
         report("bench_train", bench_modes(config, args.jit))
 
 
