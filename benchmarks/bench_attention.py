@@ -11,15 +11,12 @@ batch 32 (float32 exports, session path, round-robin). Runs go to benchmarks/wor
 """
 import dataclasses
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from benchmarks._timing import REPO, machine, median, parse, report, round_robin  # noqa: E402
-from benchmarks._trained_model import caption, train  # noqa: E402
+from benchmarks._timing import REPO, machine, median, parse, report, round_robin
+from benchmarks._trained_model import caption, train
 
 PRESET_NAMES = ("default", "attention")
 SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d")

@@ -12,24 +12,21 @@ input_pipeline      training_dataset batches/s at Flickr30k scale vs one trainin
 """
 import dataclasses
 import itertools
-import os
 import pathlib
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks._synthetic import photo_jpegs, synthetic_captions  # noqa: E402
-from benchmarks._timing import (machine, median, paired, parse, report, round_robin,  # noqa: E402
+from benchmarks._synthetic import photo_jpegs, synthetic_captions
+from benchmarks._timing import (machine, median, paired, parse, report, round_robin,
                                 rounded)
-from data.feature_cache import FLICKR30K_IMAGES, _encode_function, extract_features  # noqa: E402
-from data.images import decode_one  # noqa: E402
-from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
-from model.encoder import EncoderConfig, build_encoder  # noqa: E402
+from data.feature_cache import FLICKR30K_IMAGES, _encode_function, extract_features
+from data.images import decode_one
+from data.pipeline import PipelineConfig, training_dataset
+from model.encoder import EncoderConfig, build_encoder
 
 BATCH = 32
 FLICKR_IMAGES, VOCAB = 29_000, 20_013

@@ -7,19 +7,16 @@ weights, V 20,013 (the original's) and 7,500 (min count 5 on Flickr30k), batch 1
 Every caption runs exactly `steps` steps: <end> gets a -1e4 bias, so ms/step = call time / steps.
 """
 import dataclasses
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks._synthetic import FEATURE_DIM  # noqa: E402
-from benchmarks._timing import machine, median, parse, report, round_robin, rounded  # noqa: E402
-from data.vocabulary import END_ID  # noqa: E402
-from model.base import ModelConfig  # noqa: E402
-from model.decoding import DecodeConfig, decode_features  # noqa: E402
-from model.presets import PRESETS, build_captioner  # noqa: E402
+from benchmarks._synthetic import FEATURE_DIM
+from benchmarks._timing import machine, median, parse, report, round_robin, rounded
+from data.vocabulary import END_ID
+from model.base import ModelConfig
+from model.decoding import DecodeConfig, decode_features
+from model.presets import PRESETS, build_captioner
 
 
 @dataclasses.dataclass

@@ -14,24 +14,21 @@ profile           where serving_default's time goes: its stages as endpoints of 
                   the same weights, run through the same session path.
 """
 import dataclasses
-import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks._synthetic import photo_jpegs  # noqa: E402
-from benchmarks._timing import (REPO, latency, machine, median, ms, paired, parse,  # noqa: E402
+from benchmarks._synthetic import photo_jpegs
+from benchmarks._timing import (REPO, latency, machine, median, ms, paired, parse,
                                 report, round_robin, rounded)
-from benchmarks._trained_model import caption, ensure_benchmark_model  # noqa: E402
-from data.images import decode_batch  # noqa: E402
-from export.artifact import SessionModel, latest_version  # noqa: E402
-from model.decoding import decode_features  # noqa: E402
-from model.encoder import build_encoder  # noqa: E402
-from model.run_dir import load_run  # noqa: E402
+from benchmarks._trained_model import caption, ensure_benchmark_model
+from data.images import decode_batch
+from export.artifact import SessionModel, latest_version
+from model.decoding import decode_features
+from model.encoder import build_encoder
+from model.run_dir import load_run
 
 
 @dataclasses.dataclass

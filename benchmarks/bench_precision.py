@@ -18,27 +18,24 @@ training_quality  the built-in data trained in float32 and mixed_bfloat16: best 
 import dataclasses
 import json
 import multiprocessing
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks._synthetic import photo_jpegs  # noqa: E402
-from benchmarks._timing import (latency, machine, median, paired, parse, report,  # noqa: E402
+from benchmarks._synthetic import photo_jpegs
+from benchmarks._timing import (latency, machine, median, paired, parse, report,
                                 round_robin, rounded)
-from benchmarks._trained_model import (BenchmarkModelConfig, caption,  # noqa: E402
+from benchmarks._trained_model import (BenchmarkModelConfig, caption,
                                        ensure_benchmark_model, train_benchmark_run)
-from benchmarks.bench_train import (TrainBenchConfig, quantile_batches, seed_model,  # noqa: E402
+from benchmarks.bench_train import (TrainBenchConfig, quantile_batches, seed_model,
                                     train_steps)
-from data.sources import open_dataset  # noqa: E402
-from data.splits import split_dataset  # noqa: E402
-from export.artifact import SessionModel, latest_version  # noqa: E402
-from export.precision import mixed_policy, session_config  # noqa: E402
-from export.saved_model import ExportConfig, export_run  # noqa: E402
-from model.metrics import caption_scores  # noqa: E402
+from data.sources import open_dataset
+from data.splits import split_dataset
+from export.artifact import SessionModel, latest_version
+from export.precision import mixed_policy, session_config
+from export.saved_model import ExportConfig, export_run
+from model.metrics import caption_scores
 
 PARTS = ("serving", "exports", "attribution", "training")
 

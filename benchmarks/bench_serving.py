@@ -12,7 +12,6 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import os
 import signal
 import socket
 import subprocess
@@ -22,15 +21,13 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import requests
 
-import requests  # noqa: E402
-
-from benchmarks._synthetic import photo_jpegs  # noqa: E402
-from benchmarks._timing import REPO, machine, median, parse, report  # noqa: E402
-from benchmarks._trained_model import caption, ensure_benchmark_model  # noqa: E402
-from export.artifact import SessionModel, latest_version  # noqa: E402
-from serving.client import GrpcClient, RestClient  # noqa: E402
+from benchmarks._synthetic import photo_jpegs
+from benchmarks._timing import REPO, machine, median, parse, report
+from benchmarks._trained_model import caption, ensure_benchmark_model
+from export.artifact import SessionModel, latest_version
+from serving.client import GrpcClient, RestClient
 
 
 def start_server(base, log, timeout: float = 300):

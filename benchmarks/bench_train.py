@@ -7,23 +7,20 @@
     python -m benchmarks.bench_train --quick    # a smoke run of the first line
 """
 import dataclasses
-import os
 import resource
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from benchmarks._synthetic import synthetic_captions  # noqa: E402
-from benchmarks._timing import machine, median, parse, report, round_robin, rounded  # noqa: E402
-from data.pipeline import PipelineConfig, training_dataset  # noqa: E402
-from model.base import MaskedCaptionLoss, ModelConfig  # noqa: E402
-from model.presets import PRESETS, build_captioner  # noqa: E402
+from benchmarks._synthetic import synthetic_captions
+from benchmarks._timing import machine, median, parse, report, round_robin, rounded
+from data.pipeline import PipelineConfig, training_dataset
+from model.base import MaskedCaptionLoss, ModelConfig
+from model.presets import PRESETS, build_captioner
 
 
 @dataclasses.dataclass
@@ -44,23 +41,23 @@ QUICK = {"images": 2_900, "repeats": 1, "padded_batches": 1, "bucketed_batches":
 MATMUL_FLOPS = 2 * 128 * 16 * 512 * 20_013  # [128*16, 512] x [512, 20013]: a T=16 batch's logits
 
 
-def synthetic_epoch(config: TrainBenchConfig, data, pad_to=None, shapes=True):
-    """(training_dataset over data = (features, rows, tokens), [(captions, T)] of every batch of
-    its first epoch in order). The shapes come from a twin over a 1-column feature matrix: the
+def epoch(config: TrainBenchConfig, pad_to=None, data=None):
+    """(training_dataset over synthetic captions, [(captions, T)] of every batch of its first
+    epoch in order, the data). The shapes come from a twin over a 1-column feature matrix: the
     seeded shuffle gives the same order at no cost."""
+    data = data or synthetic_captions(config.images, config.captions_per_image, config.vocab_size,
+                                      config.mean_words, config.seed)
     features, rows, tokens = data
     pipeline = PipelineConfig(batch_size=config.batch_size, seed=config.seed, pad_to=pad_to)
     twin = training_dataset(np.zeros((len(features), 1), np.float32), rows, tokens, pipeline)
     return (training_dataset(features, rows, tokens, pipeline),
-            [tuple(int(d) for d in t.shape) for _, t in twin] if shapes else None)
+            None if pad_to else [tuple(int(d) for d in t.shape) for _, t in twin], data)
 
 
 def quantile_batches(config: TrainBenchConfig, count: int):
     """(`count` full bucketed batches at evenly spaced quantiles of an epoch's padded lengths,
-    so that a few batches stand for the epoch; the epoch's shapes; the synthetic data)."""
-    data = synthetic_captions(config.images, config.captions_per_image, config.vocab_size,
-                              config.mean_words, config.seed)
-    dataset, shapes = synthetic_epoch(config, data)
+    so that a few batches stand for the epoch, the epoch's shapes, the data)."""
+    dataset, shapes, data = epoch(config)
     full = sorted((t, i) for i, (b, t) in enumerate(shapes) if b == config.batch_size)
     picked = [full[int((j + 0.5) * len(full) / count)][1] for j in range(count)]
     found = {i: batch for i, batch in zip(range(max(picked) + 1), dataset) if i in picked}
@@ -81,9 +78,8 @@ def train_steps(model, batches):
 
 
 def flops_per_batch(m: ModelConfig, captions: int, steps: int) -> float:
-    """Forward + backward (x3) matmul FLOPs; every real or padded position is computed: per
-    token the LSTM's 2(E+U)4U and the logits' 2UV, per caption h0's 2FU. Elementwise work
-    (gates, softmax, loss, Adam) is < 1% and left out."""
+    """Forward + backward (x3) matmul FLOPs, padded positions included: per token the LSTM's
+    2(E+U)4U and the logits' 2UV, per caption h0's 2FU (elementwise work is < 1%)."""
     per_token = 2 * (m.embed_dim + m.units) * 4 * m.units + 2 * m.units * m.vocab_size
     return 3.0 * (captions * steps * per_token + captions * 2 * m.feature_dim * m.units)
 
@@ -94,8 +90,8 @@ def mode_summary(name, model_config, batches, seconds_per_repeat, matmul):
     real = sum(int(tf.math.count_nonzero(t)) for _, t in batches)
     flops = sum(flops_per_batch(model_config, *map(int, t.shape)) for _, t in batches)
     seconds = median(seconds_per_repeat)
-    return {"mode": name, "timed_batches": len(batches),
-            "batch_steps": [int(t.shape[1]) for _, t in batches], "captions": captions,
+    return {"mode": name, "timed_batches": len(batches), "captions": captions,
+            "batch_steps": [int(t.shape[1]) for _, t in batches],
             "mean_padded_steps": round(padded / captions, 2),
             "mean_real_steps": round(real / captions, 2),
             "seconds_per_repeat": rounded(seconds_per_repeat), "seconds_median": round(seconds, 3),
@@ -108,14 +104,12 @@ def mode_summary(name, model_config, batches, seconds_per_repeat, matmul):
 
 def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
     """pad_to=80 (the original's way) vs length-bucketed batches padded to their longest caption,
-    both from the real training_dataset over an epoch's captions, timed round-robin with a plain
-    matmul that says what the machine gives right now."""
+    from the real training_dataset, timed round-robin beside a plain matmul (what the machine
+    gives right now)."""
     started = machine()
     bucketed, shapes, data = quantile_batches(config, config.bucketed_batches)
-    padded = list(synthetic_epoch(config, data, config.pad_to, shapes=False)[0]
-                  .take(config.padded_batches))
-    tokens = data[2]
-    words = np.array([len(t) - 2 for t in tokens])
+    padded = list(epoch(config, config.pad_to, data)[0].take(config.padded_batches))
+    words = np.array([len(t) - 2 for t in data[2]])
     model, model_config = seed_model(config.vocab_size)
     # Warm-up: the first shape traces, the second a shape-relaxed [None, None] function every
     # later shape reuses (reduce_retracing); the third checks there is no retrace.
@@ -134,30 +128,28 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
     wall = round_robin(tasks, config.repeats, warmup=0)[0]
     padded_s, bucketed_s = ([sum(wall[f"{mode}_{i}"][rep] for i in range(len(chunks)))
                              for rep in range(config.repeats)] for mode in ("pad_to_80", "bucketed"))
-    matmul_gflops = [MATMUL_FLOPS / s / 1e9 for s in wall["matmul"]]
-    pad = mode_summary("pad_to_80", model_config, padded, padded_s, median(matmul_gflops))
-    buck = mode_summary("bucketed", model_config, bucketed, bucketed_s, median(matmul_gflops))
-    ratios = [(buck["captions"] / sb) / (pad["captions"] / sa) for sa, sb in zip(padded_s, bucketed_s)]
+    gflops = [MATMUL_FLOPS / s / 1e9 for s in wall["matmul"]]
+    pad = mode_summary("pad_to_80", model_config, padded, padded_s, median(gflops))
+    buck = mode_summary("bucketed", model_config, bucketed, bucketed_s, median(gflops))
+    ratios = [buck["captions"] / b / (pad["captions"] / a) for a, b in zip(padded_s, bucketed_s)]
+    distinct = len({t for _, t in shapes})
     result = {
         "benchmark": "bench_train", "machine": started, "settings": dataclasses.asdict(config),
         "model": dataclasses.asdict(model_config), "jit_compile": False,
-        "data": {"captions": len(tokens), "mean_words": round(float(words.mean()), 2),
+        "data": {"captions": len(words), "mean_words": round(float(words.mean()), 2),
                  "words_min_max": [int(words.min()), int(words.max())],
-                 "epoch_batches": len(shapes),
-                 "epoch_mean_padded_steps_bucketed": round(
+                 "epoch_batches": len(shapes), "epoch_mean_padded_steps_bucketed": round(
                      sum(b * t for b, t in shapes) / sum(b for b, _ in shapes), 2),
-                 "epoch_distinct_batch_steps_bucketed": len({t for _, t in shapes})},
-        "matmul_gflops_per_s": rounded(matmul_gflops, 1),
-        "matmul_gflops_per_s_median": round(median(matmul_gflops), 1),
+                 "epoch_distinct_batch_steps_bucketed": distinct},
+        "matmul_gflops_per_s": rounded(gflops, 1),
+        "matmul_gflops_per_s_median": round(median(gflops), 1),
         "pad_to_80": pad, "bucketed": buck,
         "speedup_bucketed_over_pad_to_80": round(buck["captions_per_s"] / pad["captions_per_s"], 2),
         "speedup_per_repeat": rounded(ratios, 2), "target_speedup": 4.0,
-        "peak_rss_mb": peak_rss_mb(),
-    }
+        "peak_rss_mb": peak_rss_mb()}
     del model
     if jit:
-        result["jit"] = bench_jit(config, bucketed[len(bucketed) // 2],
-                                  result["data"]["epoch_distinct_batch_steps_bucketed"])
+        result["jit"] = bench_jit(config, bucketed[len(bucketed) // 2], distinct)
     return result
 
 
@@ -183,40 +175,25 @@ def bench_jit(config: TrainBenchConfig, batch, distinct_shapes: int) -> dict:
             "note": "first_call_s includes tracing (+ XLA compilation, once per batch shape)"}
 
 
-class StepEnds(keras.callbacks.Callback):
-    """Wall-clock time at the end of every step, and a progress bar."""
-
-    def __init__(self, total):
-        super().__init__()
-        self.bar, self.ends = tqdm(total=total, desc="epoch", unit="step", file=sys.stderr), []
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
-        self.bar.update(1)
-
-
 def bench_full_scale(config: TrainBenchConfig, steps: int | None) -> dict:
-    """One epoch over Flickr30k-sized data (29,000 images x 5 captions, V 7,500) through the real
+    """One epoch (by default 29,000 images x 5 captions, V 7,500) through the real
     training_dataset and keras fit. With `steps`, only the first `steps` batches are trained and
     the epoch is extrapolated by padded tokens (the twin gives every batch's shape)."""
     started = machine()
-    data = synthetic_captions(config.images, config.captions_per_image, config.vocab_size,
-                              config.mean_words, config.seed)
-    (dataset, shapes), tokens = synthetic_epoch(config, data), data[2]
+    dataset, shapes, (_, _, tokens) = epoch(config)
     model, model_config = seed_model(config.vocab_size)
     total = len(shapes) if steps is None else min(steps, len(shapes))
-    progress = StepEnds(total)
+    ends, bar = [], tqdm(total=total, desc="epoch", unit="step", file=sys.stderr)
+    step_ends = keras.callbacks.LambdaCallback(  # ends[0]: the start; a step returns when done
+        on_train_begin=lambda logs: ends.append(time.perf_counter()),
+        on_train_batch_end=lambda batch, logs: (ends.append(time.perf_counter()), bar.update()))
     model.fit(dataset, epochs=1, steps_per_epoch=total if steps else None, verbose=0,
-              callbacks=[progress])
-    progress.bar.close()
-    ends = progress.ends
-    if len(ends) != total:
-        raise RuntimeError(f"fit ran {len(ends)} steps, expected {total}")
+              callbacks=[step_ends])
+    bar.close()
+    if len(ends) != total + 1:
+        raise RuntimeError(f"fit ran {len(ends) - 1} steps, expected {total}")
     tokens_of = [b * t for b, t in shapes]
-    wall, first_step, steady = ends[-1] - progress.start, ends[0] - progress.start, ends[-1] - ends[0]
+    wall, first_step, steady = ends[-1] - ends[0], ends[1] - ends[0], ends[-1] - ends[1]
     extrapolated = total < len(shapes)
     epoch_seconds = (first_step + steady * (sum(tokens_of) - tokens_of[0]) / sum(tokens_of[1:total])
                      if extrapolated else wall)
@@ -231,14 +208,12 @@ def bench_full_scale(config: TrainBenchConfig, steps: int | None) -> dict:
         "extrapolation": ("seconds_per_epoch = first step + steady seconds x (epoch padded "
                           "tokens / padded tokens of the measured steps 2..N)") if extrapolated
                          else None,
-        "measured_seconds": round(wall, 1),
-        "first_step_seconds_incl_tracing": round(first_step, 2),
+        "measured_seconds": round(wall, 1), "first_step_seconds_incl_tracing": round(first_step, 2),
         "steady_seconds_per_step": round(steady / max(1, total - 1), 3),
         "captions_per_s": round(sum(b for b, _ in shapes[1:total]) / steady, 1),
         "seconds_per_epoch": round(epoch_seconds, 1),
         "minutes_per_epoch": round(epoch_seconds / 60, 1),
-        "peak_rss_mb": peak_rss_mb(), "target_peak_rss_mb": 4096,
-    }
+        "peak_rss_mb": peak_rss_mb(), "target_peak_rss_mb": 4096}
 
 
 def peak_rss_mb() -> float:
