@@ -69,6 +69,7 @@ def run_benchmark(config: AttentionBenchConfig) -> dict:
     from export.saved_model import export_run
     from model.run_dir import load_run
 
+    started = machine()
     work = REPO / "benchmarks" / "work" / "attention" / ("quick" if config.num_images else "full")
     data = None if config.num_images is None else ensure_builtin(
         work / "data", num_images=config.num_images, seed=0)
@@ -89,7 +90,7 @@ def run_benchmark(config: AttentionBenchConfig) -> dict:
         model.close()
 
     key = f"served_images_per_second_batch_{config.serve_batch}"
-    result = {"benchmark": "attention vs default preset", "machine": machine(),
+    result = {"benchmark": "attention vs default preset", "machine": started,
               "config": dataclasses.asdict(config), "presets": {}}
     for name, summary in summaries.items():
         result["presets"][name] = {
