@@ -97,14 +97,10 @@ def latency(calls: dict, images: list, count: int, warmup: int = 2) -> dict:
 def machine() -> dict:
     """CPU model and the flags that matter, cores, load now, Python/TF/Keras versions."""
     fields = {}
-    try:
+    if os.path.exists("/proc/cpuinfo"):  # Linux; elsewhere what platform knows
         with open("/proc/cpuinfo") as f:
             for key, _, value in (line.partition(":") for line in f):
                 fields.setdefault(key.strip(), value.strip())
-                if "model name" in fields and "flags" in fields:
-                    break
-    except OSError:  # not Linux
-        pass
     flags = set(fields.get("flags", "").split())
     versions = {}
     for package in ("tensorflow", "keras"):
