@@ -1,33 +1,20 @@
-"""Synthetic inputs the benchmarks share: photo-like JPEGs and Flickr-like captions.
-
-    from benchmarks._synthetic import photo_jpegs, synthetic_captions
-    images = photo_jpegs(32)                              # 500x375 JPEGs, quality 94, ~110 KB
-    features, rows, tokens = synthetic_captions(29_000)   # Flickr30k's training size
-
-Seeded: the same arguments give the same bytes and tokens in every run and script.
-"""
+"""Seeded inputs the benchmarks share: `photo_jpegs` (500x375 photo-like JPEGs, quality 94,
+~110 KB) and `synthetic_captions` (Flickr-like lengths, random word ids, random features)."""
 import io
-
-import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from data.vocabulary import END_ID, SPECIAL_TOKENS, START_ID  # noqa: E402
+from data.vocabulary import END_ID, SPECIAL_TOKENS, START_ID
 
-FIRST_WORD_ID = len(SPECIAL_TOKENS)  # ids below it are data/vocabulary.py's reserved ones
-FEATURE_DIM = 2048                          # ResNet50's pooled features
+FEATURE_DIM = 2048  # ResNet50's pooled features
 
 
 def photo_jpeg(rng: np.random.Generator, width: int, height: int, quality: int) -> bytes:
-    """A JPEG with a photo-like spectrum: a vertical gradient (sky/ground), soft colour regions,
-    mid-scale texture, fine grain and a few hard-edged objects. JPEG decoding cost depends on
-    content: flat colour decodes too fast, pure noise too slowly."""
+    """A vertical gradient, soft colour regions, texture, grain and a few hard-edged shapes: JPEG
+    decoding cost depends on content, so neither flat colour nor noise."""
     def field(cell, amplitude, channels=3):  # smooth random field with features ~`cell` px
-        small = rng.normal(0, amplitude, size=(max(2, height // cell), max(2, width // cell),
-                                               channels))
+        small = rng.normal(0, amplitude, (max(2, height // cell), max(2, width // cell), channels))
         image = Image.fromarray(np.clip(small + 128, 0, 255).astype(np.uint8).squeeze())
         out = np.asarray(image.resize((width, height), Image.BICUBIC), np.float32) - 128
         return out if channels == 3 else out[:, :, None]
@@ -45,8 +32,7 @@ def photo_jpeg(rng: np.random.Generator, width: int, height: int, quality: int) 
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
     pixels = np.asarray(image, np.float32) + field(2, 22, 1)  # texture on the objects too
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG",
-                                                                    quality=quality)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -57,23 +43,17 @@ def photo_jpegs(count: int, width: int = 500, height: int = 375, quality: int = 
     return [photo_jpeg(rng, width, height, quality) for _ in range(count)]
 
 
-def caption_words(count: int, rng: np.random.Generator, mean_words: float = 14.0,
-                  min_words: int = 5, max_words: int = 38) -> np.ndarray:
-    """Words per caption: lognormal (sigma 0.4, like Flickr30k's right-skewed lengths) with the
-    requested mean, rounded and clipped; max_words 38 + <start>/<end> = 40 tokens, the training
-    cap (TrainConfig.max_caption_tokens)."""
-    sigma = 0.4
-    words = np.rint(rng.lognormal(np.log(mean_words) - sigma ** 2 / 2, sigma, count))
-    return np.clip(words, min_words, max_words).astype(np.int64)
-
-
 def synthetic_captions(images: int, captions_per_image: int = 5, vocab_size: int = 20_013,
                        mean_words: float = 14.0, seed: int = 0):
-    """(features [images, 2048] float32, image row per caption, token lists [<start> w.. <end>])
-    with random word ids and caption_words' lengths."""
+    """(features [images, 2048] float32, image row per caption, token lists [<start> w.. <end>]).
+    Words per caption: lognormal (sigma 0.4, Flickr30k's right skew) with this mean, clipped to
+    5..38 words, so at most 40 tokens (TrainConfig.max_caption_tokens)."""
     rng = np.random.default_rng(seed)
-    words = caption_words(images * captions_per_image, rng, mean_words)
-    ids = rng.integers(FIRST_WORD_ID, vocab_size, int(words.sum()))
+    sigma = 0.4
+    words = np.rint(rng.lognormal(np.log(mean_words) - sigma ** 2 / 2, sigma,
+                                  images * captions_per_image))
+    words = np.clip(words, 5, 38).astype(np.int64)
+    ids = rng.integers(len(SPECIAL_TOKENS), vocab_size, int(words.sum()))
     tokens = [[START_ID, *chunk, END_ID] for chunk in np.split(ids, np.cumsum(words)[:-1])]
     rows = np.arange(len(tokens)) // captions_per_image
     features = rng.standard_normal((images, FEATURE_DIM), dtype=np.float32)

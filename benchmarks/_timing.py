@@ -1,41 +1,69 @@
-"""Timing and recording shared by the benchmarks: the one round-robin timer, the machine
-description every JSON carries, and the report (print the JSON, save benchmarks/results/)."""
+"""What every benchmark shares: the command line (`parse`), the one round-robin timer, batch-1
+latency, the machine record every JSON carries, and `report` (print and save the JSON)."""
+import argparse
+import dataclasses
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import time
+import typing
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from data.files import atomic_write
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from data.files import atomic_write  # noqa: E402
-
 RESULTS = REPO / "benchmarks" / "results"
-# bfloat16/AMX change what ResNet50 and the LSTM matmuls cost; the CPU under these sessions has
-# changed from one day to the next (AMD EPYC, Intel Xeon with AMX), so every JSON says which ran.
+# bfloat16/AMX decide what ResNet50 and the LSTM matmuls cost, and the CPU under these sessions
+# changes from day to day: every JSON says which ran.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+median = statistics.median
+
+
+def parse(doc: str, config_class, quick: dict, argv=None, **flags):
+    """(config, args): --quick applies `quick`, then each --field given (both --a-b and --a_b
+    spellings) sets one int, float, str or bool field of the dataclass; `flags` adds others:
+    {name: add_argument keywords}."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"a smoke run: {quick}")
+    for name, keywords in flags.items():
+        p.add_argument(f"--{name.replace('_', '-')}", **keywords)
+    fields = {}
+    for field in dataclasses.fields(config_class):
+        kind = (typing.get_args(field.type) or (field.type,))[0]
+        if kind in (int, float, str, bool):
+            fields[field.name] = field
+            p.add_argument(*dict.fromkeys([f"--{field.name.replace('_', '-')}", f"--{field.name}"]),
+                           default=None, help=f"default {field.default!r}", **(
+                               {"action": argparse.BooleanOptionalAction} if kind is bool
+                               else {"type": kind}))
+    args = p.parse_args(argv)
+    given = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+    for name, value in given.items():
+        low = 0 if fields[name].default == 0 else 1
+        if type(value) is int and value < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    return config_class(**{**(quick if args.quick else {}), **given}), args
 
 
 def round_robin(tasks: dict, repeats: int, warmup: int = 1, desc: str = "repetitions"):
     """({name: wall seconds per call}, {name: CPU seconds of this process per call}).
 
-    Every task is called `warmup` times untimed, then each repetition calls every task once,
-    forwards then backwards in turn (ABBA): neighbours in `tasks` always run back to back, so
-    their per-repetition ratio compares calls made under the same load from other people's
-    work, and a steady drift in that load hits early and late tasks alike. CPU time of this
-    process (all threads) is what other jobs on shared cores cannot inflate."""
-    names = list(tasks)
-    for name in names:
+    Each task runs `warmup` times untimed, then once per repetition, forwards then backwards in
+    turn (ABBA): neighbours in `tasks` run back to back under the same outside load, so compare
+    them by per-repetition ratios (`paired`). CPU time is what other jobs cannot inflate."""
+    for name in tasks:
         for _ in range(warmup):
             tasks[name]()
-    wall, cpu = {name: [] for name in names}, {name: [] for name in names}
+    wall, cpu = {name: [] for name in tasks}, {name: [] for name in tasks}
     for rep in tqdm(range(repeats), desc=desc, file=sys.stderr):
-        for name in (names if rep % 2 == 0 else names[::-1]):
+        for name in (list(tasks) if rep % 2 == 0 else list(tasks)[::-1]):
             started, started_cpu = time.perf_counter(), time.process_time()
             tasks[name]()
             wall[name].append(time.perf_counter() - started)
@@ -43,33 +71,46 @@ def round_robin(tasks: dict, repeats: int, warmup: int = 1, desc: str = "repetit
     return wall, cpu
 
 
-def _cpuinfo() -> tuple[str, set]:
-    """(model name, flags) of the first CPU in /proc/cpuinfo (Linux; elsewhere what is known)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-                if "model name" in fields and "flags" in fields:
-                    break
-    except OSError:
-        pass
-    return (fields.get("model name") or platform.processor() or "unknown",
-            set(fields.get("flags", "").split()))
+def paired(times: dict, a: str, b: str) -> list[float]:
+    """Per-repetition ratios times[a] / times[b]."""
+    return [x / y for x, y in zip(times[a], times[b])]
+
+
+def rounded(values, digits: int = 3) -> list[float]:
+    return [round(v, digits) for v in values]
+
+
+def ms(seconds: float) -> float:
+    return round(1000 * float(seconds), 1)
+
+
+def latency(calls: dict, images: list, count: int, warmup: int = 2) -> dict:
+    """Batch-1 latency of each call(image), the calls alternating (round_robin), every call
+    seeing the same sequence of images."""
+    tasks = {name: (lambda call=call, it=itertools.cycle(images): call(next(it)))
+             for name, call in calls.items()}
+    times = round_robin(tasks, count, warmup, desc="batch-1 latency")[0]
+    return {name: {"calls": len(t), "median_ms": ms(median(t)), "p95_ms": ms(np.percentile(t, 95)),
+                   "min_ms": ms(min(t)), "max_ms": ms(max(t))} for name, t in times.items()}
 
 
 def machine() -> dict:
-    """The CPU model and the flags that matter here, core count, load and library versions."""
-    model, flags = _cpuinfo()
+    """CPU model and the flags that matter, cores, load now, Python/TF/Keras versions."""
+    fields = {}
+    if os.path.exists("/proc/cpuinfo"):  # Linux; elsewhere what platform knows
+        with open("/proc/cpuinfo") as f:
+            for key, _, value in (line.partition(":") for line in f):
+                fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
     versions = {}
     for package in ("tensorflow", "keras"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {"cpu_model": model, "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
-            "cpus": os.cpu_count(), "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+    return {"cpu_model": fields.get("model name") or platform.processor() or "unknown",
+            "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS}, "cpus": os.cpu_count(),
+            "load_average_1min_at_start": round(os.getloadavg()[0], 2),
             "python": platform.python_version(), **versions}
 
 

@@ -1,72 +1,86 @@
-"""A small trained and exported captioner for the benchmarks, made once and reused.
+"""The benchmarks' trained models: the one training call (`train`), the one way to caption image
+bytes through a loaded SessionModel (`caption`), and a small trained and exported captioner made
+once under benchmarks/work/ (gitignored): `run_dir, model_base = ensure_benchmark_model()`.
 
-    from benchmarks._trained_model import ensure_benchmark_model
-    run_dir, model_base = ensure_benchmark_model()     # benchmarks/work/{data,cache,run,models}
-
-Built-in data (300 images), random-init ResNet50, the default preset for a few epochs: the
-captions are not good, but speed does not depend on caption quality (only on caption length,
-which the benchmarks report). ~2-4 min the first time on 2 shared cores, instant afterwards.
-benchmarks/work/ is gitignored.
+Built-in data (300 images), random-init ResNet50, the default preset for 10 epochs (~2-4 min the
+first time): the captions are poor, but speed depends only on their length, which is reported.
 """
 import dataclasses
-import os
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+
+
+def _train_today(run_dir, preset="default", *, data=None, cache_dir=None, evaluate=True,
+                 verbose=1, **overrides) -> dict:
+    """model.train.train with its coming signature (overrides: TrainConfig, ModelConfig and
+    DecodeConfig field names, encoder_weights), mapped onto today's."""
+    from model.base import ModelConfig
+    from model.decoding import DecodeConfig
+    from model.encoder import EncoderConfig
+    from model.presets import PRESETS
+    from model.train import TrainConfig, train as train_
+
+    def take(cls):
+        names = {field.name for field in dataclasses.fields(cls)}
+        return {key: overrides.pop(key) for key in list(overrides) if key in names}
+
+    weights = overrides.pop("encoder_weights", None)
+    train_config = TrainConfig(**{**PRESETS[preset]["train"], "preset": preset, **take(TrainConfig)})
+    model_fields, decode = {**PRESETS[preset]["model"], **take(ModelConfig)}, take(DecodeConfig)
+    if overrides:
+        raise TypeError(f"unknown training settings: {sorted(overrides)}")
+    return train_(run_dir, data=data, train_config=train_config, model_overrides=model_fields,
+                  encoder_config=EncoderConfig(weights=weights) if weights else None,
+                  cache_dir=cache_dir, decode_config=DecodeConfig(**decode), evaluate=evaluate,
+                  verbose=verbose)
+
+
+train = _train_today  # once model.train.train takes these arguments: from model.train import train
+
+
+def caption(model, images: list[bytes], signature: str = "serving_default") -> dict:
+    """The signature's outputs (caption, log_prob, error[, attention]) for these image bytes."""
+    return model.run(signature, {"image_bytes": np.array(images, dtype=object)})
 
 
 @dataclasses.dataclass
 class BenchmarkModelConfig:
-    num_images: int = 300    # 240 / 30 / 30 images, as tests/conftest.py's small_builtin
+    num_images: int = 300    # 240 / 30 / 30 images
     epochs: int = 10         # enough for the decoder to learn to stop (<end>) after a caption
     batch_size: int = 64
     seed: int = 0
 
 
+def train_benchmark_run(work, config: BenchmarkModelConfig, name="run", **overrides) -> Path:
+    """work/<name>, trained on work/data (built-in) unless its summary.json (written last)
+    exists; a killed run resumes from its backup/."""
+    from data.builtin import ensure_builtin
+    work = Path(work)
+    if not (work / name / "summary.json").is_file():
+        data = ensure_builtin(work / "data", num_images=config.num_images, seed=config.seed)
+        print(f"training {work / name} ({config.epochs} epochs)", file=sys.stderr)
+        train(work / name, data=data, cache_dir=work / "cache", evaluate=False, verbose=0,
+              epochs=config.epochs, batch_size=config.batch_size, patience=config.epochs,
+              min_count=2, seed=config.seed, encoder_weights="random", **overrides)
+    return work / name
+
+
 def ensure_benchmark_model(workdir="benchmarks/work",
                            config: BenchmarkModelConfig | None = None) -> tuple[Path, Path]:
-    """(run_dir, model_base): a trained run and its export, created under `workdir` if absent.
-
-    Each stage is reused when its finished output exists: the data (data.builtin.ensure_builtin,
-    generated atomically), the run (summary.json is written last; a killed training resumes
-    from its backup/), the export (export_run renames a complete version folder into place).
-    """
-    from data.builtin import ensure_builtin
+    """(run_dir, model_base): the trained run and its export under `workdir`, made if absent."""
     from export.artifact import list_versions
     from export.saved_model import export_run
-    from model.encoder import EncoderConfig
-    from model.presets import PRESETS
-    from model.train import TrainConfig, train
-
-    config = config or BenchmarkModelConfig()
-    work = Path(workdir)
-    if not work.is_absolute():
-        work = REPO / work
+    work = REPO / workdir  # an absolute workdir stays itself
     run_dir, model_base = work / "run", work / "models" / "captioner"
-
-    if not (run_dir / "summary.json").is_file():
-        data = ensure_builtin(work / "data", num_images=config.num_images, seed=config.seed)
-        if model_base.exists():  # an export of an older run must not be reused
-            shutil.rmtree(model_base)
-        preset = PRESETS["default"]
-        train_config = TrainConfig(**dict(preset["train"], epochs=config.epochs,
-                                          batch_size=config.batch_size),
-                                   patience=config.epochs, min_count=2, seed=config.seed)
-        print(f"training the benchmark model in {run_dir} ({config.epochs} epochs)",
-              file=sys.stderr)
-        train(run_dir, data=data, train_config=train_config, model_overrides=preset["model"],
-              encoder_config=EncoderConfig(weights="random", seed=config.seed),
-              cache_dir=work / "cache", evaluate=False, verbose=0)
-
+    if not (run_dir / "summary.json").is_file() and model_base.exists():
+        shutil.rmtree(model_base)  # an export of an older run must not be reused
+    train_benchmark_run(work, config or BenchmarkModelConfig())
     if not list_versions(model_base):
         print(f"exporting the benchmark model to {model_base}", file=sys.stderr)
         export_run(run_dir, model_base, "auto")
     return run_dir, model_base
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    print(*ensure_benchmark_model(), sep="\n")
