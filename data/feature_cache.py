@@ -1,27 +1,21 @@
 """Image features, computed once and kept in a sharded on-disk cache, so training reads features.
 
-Pipeline: file bytes (tf.io.read_file, parallel) -> batches -> data.images.decode_batch, whose
-per-item error strings are the skip reasons -> encoder -> shard files; prefetch decodes the next
-batches while the encoder runs. A file that cannot be opened is counted as ERROR_UNREADABLE.
+Pipeline: file bytes -> batches -> data.images.decode_batch (its per-image errors are the skip
+reasons) -> encoder -> shard files, with the next batches decoded while the encoder runs.
 
 cache_dir/
   manifest.json    format_version, encoder_id, preprocessing (data.images.PREPROCESSING),
-                   feature_shape ([2048], [7, 7, 2048], any per-image shape), feature_dtype
-  shard-00000.npz  names [k], features [k, *feature_shape] in feature_dtype, failed_names and
-                   failed_reasons [m], stamps [k + m]: "size:mtime_ns" of each image file, in
-                   the order of sorted(names + failed_names)
+                   feature_shape (any per-image shape: [2048], [7, 7, 2048]...), feature_dtype
+  shard-00000.npz  names [k], features [k, *feature_shape], failed_names, failed_reasons [m],
+                   stamps [k + m]: "size:mtime_ns" of each image file, for sorted(all its names)
   .lock            flock held while a run writes; other runs wait up to lock_wait_seconds
 
-Shards describe themselves: the cache holds what its shard files hold. Every file goes through
-data.files.atomic_write, so a shard that exists is complete; a killed run leaves temp files (deleted
-by the next run, never read) and images without a shard, which the next run computes.
-
-Reuse: a cache of another encoder_id or preprocessing, or of another feature shape or dtype, is
-refused (FeatureCacheError naming both). A request for a subset of the cached images reuses them;
-one adding new images extends the cache with new shards; one doing both is refused (the cache
-belongs to another image list). A shard whose image files changed (size or mtime) is recomputed,
-never served stale. Failed images are not retried (their reasons are reported again); delete the
-cache to retry them.
+Shards describe themselves, and data.files.atomic_write makes a shard that exists complete: a
+killed run leaves temp files (deleted unread) and images without a shard, computed next time.
+A cache of other weights, preprocessing or kind of feature is refused; a request for a subset of
+its images reuses them, one adding images extends it, one doing both is refused. A shard whose
+image files changed is recomputed, never served stale; a failed image is retried once its file
+changes.
 """
 from __future__ import annotations
 
@@ -33,6 +27,7 @@ import os
 import pathlib
 import time
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -63,30 +58,28 @@ class ExtractionReport:
     num_images: int = 0  # requested images
     num_extracted: int = 0  # features computed in this run
     num_reused: int = 0  # features already in the cache
-    skipped: dict = field(default_factory=dict)  # reason -> count, this run's and earlier ones
     images_per_second: float = 0.0  # images processed in this run / seconds
     seconds: float = 0.0
-    failures: list = field(default_factory=list)  # (name, reason) pairs, for SkipReport examples
-    # The encoder's idle time waiting for decoded images: ~0 when decoding keeps up.
-    input_wait_seconds: float = 0.0
+    failures: list = field(default_factory=list)  # (name, reason): this run's and earlier ones
+    input_wait_seconds: float = 0.0  # the encoder waiting for decoded images: ~0 if they keep up
     feature_shape: tuple = ()
     feature_dtype: str = "float32"
     bytes_per_image: float = 0.0  # the shard files' total size / the features they hold
 
-    def skip(self, name: str, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        self.failures.append((name, reason))
+    @property
+    def skipped(self) -> dict:
+        """reason -> count of the requested images without features."""
+        return dict(Counter(reason for _, reason in self.failures))
 
     def summary(self) -> str:
         lines = [f"images: {self.num_images}  extracted: {self.num_extracted}  "
-                 f"reused: {self.num_reused}  skipped: {sum(self.skipped.values())}",
+                 f"reused: {self.num_reused}  skipped: {len(self.failures)}",
                  f"speed: {self.images_per_second:.1f} images/s over {self.seconds:.1f} s "
                  f"({self.input_wait_seconds:.1f} s waiting for decoded images)"]
         if self.bytes_per_image:
-            shape = "x".join(map(str, self.feature_shape))
             lines.append(f"disk: {self.bytes_per_image:,.0f} bytes per image ({self.feature_dtype} "
-                         f"[{shape}], measured on the shard files); Flickr30k's "
-                         f"{FLICKR30K_IMAGES:,} images: "
+                         f"[{'x'.join(map(str, self.feature_shape))}], measured on the shard "
+                         f"files); Flickr30k's {FLICKR30K_IMAGES:,} images: "
                          f"{self.bytes_per_image * FLICKR30K_IMAGES / 1e9:.2f} GB")
         lines += [f"  skipped {count} x {reason}" for reason, count in sorted(self.skipped.items())]
         return "\n".join(lines)
@@ -95,9 +88,9 @@ class ExtractionReport:
 @dataclass
 class _Shard:
     path: pathlib.Path
-    names: list  # images with features, row order
+    names: list  # images with features, in row order
     failed: dict  # image name -> reason
-    stamps: dict  # image name -> file stamp when extracted, for names and failed alike
+    stamps: dict  # image name -> its file's stamp when extracted, for names and failed alike
 
 
 def extract_features(items: Sequence[tuple[str, pathlib.Path]],
@@ -108,11 +101,10 @@ def extract_features(items: Sequence[tuple[str, pathlib.Path]],
                      feature_dtype: str = "float32") -> ExtractionReport:
     """Make sure cache_dir holds features of every (name, path) in items; returns what happened.
 
-    `encoder` maps float32 [B, 224, 224, 3] to [B, *feature_shape]; it may also be a zero-argument
-    function building it, called only if something has to be computed (a complete cache needs no
-    weights). Features are stored as `feature_dtype`. With `feature_shape`, a cache of another
-    shape is refused before any encoder is built (else once it is). While another process
-    extracts into cache_dir, waits up to `lock_wait_seconds` for it (then reuses its shards).
+    `encoder` maps float32 [B, 224, 224, 3] to [B, *feature_shape], or is a zero-argument function
+    building it, called only if something must be computed (a complete cache needs no weights).
+    With `feature_shape`, a cache of another shape is refused before any encoder is built. While
+    another process extracts into cache_dir, waits up to `lock_wait_seconds`, then reuses its work.
     """
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
@@ -128,25 +120,22 @@ def extract_features(items: Sequence[tuple[str, pathlib.Path]],
         if manifest:
             _check_manifest(cache_dir, manifest, encoder_id, requested, feature_dtype)
         report = ExtractionReport(num_images=len(paths), feature_dtype=feature_dtype)
-        pending = _plan(cache_dir, _shards(cache_dir, repair=True), paths, shard_size, report)
+        pending = _plan(cache_dir, _shards(cache_dir), paths, shard_size, report)
         if pending:
             model = encoder if hasattr(encoder, "output_shape") else encoder()
             shape = _shape(model.output_shape[1:])
-            if manifest:
-                _check_manifest(cache_dir, manifest, None, shape, feature_dtype,
-                                "this encoder's output")
-            else:
+            if manifest is None:
                 manifest = {"format_version": FORMAT_VERSION, "encoder_id": encoder_id,
                             "preprocessing": PREPROCESSING, "feature_shape": list(shape),
                             "feature_dtype": feature_dtype}
                 atomic_write(cache_dir / MANIFEST, json.dumps(manifest, indent=1))
-            _compute(pending, paths, model, shape, feature_dtype, batch_size, progress, report)
+            _check_manifest(cache_dir, manifest, None, shape, None, "this encoder's output")
+            _compute(pending, paths, model, feature_dtype, batch_size, progress, report)
         if manifest:
-            report.feature_shape = tuple(manifest["feature_shape"])
             shards = _shards(cache_dir)
-            count = sum(len(shard.names) for shard in shards)
-            size = sum(shard.path.stat().st_size for shard in shards)
-            report.bytes_per_image = size / count if count else 0.0
+            report.feature_shape = tuple(manifest["feature_shape"])
+            report.bytes_per_image = (sum(shard.path.stat().st_size for shard in shards)
+                                      / max(1, sum(len(shard.names) for shard in shards)))
     return report
 
 
@@ -155,12 +144,10 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
                   feature_dtype: str | None = None) -> tuple[list[str], np.ndarray]:
     """(names, features [n, *feature_shape] in the stored dtype) from the cache.
 
-    Without `names`: every image with features, in shard order. With `names`: in that order;
-    names without features are dropped and logged (INFO for recorded failures, WARNING for names
-    never extracted); the returned names say which were kept. With `encoder_id`, `feature_shape`,
-    `feature_dtype`: refuse a cache of other weights, another shape or another storage dtype.
-    The result is allocated once and filled shard by shard: the peak memory is the result plus
-    one shard (Flickr30k's spatial maps are 6.4 GB in float16).
+    Without `names`: every image with features, in shard order. With `names`: in that order,
+    those without features dropped and logged; the returned names say which were kept. With
+    `encoder_id`, `feature_shape`, `feature_dtype`: refuse a cache of other weights or another kind.
+    Allocated once and filled shard by shard: the peak memory is the result plus one shard.
     """
     cache_dir = pathlib.Path(cache_dir)
     manifest = _read_manifest(cache_dir)
@@ -176,25 +163,22 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
     if names is not None and len(kept) < len(names):
         failed = {name for shard in shards for name in shard.failed}
         absent = [name for name in names if name not in where and name not in failed]
-        log.info("%d of %d requested images have no features in %s: %d failed to decode, "
-                 "%d never extracted", len(names) - len(kept), len(names), cache_dir,
-                 len(names) - len(kept) - len(absent), len(absent))
-        if absent:
-            log.warning("%d requested images were never extracted into %s, e.g. %s",
-                        len(absent), cache_dir, absent[:5])
+        log.log(logging.WARNING if absent else logging.INFO,
+                "%d of %d requested images have no features in %s: %d failed to decode, %d were "
+                "never extracted%s", len(names) - len(kept), len(names), cache_dir,
+                len(names) - len(kept) - len(absent), len(absent),
+                f" (e.g. {absent[:5]})" if absent else "")
     features = np.empty((len(kept), *manifest["feature_shape"]), manifest["feature_dtype"])
     targets = [[] for _ in shards]  # per shard: (row in the result, row in the shard)
     for position, name in enumerate(kept):
-        index, row = where[name]
-        targets[index].append((position, row))
+        targets[where[name][0]].append((position, where[name][1]))
     for shard, pairs in zip(shards, targets):
         if pairs:
             with np.load(shard.path, allow_pickle=False) as data:
                 block = data["features"]
             if block.shape[1:] != features.shape[1:] or block.dtype != features.dtype:
-                raise FeatureCacheError(
-                    f"{shard.path} holds {block.dtype} {list(block.shape[1:])} features, the "
-                    f"manifest says {_kind(manifest)}; delete the cache directory, extract again")
+                raise FeatureCacheError(f"{shard.path} does not hold {_kind(manifest)} features; "
+                                        "delete the cache directory and extract again")
             positions, rows = np.array(pairs).T
             features[positions] = block[rows]
     return kept, features
@@ -212,7 +196,6 @@ def _check_items(items) -> dict[str, str]:
 
 
 def _shape(shape) -> tuple[int, ...]:
-    """A feature shape as a tuple of positive ints ([2048], (7, 7, 2048), a Keras output shape)."""
     try:
         shape = tuple(int(size) for size in shape)
     except (TypeError, ValueError):
@@ -224,13 +207,14 @@ def _shape(shape) -> tuple[int, ...]:
 
 
 def _kind(manifest: dict, shape=None, dtype=None) -> str:
+    """"float16 [7, 7, 2048]": the cache's kind, or that kind with `shape`/`dtype` replaced."""
     return f"{dtype or manifest['feature_dtype']} {list(shape or manifest['feature_shape'])}"
 
 
 def _check_manifest(cache_dir, manifest: dict, encoder_id: str | None, shape: tuple | None,
                     dtype: str | None, what: str = "requested") -> None:
-    """FeatureCacheError unless the cache was made by these weights and preprocessing and holds
-    features of this shape and dtype (None: not checked)."""
+    """FeatureCacheError unless the cache was made by these weights and this preprocessing and
+    holds features of this shape and dtype (None: not checked)."""
     if encoder_id is not None and manifest["encoder_id"] != encoder_id:
         raise FeatureCacheError(f"feature cache {cache_dir} was made with encoder "
                                 f"{manifest['encoder_id']!r}, not {encoder_id!r}; use another "
@@ -248,45 +232,39 @@ def _check_manifest(cache_dir, manifest: dict, encoder_id: str | None, shape: tu
 
 def _plan(cache_dir: pathlib.Path, shards: list[_Shard], paths: dict[str, str], shard_size: int,
           report: ExtractionReport) -> list[tuple[pathlib.Path, list[str]]]:
-    """(shard file, sorted names) to compute: changed shards, then new names cut into shards.
-    What current shards hold for the request is counted in `report` as reused or skipped."""
+    """(shard file, sorted names) to compute: the new names and those of shards whose image
+    files changed (deleted here), cut into new shards. The rest of the request is counted in
+    `report` as reused or skipped."""
     cached = {name for shard in shards for name in shard.stamps}
-    new = sorted(set(paths) - cached)
-    not_requested = sorted(cached - set(paths))
+    new, not_requested = set(paths) - cached, sorted(cached - set(paths))
     if new and not_requested:
         raise FeatureCacheError(
             f"{cache_dir} was made for another image list: {len(new)} requested images are not "
-            f"in it (e.g. {new[0]!r}) and {len(not_requested)} cached images were not requested "
+            f"in it (e.g. {min(new)!r}) and {len(not_requested)} cached images were not requested "
             f"(e.g. {not_requested[0]!r}). A cache is only reused for a subset of its images or "
             "extended by new ones; use another --cache-dir")
-    pending = []
     for shard in shards:
         mine = [name for name in shard.stamps if name in paths]
         if all(shard.stamps[name] == _stamp(paths[name]) for name in mine):
-            report.num_reused += sum(name in paths for name in shard.names)
-            for name in mine:
-                if name in shard.failed:
-                    report.skip(name, shard.failed[name])
-        elif len(mine) < len(shard.stamps):
-            raise FeatureCacheError(
-                f"{shard.path} must be recomputed (image files changed since) but holds images "
-                f"not in this request (e.g. {sorted(set(shard.stamps) - set(mine))[0]!r}); run "
-                "the extraction with the full image list that made this cache, or use another one")
-        else:
-            pending.append((shard.path, sorted(shard.stamps)))
-    first = 1 + max((int(shard.path.stem[len("shard-"):]) for shard in shards), default=-1)
-    return pending + [(cache_dir / f"shard-{first + i:05d}.npz", new[start:start + shard_size])
-                      for i, start in enumerate(range(0, len(new), shard_size))]
+            report.num_reused += sum(name not in shard.failed for name in mine)
+            report.failures += [(name, shard.failed[name]) for name in mine if name in shard.failed]
+        else:  # never served stale; its images not requested are extracted when they are
+            log.info("recomputing %s: its image files changed", shard.path)
+            shard.path.unlink()
+            new.update(mine)
+    new, first = sorted(new), 1 + max((int(s.path.stem[len("shard-"):]) for s in shards), default=-1)
+    return [(cache_dir / f"shard-{first + i:05d}.npz", new[start:start + shard_size])
+            for i, start in enumerate(range(0, len(new), shard_size))]
 
 
-def _compute(pending: list, paths: dict[str, str], encoder, shape: tuple, dtype: str,
-             batch_size: int, progress: bool, report: ExtractionReport) -> None:
-    # Stamped before reading, so a file changed during the run is recomputed next time. Files
-    # that cannot be opened are found here: inside tf.data a read error would fail the batch.
+def _compute(pending: list, paths: dict[str, str], encoder, dtype: str, batch_size: int,
+             progress: bool, report: ExtractionReport) -> None:
+    # Stamped before reading: a file changed during the run is recomputed next time. Unopenable
+    # files are found here, as inside tf.data a read error would fail the whole batch.
     stamps = {name: _stamp(paths[name]) for _, names in pending for name in names}
-    results = {name: ERROR_UNREADABLE for name in stamps if not _readable(paths[name])}
+    results = {name: ERROR_UNREADABLE for name, stamp in stamps.items() if not stamp}
     order = [name for name in stamps if name not in results]  # shard order
-    encode = encode_function(encoder)
+    encode, shape = encode_function(encoder), _shape(encoder.output_shape[1:])
     bar = tqdm(total=len(stamps), initial=len(results), unit="img", desc="image features",
                disable=not progress, smoothing=0.1)
     start = time.perf_counter()
@@ -298,7 +276,7 @@ def _compute(pending: list, paths: dict[str, str], encoder, shape: tuple, dtype:
         report.input_wait_seconds += time.perf_counter() - waited
         errors = [error.decode("utf-8") for error in errors.numpy()]
         ok = [i for i, error in enumerate(errors) if not error]
-        if ok:  # images decode_batch refused are zeros: not worth encoding
+        if ok:  # the images decode_batch refused are zeros: not worth encoding
             features = encode(tf.gather(images, ok) if len(ok) < len(names) else images)
             results.update(zip([names[i] for i in ok], _stored(features.numpy(), dtype, names)))
         results.update((name, error) for name, error in zip(names, errors) if error)
@@ -309,7 +287,7 @@ def _compute(pending: list, paths: dict[str, str], encoder, shape: tuple, dtype:
         _write_shard(path, names, results, stamps, shape, dtype, report)
     bar.close()
     report.seconds = time.perf_counter() - start
-    report.images_per_second = len(stamps) / report.seconds if report.seconds > 0 else 0.0
+    report.images_per_second = len(stamps) / report.seconds
 
 
 # Traced once per process rather than once per dataset built on it.
@@ -341,7 +319,8 @@ def encode_function(encoder: keras.Model):
 def _stored(features: np.ndarray, dtype: str, names: list[str]) -> np.ndarray:
     """An encoder batch in the storage dtype at once (a shard never holds float32 copies of
     float16 maps); values float16 cannot hold are refused rather than stored as inf."""
-    stored = features.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):
+        stored = features.astype(dtype, copy=False)
     if stored is not features and not np.isfinite(stored).all() and np.isfinite(features).all():
         raise FeatureCacheError(
             f"the features of the batch {names[0]!r} .. {names[-1]!r} exceed the {dtype} range "
@@ -352,51 +331,44 @@ def _stored(features: np.ndarray, dtype: str, names: list[str]) -> np.ndarray:
 
 def _write_shard(path: pathlib.Path, names: list[str], results: dict, stamps: dict, shape: tuple,
                  dtype: str, report: ExtractionReport) -> None:
-    """Writes the shard of `names` (sorted) and frees their results."""
+    """Writes the shard of `names` (sorted), then frees their results."""
     rows = {name: results.pop(name) for name in names}
     good = [name for name in names if not isinstance(rows[name], str)]
-    failed = [name for name in names if isinstance(rows[name], str)]
+    failed = [(name, rows[name]) for name in names if isinstance(rows[name], str)]
     features = np.stack([rows[name] for name in good]) if good else np.zeros((0, *shape), dtype)
     atomic_write(path, lambda handle: np.savez(
-        handle, names=np.array(good, str), features=features, failed_names=np.array(failed, str),
-        failed_reasons=np.array([rows[name] for name in failed], str),
+        handle, names=np.array(good, str), features=features,
+        failed_names=np.array([name for name, _ in failed], str),
+        failed_reasons=np.array([reason for _, reason in failed], str),
         stamps=np.array([stamps[name] for name in names], str)))
     report.num_extracted += len(good)
-    for name in failed:
-        report.skip(name, rows[name])
+    report.failures += failed
 
 
 def _stamp(path: str) -> str:
-    """Size and modification time: what tells a changed image file from the one cached."""
+    """Size and modification time: what tells a changed image file from the one cached; "" for
+    a file that cannot be read (missing, a folder, no permission)."""
     try:
         stat = os.stat(path)
     except OSError:
         return ""
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    readable = os.path.isfile(path) and os.access(path, os.R_OK)
+    return f"{stat.st_size}:{stat.st_mtime_ns}" if readable else ""
 
 
-def _readable(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.R_OK)
-
-
-def _shards(cache_dir: pathlib.Path, repair: bool = False) -> list[_Shard]:
-    """The shard files' contents (names, not features). A damaged file (disk, manual editing) is
-    deleted with `repair` (its images are then computed again), else refused."""
+def _shards(cache_dir: pathlib.Path) -> list[_Shard]:
+    """What the shard files hold (names, not features), in file order."""
     shards = []
     for path in sorted(cache_dir.glob(SHARDS)):
-        try:
+        try:  # atomic writes rule out half-written shards; this is a disk error or manual editing
             with np.load(path, allow_pickle=False) as data:
                 names, failed = data["names"].tolist(), data["failed_names"].tolist()
                 reasons, stamps = data["failed_reasons"].tolist(), data["stamps"].tolist()
                 if "features" not in data.files or len(stamps) != len(names) + len(failed):
                     raise ValueError("not a feature shard")
         except Exception as error:  # zipfile.BadZipFile, KeyError, ValueError, OSError...
-            if not repair:
-                raise FeatureCacheError(f"{path} is damaged ({error}); run the extraction again "
-                                        "to recompute it") from error
-            log.warning("recomputing the images of damaged shard %s (%s)", path, error)
-            path.unlink()
-            continue
+            raise FeatureCacheError(f"{path} is damaged ({error}); delete it and run the "
+                                    "extraction again to recompute its images") from error
         shards.append(_Shard(path, names, dict(zip(failed, reasons)),
                              dict(zip(sorted(names + failed), stamps))))
     return shards
@@ -424,24 +396,20 @@ def _read_manifest(cache_dir: pathlib.Path) -> dict | None:
 
 @contextlib.contextmanager
 def _locked(cache_dir: pathlib.Path, wait_seconds: float):
+    """Holds the cache's lock, waiting up to `wait_seconds` for another run to release it."""
     with open(cache_dir / LOCK, "a") as handle:
-        deadline = time.monotonic() + wait_seconds
-        while not _try_lock(handle):
-            if time.monotonic() >= deadline:
-                raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait for "
-                                        "it or use another cache directory")
-            log.info("waiting up to %.0f s for another extraction into %s to finish",
-                     deadline - time.monotonic(), cache_dir)
-            time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _try_lock(handle) -> bool:
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+        deadline, waiting = time.monotonic() + wait_seconds, False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait "
+                                            "for it or use another cache directory") from None
+                if not waiting:
+                    log.info("waiting up to %.0f s for another extraction into %s to finish",
+                             wait_seconds, cache_dir)
+                waiting = True
+                time.sleep(max(0.0, min(LOCK_POLL_SECONDS, deadline - time.monotonic())))
+        yield  # closing the file releases the lock

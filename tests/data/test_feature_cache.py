@@ -188,31 +188,40 @@ def test_temp_files_are_never_read_and_are_cleaned(tmp_path, tiny_encoder):
     assert len(load_features(cache)[0]) == 6
 
 
-def test_damaged_shard_is_recomputed(tmp_path, tiny_encoder):
+def test_damaged_shard_is_refused_and_recomputed_once_deleted(tmp_path, tiny_encoder):
     items = _write_images(tmp_path / "images", 4)
     cache = tmp_path / "cache"
     extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2, progress=False)
     (cache / "shard-00001.npz").write_bytes(b"not a zip file")
-    with pytest.raises(FeatureCacheError, match="shard-00001.npz is damaged.*extraction again"):
+    damaged = "shard-00001.npz is damaged.*delete it and run the extraction again"
+    with pytest.raises(FeatureCacheError, match=damaged):
         load_features(cache)
+    with pytest.raises(FeatureCacheError, match=damaged):
+        extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
+    (cache / "shard-00001.npz").unlink()
     report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2,
                               progress=False)
     assert (report.num_extracted, report.num_reused) == (2, 2)
     assert len(load_features(cache)[0]) == 4
 
 
-def test_changed_shard_holding_images_not_requested_is_refused(tmp_path, tiny_encoder):
-    """Recomputing it needs every image it holds; reusing it would serve stale features."""
+def test_changed_image_requested_with_a_subset_is_recomputed_and_the_rest_later(tmp_path,
+                                                                                tiny_encoder):
+    """A shard with a changed image is dropped: its requested images are computed now, the
+    others when they are requested again."""
     items = _write_images(tmp_path / "images", 4)
     cache = tmp_path / "cache"
     extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
     Image.new("RGB", (64, 48), (0, 255, 0)).save(items[0][1])
     os.utime(items[0][1], ns=(1, 1))
-    with pytest.raises(FeatureCacheError, match=r"shard-00000.npz must be recomputed.*"
-                                                r"not in this request \(e.g. 'img002.jpg'\)"):
-        extract_features(items[:2], tiny_encoder, cache, encoder_id="tiny", progress=False)
+    subset = extract_features(items[:2], tiny_encoder, cache, encoder_id="tiny", progress=False)
+    assert (subset.num_extracted, subset.num_reused) == (2, 0)
+    names, features = load_features(cache)
+    assert names == ["img000.png", "img001.jpg"]
+    np.testing.assert_allclose(features[0], _expected(tiny_encoder, items[0][1]), rtol=1e-5,
+                               atol=1e-6)
     report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
-    assert (report.num_extracted, report.num_reused) == (4, 0)
+    assert (report.num_extracted, report.num_reused) == (2, 2)
 
 
 def test_concurrent_extraction_into_one_cache_is_refused(tmp_path, tiny_encoder):
