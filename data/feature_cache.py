@@ -38,7 +38,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from data.files import atomic_write, remove_partial_files
-from data.images import IMAGE_SIZE, PREPROCESSING, decode_batch
+from data.images import IMAGE_SIZE, MAX_IMAGE_BYTES, PREPROCESSING, decode_batch
 
 FORMAT_VERSION = 2
 MANIFEST, LOCK, SHARDS = "manifest.json", ".lock", "shard-*.npz"
@@ -302,9 +302,12 @@ def _decoded_batches(files: list[str], batch_size: int, ahead: int = 2):
     """(float32 images [B, 224, 224, 3], error strings [B]) per batch of `files`, in order, with
     `ahead` batches decoded by a thread while the caller encodes. (A tf.data map would build
     decode_batch's inner pipeline anew for every extraction: ~0.3 CPU-s and a slower first batch.)"""
+    def read(file: str) -> bytes:  # a longer file is refused by its size: never read it whole
+        with open(file, "rb") as handle:
+            return handle.read(MAX_IMAGE_BYTES + 1)
+
     def decode(start: int):
-        batch = files[start:start + batch_size]
-        return _decode_batch(tf.constant([pathlib.Path(file).read_bytes() for file in batch]))
+        return _decode_batch(tf.constant([read(file) for file in files[start:start + batch_size]]))
 
     with ThreadPoolExecutor(1) as pool:
         queue = collections.deque()

@@ -15,7 +15,8 @@ from PIL import Image
 
 from data.feature_cache import ERROR_UNREADABLE, FeatureCacheError, extract_features, load_features
 from data.files import TEMP_SUFFIX
-from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, decode_one
+from data.images import (ERROR_BYTES, ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT,
+                         MAX_IMAGE_BYTES, decode_one)
 from model.encoder import EncoderConfig, build_encoder, encoder_id
 from tests.helpers import REPO
 
@@ -105,6 +106,15 @@ def test_bad_files_are_counted_by_reason_and_rows_match_their_images(tmp_path, t
     assert _failed_in_shards(cache) == report.skipped  # failures recorded, not retried
     complete = extract_features(items, _no_encoder, cache, encoder_id="tiny", progress=False)
     assert (complete.num_extracted, complete.num_reused) == (0, 7)
+
+
+def test_oversized_file_is_skipped_by_its_size(tmp_path, tiny_encoder):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8\xff\xe0" + bytes(MAX_IMAGE_BYTES))  # JPEG magic, 16 MB + 4 bytes
+    items = [("big.jpg", big)] + _write_images(tmp_path / "images", 1)
+    report = extract_features(items, tiny_encoder, tmp_path / "cache", encoder_id="tiny",
+                              progress=False)
+    assert report.skipped == {ERROR_BYTES: 1} and report.num_extracted == 1
 
 
 def test_shards_are_plain_numpy_sorted_by_name(tmp_path, tiny_encoder):
