@@ -300,8 +300,8 @@ _decode_batch = tf.function(decode_batch, input_signature=[tf.TensorSpec([None],
 
 def _decoded_batches(files: list[str], batch_size: int, ahead: int = 2):
     """(float32 images [B, 224, 224, 3], error strings [B]) per batch of `files`, in order, with
-    `ahead` batches decoded by a thread while the caller encodes. (A tf.data map would build
-    decode_batch's inner pipeline anew for every extraction: ~0.3 CPU-s and a slower first batch.)"""
+    `ahead` batches decoded by a thread while the caller encodes (a tf.data map would rebuild
+    decode_batch's inner pipeline for every extraction, delaying its first batch)."""
     def read(file: str) -> bytes:  # a longer file is refused by its size: never read it whole
         with open(file, "rb") as handle:
             return handle.read(MAX_IMAGE_BYTES + 1)
