@@ -28,10 +28,6 @@ def clean_captions(texts: list[str]) -> list[str]:
     return [c.decode("utf-8") for c in cleaned]
 
 
-def clean_caption(text: str) -> str:
-    return clean_captions([text])[0]
-
-
 def caption_words(text: str) -> list[str]:
     """The tokens of an already-cleaned caption."""
     return text.split()

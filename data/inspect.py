@@ -17,7 +17,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # captions.py imports TensorFlow
 
-from data.builtin import DEFAULT_ROOT, ensure_builtin  # noqa: E402
+from data.builtin import ensure_builtin  # noqa: E402
+from data.files import BUILTIN_ROOT  # noqa: E402
 from data.layouts import CaptionDataset, SkipReport, load_dataset  # noqa: E402
 from data.splits import SPLITS, split_dataset, uses_karpathy_split  # noqa: E402
 from data.vocabulary import Vocabulary, VocabularyError  # noqa: E402
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
         description="Report a caption dataset's layout, counts, skipped lines, splits and "
                     "vocabulary without extracting features.")
     parser.add_argument("dir", nargs="?", type=pathlib.Path,
-                        help=f"dataset folder (default: the built-in dataset in {DEFAULT_ROOT}, "
+                        help=f"dataset folder (default: the built-in dataset in {BUILTIN_ROOT}, "
                              "generated if absent)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--min-count", type=int, default=5,

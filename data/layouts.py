@@ -42,7 +42,6 @@ CAPTION_FILES: dict[str, tuple[str, ...]] = {
 IMAGE_DIRS: tuple[str, ...] = ("Images", "images", "flickr30k_images", "flickr30k-images",
                                "Flickr30k_images", "Flickr8k_Dataset", "Flicker8k_Dataset",
                                "Flickr8k_images", ".")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 # Skip reasons (SkipReport keys).
 MISSING_IMAGE = "missing image"

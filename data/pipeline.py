@@ -17,7 +17,7 @@ How it stays fast without per-element Python: the dataset runs over caption *ind
 length bucketing and batching move scalars; one vectorised map per batch then gathers the token
 rows from a RaggedTensor and the feature rows from a tf.Variable. The feature matrix is captured
 as a variable (a resource handle) rather than a graph constant, so its 238 MB (Flickr30k: 29k x
-2048 floats) are not copied into each traced function; 290k x 2048 (2.4 GB) was checked to work.
+2048 floats) are not copied into each traced function.
 A float16 matrix (the spatial maps of the feature cache: 29k x 7 x 7 x 2048 is 5.8 GB) stays
 float16 in the variable, half the memory of float32; each gathered batch is cast to float32.
 """
@@ -121,17 +121,6 @@ def evaluation_dataset(features: np.ndarray, image_rows, token_lists,
     examples, table = _prepare(features, image_rows, token_lists, config)
     batches = tf.data.Dataset.range(len(examples)).batch(config.batch_size)
     return _assemble(batches, examples, table, config.pad_to)
-
-
-def feature_batches(features: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    """float32 [B, F] (or [B, 7, 7, F]) batches of the feature rows, in order (for decoding
-    captions)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    table = _feature_table(features)
-    return (tf.data.Dataset.range(len(features)).batch(batch_size)
-            .map(lambda rows: tf.cast(tf.gather(table, rows), tf.float32))
-            .prefetch(tf.data.AUTOTUNE))
 
 
 def _prepare(features, image_rows, token_lists, config: PipelineConfig):

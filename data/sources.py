@@ -9,9 +9,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data.builtin import ensure_builtin
+from data.files import BUILTIN_ROOT
 from data.layouts import CaptionDataset, load_dataset
 
-BUILTIN_ROOT = Path("datasets/builtin")
 TFDS_EXPORT_ROOT = Path("datasets/from-tfds")
 
 
@@ -22,7 +22,7 @@ def is_tfds_dir(path: Path) -> bool:
 
 def open_dataset(data=None) -> CaptionDataset:
     """Reads `data` (a folder) or, when it is None/empty, the built-in dataset (generated on
-    first use under datasets/builtin)."""
+    first use in BUILTIN_ROOT)."""
     if not data:
         return load_dataset(ensure_builtin(BUILTIN_ROOT))
     path = Path(data)

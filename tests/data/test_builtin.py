@@ -1,5 +1,6 @@
 """The built-in dataset: deterministic bytes, Flickr layouts read by the same readers, captions
 that need the image, atomic generation."""
+import inspect
 import io
 import os
 import shutil
@@ -12,6 +13,7 @@ from data import builtin
 from data.builtin import (COLOURS, PLACES, SHAPE_WORDS, SIZE_PREDICATES, SIZE_WORDS,
                           captions_for, ensure_builtin, generate_builtin, is_complete, render,
                           sample_scene)
+from data.files import BUILTIN_IMAGES, BUILTIN_ROOT
 from data.layouts import DatasetError, detect_layout, load_dataset
 from data.splits import split_dataset
 
@@ -141,4 +143,6 @@ def test_generate_refuses_a_non_empty_folder_and_tiny_sizes(tmp_path):
 
 def test_defaults():
     assert builtin.DEFAULT_NUM_IMAGES == 1500
-    assert str(builtin.DEFAULT_ROOT) == os.path.join("datasets", "builtin")
+    assert str(BUILTIN_ROOT) == os.path.join("datasets", "builtin")
+    assert inspect.signature(ensure_builtin).parameters["root"].default == BUILTIN_ROOT
+    assert BUILTIN_ROOT / builtin.IMAGE_DIR == BUILTIN_IMAGES  # where generate_builtin writes

@@ -1,5 +1,6 @@
 """data/feature_cache.py on real generated image files, real Keras encoders and real shards."""
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -12,10 +13,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data.feature_cache import (ERROR_UNREADABLE, FeatureCacheError, cache_info,
-                                extract_features, load_features)
+from data.feature_cache import ERROR_UNREADABLE, FeatureCacheError, extract_features, load_features
 from data.files import TEMP_SUFFIX
-from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, decode_one
+from data.images import (ERROR_BYTES, ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT,
+                         MAX_IMAGE_BYTES, decode_one)
 from model.encoder import EncoderConfig, build_encoder, encoder_id
 from tests.helpers import REPO
 
@@ -64,6 +65,24 @@ def _shard_stamps(cache):
     return {p.name: p.stat().st_mtime_ns for p in cache.glob("shard-*.npz")}
 
 
+def _manifest(cache):
+    return json.loads((cache / "manifest.json").read_text())
+
+
+def _failed_in_shards(cache):
+    """reason -> count over the failures the shard files record."""
+    reasons = {}
+    for path in cache.glob("shard-*.npz"):
+        with np.load(path, allow_pickle=False) as shard:
+            for reason in shard["failed_reasons"].tolist():
+                reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
+
+
+def _no_encoder():
+    raise AssertionError("the encoder was needed although the cache is complete")
+
+
 def test_bad_files_are_counted_by_reason_and_rows_match_their_images(tmp_path, tiny_encoder):
     good = _write_images(tmp_path / "images", 7)
     items = good[:3] + _bad_items(tmp_path / "bad") + good[3:]
@@ -83,9 +102,19 @@ def test_bad_files_are_counted_by_reason_and_rows_match_their_images(tmp_path, t
     for (name, path), row in zip(good, features):
         np.testing.assert_allclose(row, _expected(tiny_encoder, path), rtol=1e-5, atol=1e-6)
 
-    info = cache_info(cache)
-    assert info["complete"] and info["num_shards"] == 3 and info["num_features"] == 7
-    assert info["failed"][ERROR_UNREADABLE] == 2 and info["encoder_id"] == "tiny"
+    assert len(_shard_stamps(cache)) == 3 and _manifest(cache)["encoder_id"] == "tiny"
+    assert _failed_in_shards(cache) == report.skipped  # failures recorded, not retried
+    complete = extract_features(items, _no_encoder, cache, encoder_id="tiny", progress=False)
+    assert (complete.num_extracted, complete.num_reused) == (0, 7)
+
+
+def test_oversized_file_is_skipped_by_its_size(tmp_path, tiny_encoder):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8\xff\xe0" + bytes(MAX_IMAGE_BYTES))  # JPEG magic, 16 MB + 4 bytes
+    items = [("big.jpg", big)] + _write_images(tmp_path / "images", 1)
+    report = extract_features(items, tiny_encoder, tmp_path / "cache", encoder_id="tiny",
+                              progress=False)
+    assert report.skipped == {ERROR_BYTES: 1} and report.num_extracted == 1
 
 
 def test_shards_are_plain_numpy_sorted_by_name(tmp_path, tiny_encoder):
@@ -107,11 +136,7 @@ def test_second_run_reuses_everything_without_building_the_encoder(tmp_path, tin
     first = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=4,
                              progress=False)
     stamps = _shard_stamps(cache)
-
-    def no_encoder():
-        raise AssertionError("the encoder was needed although the cache is complete")
-
-    again = extract_features(items, no_encoder, cache, encoder_id="tiny", shard_size=4,
+    again = extract_features(items, _no_encoder, cache, encoder_id="tiny", shard_size=4,
                              progress=False)
     assert (again.num_extracted, again.num_reused) == (0, 6)
     assert again.skipped == first.skipped
@@ -160,7 +185,7 @@ def test_temp_files_are_never_read_and_are_cleaned(tmp_path, tiny_encoder):
     (cache / f".shard-00001.npz.4242{TEMP_SUFFIX}").write_bytes(b"PK\x03\x04 half a zip")
     names, _ = load_features(cache)
     assert names == ["img000.png", "img001.jpg", "img004.jpg", "img005.jpg"]
-    assert not cache_info(cache)["complete"]
+    assert len(_shard_stamps(cache)) == 2  # the temp file is not taken for a shard
 
     stamps = _shard_stamps(cache)
     report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2,
@@ -173,13 +198,39 @@ def test_temp_files_are_never_read_and_are_cleaned(tmp_path, tiny_encoder):
     assert len(load_features(cache)[0]) == 6
 
 
-def test_damaged_shard_is_recomputed(tmp_path, tiny_encoder):
+def test_damaged_shard_is_refused_and_recomputed_once_deleted(tmp_path, tiny_encoder):
     items = _write_images(tmp_path / "images", 4)
     cache = tmp_path / "cache"
     extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2, progress=False)
     (cache / "shard-00001.npz").write_bytes(b"not a zip file")
+    damaged = "shard-00001.npz is damaged.*delete it and run the extraction again"
+    with pytest.raises(FeatureCacheError, match=damaged):
+        load_features(cache)
+    with pytest.raises(FeatureCacheError, match=damaged):
+        extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
+    (cache / "shard-00001.npz").unlink()
     report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", shard_size=2,
                               progress=False)
+    assert (report.num_extracted, report.num_reused) == (2, 2)
+    assert len(load_features(cache)[0]) == 4
+
+
+def test_changed_image_requested_with_a_subset_is_recomputed_and_the_rest_later(tmp_path,
+                                                                                tiny_encoder):
+    """A shard with a changed image is dropped: its requested images are computed now, the
+    others when they are requested again."""
+    items = _write_images(tmp_path / "images", 4)
+    cache = tmp_path / "cache"
+    extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
+    Image.new("RGB", (64, 48), (0, 255, 0)).save(items[0][1])
+    os.utime(items[0][1], ns=(1, 1))
+    subset = extract_features(items[:2], tiny_encoder, cache, encoder_id="tiny", progress=False)
+    assert (subset.num_extracted, subset.num_reused) == (2, 0)
+    names, features = load_features(cache)
+    assert names == ["img000.png", "img001.jpg"]
+    np.testing.assert_allclose(features[0], _expected(tiny_encoder, items[0][1]), rtol=1e-5,
+                               atol=1e-6)
+    report = extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
     assert (report.num_extracted, report.num_reused) == (2, 2)
 
 
@@ -403,12 +454,30 @@ def test_spatial_maps_round_trip_as_float16(tmp_path, tiny_spatial_encoder):
     for name, row in zip(names, features):
         exact = _expected(tiny_spatial_encoder, dict(items)[name])
         np.testing.assert_array_equal(row, exact.astype(np.float16))  # the one rounding only
-    info = cache_info(cache)
-    assert info["feature_shape"] == [7, 7, 4] and info["feature_dtype"] == "float16"
-    assert info["feature_dim"] == 4 and info["num_features"] == 5 and info["complete"]
-    assert info["bytes_per_image"] == pytest.approx(report.bytes_per_image, abs=0.1)
-    assert info["bytes_per_image"] > 7 * 7 * 4 * 2  # at least the map itself
+    manifest = _manifest(cache)
+    assert manifest["feature_shape"] == [7, 7, 4] and manifest["feature_dtype"] == "float16"
+    assert len(load_features(cache)[0]) == 5
+    on_disk = sum(p.stat().st_size for p in cache.glob("shard-*.npz")) / 5
+    assert report.bytes_per_image == pytest.approx(on_disk)
+    assert report.bytes_per_image > 7 * 7 * 4 * 2  # at least the map itself
     assert "bytes per image (float16 [7x7x4]" in report.summary()
+
+
+@pytest.mark.parametrize("pool, channels", [(32, 4), (16, 6)], ids=["7x7x4", "14x14x6"])
+def test_any_feature_map_shape_needs_no_cache_changes(tmp_path, pool, channels):
+    """A new kind (e.g. ResNet50's conv4 map, [14, 14, 1024] float16) is just another shape."""
+    inputs = keras.Input((224, 224, 3))
+    encoder = keras.Model(inputs, keras.layers.Dense(channels)(
+        keras.layers.AveragePooling2D(pool)(inputs)))
+    shape = (224 // pool, 224 // pool, channels)
+    items = _write_images(tmp_path / "images", 3)
+    report = _spatial(items, encoder, tmp_path / "cache", feature_shape=shape, shard_size=2)
+    assert report.feature_shape == shape and report.num_extracted == 3
+    names, features = load_features(tmp_path / "cache", feature_shape=shape,
+                                    feature_dtype="float16")
+    assert features.shape == (3, *shape) and features.dtype == np.float16
+    for (name, path), row in zip(items, features):
+        np.testing.assert_array_equal(row, _expected(encoder, path).astype(np.float16))
 
 
 def test_spatial_cache_resumes_after_an_interrupted_run(tmp_path, tiny_spatial_encoder):
@@ -479,24 +548,25 @@ def test_maps_float16_cannot_hold_are_refused_not_stored_as_inf(tmp_path):
     assert not list((tmp_path / "cache").glob("shard-*"))
 
 
-def test_manifest_without_shape_and_dtype_reads_as_pooled_float32(tmp_path, tiny_encoder):
-    """Caches written before feature_shape/feature_dtype existed stay valid."""
-    import json
+@pytest.mark.parametrize("edit, expected", [
+    (lambda m: m.pop("feature_shape"), r"not a feature-cache manifest \(bad or missing "
+                                       r"'feature_shape'\); delete the cache directory"),
+    (lambda m: m.update(feature_dtype="bfloat16"), "not a feature-cache manifest"),
+    (lambda m: m.update(format_version=1), "format version 1, this code reads version 2"),
+])
+def test_manifest_of_another_version_or_without_its_kind_is_refused(tmp_path, tiny_encoder,
+                                                                    edit, expected):
+    """Old manifests are not migrated (a cache without feature_shape predates spatial maps)."""
     items = _write_images(tmp_path / "images", 3)
     cache = tmp_path / "cache"
     extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
-    manifest = json.loads((cache / "manifest.json").read_text())
-    del manifest["feature_shape"], manifest["feature_dtype"]
+    manifest = _manifest(cache)
+    edit(manifest)
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    info = cache_info(cache)
-    assert (info["feature_shape"], info["feature_dtype"]) == ([8], "float32")
-    names, features = load_features(cache, feature_shape=[8], feature_dtype="float32")
-    assert features.shape == (3, 8) and features.dtype == np.float32
-    again = extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False,
-                             feature_shape=[8])
-    assert (again.num_reused, again.num_extracted) == (3, 0)
-    with pytest.raises(FeatureCacheError, match=r"float32 \[8\]"):
-        load_features(cache, feature_dtype="float16")
+    with pytest.raises(FeatureCacheError, match=expected):
+        load_features(cache)
+    with pytest.raises(FeatureCacheError, match=expected):
+        extract_features(items, tiny_encoder, cache, encoder_id="tiny", progress=False)
 
 
 def test_load_features_fills_one_preallocated_array(tmp_path, tiny_spatial_encoder):

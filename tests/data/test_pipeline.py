@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from data.pipeline import (PipelineConfig, _feature_table, caption_examples, evaluation_dataset,
-                           feature_batches, training_dataset)
+                           training_dataset)
 
 START, END = 1, 2
 
@@ -27,6 +27,14 @@ def _captions(num_images=12, per_image=3, seed=0, longest=30):
 
 def _batches(dataset):
     return [(x["features"].numpy(), x["tokens"].numpy(), y.numpy()) for x, y in dataset]
+
+
+def _feature_batches(features, batch_size):
+    """The feature batches of one caption per row, in row order (what caption decoding reads)."""
+    one_each = [[START, END]] * len(features)
+    dataset = evaluation_dataset(features, range(len(features)), one_each,
+                                 PipelineConfig(batch_size=batch_size))
+    return [batch for batch, _, _ in _batches(dataset)]
 
 
 def _caption_ids(batches):
@@ -115,9 +123,9 @@ def test_caption_examples_pack_tokens_as_a_ragged_tensor():
     assert examples.steps.tolist() == [2, 1]
 
 
-def test_feature_batches_keep_the_row_order():
+def test_evaluation_feature_batches_keep_the_row_order():
     features = np.arange(20, dtype=np.float32).reshape(10, 2)
-    batches = [b.numpy() for b in feature_batches(features, 4)]
+    batches = _feature_batches(features, 4)
     assert [len(b) for b in batches] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate(batches), features)
 
@@ -156,7 +164,7 @@ def test_spatial_float16_maps_come_out_as_float32_batches_of_the_right_rows():
             assert batch_features.dtype == np.float32
             # exactly the stored float16 values, widened: no second rounding
             np.testing.assert_array_equal(batch_features, maps[expected].astype(np.float32))
-    batches = [b.numpy() for b in feature_batches(maps, 5)]
+    batches = _feature_batches(maps, 5)
     assert [b.shape for b in batches] == [(5, 7, 7, 3), (5, 7, 7, 3), (2, 7, 7, 3)]
     assert all(b.dtype == np.float32 for b in batches)
     np.testing.assert_array_equal(np.concatenate(batches), maps.astype(np.float32))
@@ -171,7 +179,7 @@ def test_float16_features_stay_float16_in_the_variable_float32_stay_float32():
     np.testing.assert_array_equal(table.numpy(), pooled)
     assert _feature_table(pooled.astype(np.float64)).dtype == tf.float32  # as before
     pooled16 = pooled.astype(np.float16)
-    [batch] = [b.numpy() for b in feature_batches(pooled16, 3)]
+    [batch] = _feature_batches(pooled16, 3)
     np.testing.assert_array_equal(batch, pooled16.astype(np.float32))
 
 
