@@ -23,7 +23,7 @@ import tensorflow as tf
 from benchmarks._synthetic import photo_jpegs, synthetic_captions
 from benchmarks._timing import (machine, median, paired, parse, report, round_robin,
                                 rounded)
-from data.feature_cache import FLICKR30K_IMAGES, _encode_function, extract_features
+from data.feature_cache import FLICKR30K_IMAGES, encode_function, extract_features
 from data.images import decode_one
 from data.pipeline import PipelineConfig, training_dataset
 from model.encoder import EncoderConfig, build_encoder
@@ -67,7 +67,7 @@ def bench_extraction(num_images: int, rounds: int, bare: bool, spatial: bool) ->
 
         tasks = {}
         if bare:
-            encode = _encode_function(kinds["pipeline"][0])  # the very function the pipeline calls
+            encode = encode_function(kinds["pipeline"][0])  # the very function the pipeline calls
             images = tf.stack([decode_one(tf.io.read_file(str(p)))[0] for _, p in items])
             tasks["bare"] = lambda: [np.asarray(encode(images[i:i + BATCH]))
                                      for i in range(0, num_images, BATCH)]

@@ -10,7 +10,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
-from data.captions import clean_caption
+from data.captions import clean_captions
 from data.vocabulary import SPECIAL_TOKENS
 from model import metrics
 from model.metrics import (MeteorScorer, caption_scores, coco_results, coco_scores,
@@ -83,9 +83,9 @@ def test_hand_worked_example():
 
 def _tokens(refs, preds):
     """The same tokens our module scores, built by hand: special tokens dropped, then cleaned."""
-    refs = [[clean_caption(r).split() for r in rs] for rs in refs]
+    refs = [[caption.split() for caption in clean_captions(list(rs))] for rs in refs]
     preds = [[w for w in p.split() if w not in SPECIAL_TOKENS] for p in preds]
-    return refs, [clean_caption(" ".join(p)).split() for p in preds]
+    return refs, [caption.split() for caption in clean_captions([" ".join(p) for p in preds])]
 
 
 @pytest.mark.parametrize("refs, preds", [(HAND_REFS, HAND_PREDS), (REAL_REFS, REAL_PREDS)],
