@@ -1,1 +1,4 @@
 """model stage."""
+from data.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # before anything imports TensorFlow: see data/quiet.py
