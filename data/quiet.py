@@ -27,10 +27,11 @@ import threading
 VERBOSE = "STORYTELLER_VERBOSE"  # =1: print everything TensorFlow prints
 NOISE = re.compile(rb"All log messages before absl::InitializeLog\(\) is called"
                    rb"|port\.cc:\d+\] oneDNN custom operations are on"
-                   rb"|cudart_stub\.cc:\d+\] Could not find cuda drivers"
-                   rb"|cpu_feature_guard\.cc:\d+\]|^To enable the following instructions: .*rebuild TensorFlow"
-                   rb"|cuda_platform\.cc:\d+\] failed call to cuInit")
-NO_DRIVER = b"Could not find cuda drivers"
+                   rb"|cpu_feature_guard\.cc:\d+\]|^To enable the following instructions: .*rebuild TensorFlow")
+NO_DRIVER = re.compile(rb"cudart_stub\.cc:\d+\] Could not find cuda drivers")
+# Dropped only once TensorFlow said there is no CUDA driver: then it is that line's echo.
+NO_DRIVER_ECHO = re.compile(rb"cuda_platform\.cc:\d+\] failed call to cuInit")
+_no_driver = threading.Event()
 
 
 def verbose() -> bool:
@@ -48,22 +49,20 @@ def quiet_tensorflow() -> None:
 
 @contextlib.contextmanager
 def dropping_noise():
-    """Within the block, the NOISE lines written to file descriptor 2 are dropped; every other line
-    goes on to stderr as it comes (a reader thread, so a crash loses nothing already written).
-    Yields a list that receives the dropped lines."""
-    dropped = []
+    """Within the block, the noise lines written to file descriptor 2 are dropped; every other line
+    goes on to stderr as it comes (a reader thread, so a crash loses nothing already written)."""
     if verbose():
-        yield dropped
+        yield
         return
     sys.stderr.flush()
     read_end, write_end = os.pipe()
     stderr = os.dup(2)
     os.dup2(write_end, 2)
     os.close(write_end)
-    reader = threading.Thread(target=_pass_on, args=(read_end, stderr, dropped), daemon=True)
+    reader = threading.Thread(target=_pass_on, args=(read_end, stderr), daemon=True)
     reader.start()
     try:
-        yield dropped
+        yield
     finally:
         sys.stderr.flush()
         os.dup2(stderr, 2)  # closes the pipe's last write end: the reader sees its end
@@ -71,12 +70,12 @@ def dropping_noise():
         os.close(stderr)
 
 
-def _pass_on(read_end: int, stderr: int, dropped: list) -> None:
+def _pass_on(read_end: int, stderr: int) -> None:
     with open(read_end, "rb") as pipe:
         for line in pipe:
-            if NOISE.search(line):
-                dropped.append(line)
-            else:
+            if NO_DRIVER.search(line):
+                _no_driver.set()
+            elif not (NOISE.search(line) or (_no_driver.is_set() and NO_DRIVER_ECHO.search(line))):
                 os.write(stderr, line)
 
 
@@ -95,10 +94,11 @@ class _QuietImport:
 
 def _quietly(exec_module):
     def run(module):
-        with dropping_noise() as dropped:
+        with dropping_noise():
             exec_module(module)
-            if any(NO_DRIVER in line for line in dropped):
-                # No CUDA driver: TensorFlow's first device lookup would log a failed cuInit as an
-                # ERROR. Looking the devices up now, inside the window, drops that line too.
+        if _no_driver.is_set():
+            # TensorFlow's first device lookup would log the failed cuInit as an ERROR, outside
+            # any window: looking the devices up now drops that echo too.
+            with dropping_noise():
                 module.config.list_physical_devices()
     return run
