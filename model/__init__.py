@@ -1,4 +1,3 @@
 """model stage."""
 from data.quiet import quiet_tensorflow
-
-quiet_tensorflow()  # before anything imports TensorFlow: see data/quiet.py
+quiet_tensorflow()  # before anything imports TensorFlow (data/quiet.py)
