@@ -51,12 +51,15 @@ def quiet_tensorflow() -> None:
 def dropping_noise():
     """Within the block, the noise lines written to file descriptor 2 are dropped; every other line
     goes on to stderr as it comes (a reader thread, so a crash loses nothing already written)."""
-    if verbose():
+    try:
+        stderr = None if verbose() else os.dup(2)
+    except OSError:  # no stderr to filter
+        stderr = None
+    if stderr is None:
         yield
         return
     sys.stderr.flush()
     read_end, write_end = os.pipe()
-    stderr = os.dup(2)
     os.dup2(write_end, 2)
     os.close(write_end)
     reader = threading.Thread(target=_pass_on, args=(read_end, stderr), daemon=True)
@@ -65,9 +68,10 @@ def dropping_noise():
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(stderr, 2)  # closes the pipe's last write end: the reader sees its end
-        reader.join()
-        os.close(stderr)
+        os.dup2(stderr, 2)  # closes the pipe's last write end: the reader sees its end...
+        reader.join(timeout=5)
+        if not reader.is_alive():  # ...unless a child process started meanwhile holds a copy
+            os.close(stderr)
 
 
 def _pass_on(read_end: int, stderr: int) -> None:
