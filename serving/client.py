@@ -285,9 +285,8 @@ def main(argv=None) -> int:
     """Exit 0: all captioned; 1: some images had errors; 2: the request failed (message on stderr)."""
     args = _parse_args(argv)
     try:
-        with make_client(args.rest, args.grpc, model=args.model, version=args.version,
-                         timeout=args.timeout, retries=args.retries,
-                         batch_size=args.batch_size) as client:
+        with make_client(args.rest, args.grpc, model=args.model, version=args.version, timeout=args.timeout,
+                         retries=args.retries, batch_size=args.batch_size) as client:
             if args.status or args.metadata:
                 print(json.dumps(client.status() if args.status else client.metadata(), indent=2))
                 return 0
@@ -307,8 +306,7 @@ def _caption_paths(client, paths: list[str], signature: str, batch_size: int) ->
         batch = paths[start:start + batch_size]
         images = [Path(path).read_bytes() for path in batch]
         for path, result in zip(batch, client.caption(images, signature)):
-            print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}",
-                  flush=True)
+            print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}", flush=True)
             failures += not result.ok
     return 1 if failures else 0
 

@@ -369,6 +369,8 @@ def serve(settings: ServerSettings):
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tf.get_logger().handlers.clear()  # its own handler printed each TensorFlow line a second time
+    tf.get_logger().setLevel(logging.WARNING)  # its INFO lines ("Restoring parameters") are noise here
     settings = parse_args(argv)
     stopping = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):  # Python runs handlers in the main thread
