@@ -1,1 +1,3 @@
 """export stage."""
+from data.quiet import quiet_tensorflow
+quiet_tensorflow()  # before anything imports TensorFlow (data/quiet.py)

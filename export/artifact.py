@@ -7,7 +7,8 @@ Everything that decides whether the real server can use an export lives here, on
   into place in one step, because the server polls the base and would load a half-written folder);
 - the warmup records (`WARMUP`, `write_warmup`, replayed by `SessionModel.warm_up`);
 - loading a version the way tensorflow_model_server does (`SessionModel`: the C++ SavedModel loader
-  into a TF1 session, signatures run by tensor name; not Python's tf.saved_model.load).
+  into a TF1 session, signatures run by tensor name; not Python's tf.saved_model.load), with the
+  server's session options (`session_config`: its --mixed_precision=bfloat16 rewrite).
 """
 import json
 import os
@@ -15,14 +16,16 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
+
+from export.contract import LoadedModel, ModelLoadError
 
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"  # inside a version folder
 SETTINGS = Path("assets") / "export_settings.json"  # what export.saved_model recorded
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 TMP_PREFIX = ".tmp-"  # .tmp-<version>-<pid>: not a number, so no server takes it for a version
-DEFAULT_SIGNATURE = "serving_default"
+SERVER_MIXED_PRECISIONS = ("", "bfloat16")  # tensorflow_model_server --mixed_precision
 
 
 def export_settings(version_dir) -> dict:
@@ -107,42 +110,43 @@ def write_warmup(version_dir, requests: list[tuple[str, dict]]) -> Path:
     return path
 
 
-class SessionModel:
-    """A version loaded by the C++ SavedModel loader into a TF1 session, its signatures run by
-    tensor names: the path tensorflow_model_server takes. `run` is safe to call from many threads."""
+def session_config(mixed_precision: str = "") -> tf.compat.v1.ConfigProto:
+    """The session options of `tensorflow_model_server --mixed_precision=<mixed_precision>`:
+    "" computes as exported; "bfloat16" turns on grappler's oneDNN bfloat16 auto-mixed-precision
+    rewrite (worth it only on CPUs with AMX-BF16 or AVX512-BF16; slower on CPUs without them)."""
+    if mixed_precision not in SERVER_MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {SERVER_MIXED_PRECISIONS} "
+                         f"('' = as exported), got {mixed_precision!r}")
+    config = tf.compat.v1.ConfigProto()
+    if mixed_precision == "bfloat16":
+        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = (
+            rewriter_config_pb2.RewriterConfig.ON)
+    return config
 
-    def __init__(self, export_dir, config=None):
+
+# TF Serving's loading path. Its TF1 deprecation notice concerns this project's call, not the user,
+# so the undecorated function (__wrapped__) is called.
+_load = getattr(tf.compat.v1.saved_model.loader.load, "__wrapped__", tf.compat.v1.saved_model.loader.load)
+
+
+class SessionModel(LoadedModel):
+    """A version loaded by the C++ SavedModel loader into a TF1 session, its signatures run by
+    tensor names: the path tensorflow_model_server takes. `run` is safe to call from many threads.
+    A failed load raises ModelLoadError; a bad request ValueError (export/contract.py)."""
+
+    def __init__(self, export_dir, config: tf.compat.v1.ConfigProto | None = None):
         self.export_dir = Path(export_dir)
-        # config: a ConfigProto, e.g. export.precision.session_config("bfloat16") for the rewrite
-        # that tensorflow_model_server --mixed_precision=bfloat16 turns on
-        self.session = tf.compat.v1.Session(graph=tf.Graph(), config=config)
+        self.session = tf.compat.v1.Session(graph=tf.Graph(), config=config)  # config: session_config()
         try:
-            self.meta_graph = tf.compat.v1.saved_model.loader.load(
-                self.session, ["serve"], str(self.export_dir))
-        except BaseException:
+            self.meta_graph = _load(self.session, ["serve"], str(self.export_dir))
+        except Exception as error:
             self.session.close()
-            raise
+            raise ModelLoadError(f"{self.export_dir}: loading the SavedModel failed: {error}") from error
         self.signatures = dict(self.meta_graph.signature_def)
 
-    def signature(self, name: str):
-        """The SignatureDef called `name` ("" = serving_default); ValueError if there is none."""
-        if (name or DEFAULT_SIGNATURE) not in self.signatures:
-            raise ValueError(f'Serving signature name: "{name}" not found in signature def')
-        return self.signatures[name or DEFAULT_SIGNATURE]
-
     def run(self, signature: str, inputs: dict) -> dict:
-        """All outputs of `signature` ("" = serving_default) as numpy arrays. A wrong signature or
-        input name raises ValueError with TF Serving's own wording."""
-        sig = self.signature(signature)
-        expected = "{" + ",".join(sorted(sig.inputs)) + "}"
-        unknown, missing = sorted(set(inputs) - set(sig.inputs)), sorted(set(sig.inputs) - set(inputs))
-        if unknown or missing:
-            raise ValueError(f"input tensor alias {'not found in signature' if unknown else 'missing'}: "
-                             f"{(unknown or missing)[0]}. Inputs expected to be in the set {expected}.")
-        for name, value in inputs.items():  # a float for a string input must not reach the graph
-            want, got = tf.dtypes.as_dtype(sig.inputs[name].dtype), np.asarray(value).dtype
-            if (got.kind in "OSU") != (want == tf.string):
-                raise ValueError(f"Expects input '{name}' to be {want.name} but {got} is provided")
+        """All outputs of `signature` ("" = serving_default) as numpy arrays."""
+        sig = self.checked_signature(signature, inputs)
         feed = {sig.inputs[name].name: value for name, value in inputs.items()}
         fetch = {name: info.name for name, info in sig.outputs.items()}
         return self.session.run(fetch, feed)

@@ -7,17 +7,21 @@ wheel's `libtensorflow_cc.so.2`), and feed/fetch the signatures by tensor name a
 
 This module never imports TensorFlow's Python package: loading the C library next to it crashes
 the process (clashing symbols). Signature names come from the MetaGraphDef the loader itself
-returns, parsed with TensorBoard's copy of the protos (no TensorFlow import either).
+returns, parsed with TensorBoard's copy of the protos (no TensorFlow import either). CcSavedModel
+has SessionModel's interface and errors (export/contract.py: LoadedModel, ModelLoadError,
+ValueError for a bad request).
 """
 import argparse
 import ctypes
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from data.quiet import dropping_noise
+from export.contract import IMAGE_SIGNATURES, LoadedModel, ModelLoadError, SERVING_DEFAULT
 
 SERVE_TAG = b"serve"
 TF_STRING = 7
@@ -29,7 +33,7 @@ NUMPY_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 9: np.in
 
 
 class CcLoaderError(RuntimeError):
-    """TensorFlow's C API reported an error (load or run), or the export lacks what was asked."""
+    """TensorFlow's C library is missing or unusable here, or it failed to run a signature."""
 
 
 class _Buffer(ctypes.Structure):
@@ -85,7 +89,8 @@ def _c_api():
         raise CcLoaderError("TensorFlow's Python package is imported in this process; the C API "
                             "must run in a process without it (python -m export.cc_loader)")
     if _lib is None:
-        lib = ctypes.CDLL(str(find_library()))
+        with dropping_noise():  # the library prints TensorFlow's start-up lines as it loads
+            lib = ctypes.CDLL(str(find_library()))
         for name, (restype, argtypes) in _PROTOTYPES.items():
             getattr(lib, name).restype = restype
             getattr(lib, name).argtypes = argtypes
@@ -94,15 +99,15 @@ def _c_api():
 
 
 class _Status:
-    """A TF_Status that turns an error code into a CcLoaderError naming the export."""
+    """A TF_Status that turns an error code into an exception naming the export."""
 
     def __init__(self, lib, export_dir):
         self.lib, self.export_dir, self.handle = lib, export_dir, lib.TF_NewStatus()
 
-    def check(self, doing: str):
+    def check(self, doing: str, error: type = CcLoaderError):
         if self.lib.TF_GetCode(self.handle) != 0:  # TF_OK
             message = self.lib.TF_Message(self.handle).decode(errors="replace")
-            raise CcLoaderError(f"{self.export_dir}: {doing} failed: {message}")
+            raise error(f"{self.export_dir}: {doing} failed: {message}")
 
     def delete(self):
         self.lib.TF_DeleteStatus(self.handle)
@@ -114,10 +119,8 @@ def _parse_meta_graph(serialized: bytes):
     return meta_graph_pb2.MetaGraphDef.FromString(serialized)
 
 
-class CcSavedModel:
-    """A SavedModel loaded by the C++ loader (tag "serve"), its signatures run by tensor names.
-    The same interface as export.inspect.SessionModel: run(signature, inputs) -> {output: array}.
-    """
+class CcSavedModel(LoadedModel):
+    """A SavedModel loaded by the C++ loader (tag "serve"), its signatures run by tensor names."""
 
     def __init__(self, export_dir):
         self.export_dir = str(export_dir)
@@ -127,10 +130,11 @@ class CcSavedModel:
                                        _Status(lib, self.export_dir))
         try:
             tags = (ctypes.c_char_p * 1)(SERVE_TAG)
-            self.session = lib.TF_LoadSessionFromSavedModel(
-                options, None, self.export_dir.encode(), tags, 1, self.graph, meta_graph,
-                status.handle)
-            status.check("loading the SavedModel")
+            with dropping_noise():  # the first session probes for a GPU (see data/quiet.py)
+                self.session = lib.TF_LoadSessionFromSavedModel(
+                    options, None, self.export_dir.encode(), tags, 1, self.graph, meta_graph,
+                    status.handle)
+            status.check("loading the SavedModel", ModelLoadError)
             self.meta_graph = _parse_meta_graph(
                 ctypes.string_at(meta_graph.contents.data, meta_graph.contents.length))
             self.signatures = dict(self.meta_graph.signature_def)
@@ -150,13 +154,7 @@ class CcSavedModel:
         return _Output(op, int(index or 0))
 
     def run(self, signature: str, inputs: dict) -> dict:
-        if signature not in self.signatures:
-            raise KeyError(f"signature {signature!r} not in {sorted(self.signatures)}")
-        sig = self.signatures[signature]
-        missing = set(sig.inputs) - set(inputs)
-        if missing:
-            raise KeyError(f"signature {signature!r} needs inputs {sorted(sig.inputs)}, "
-                           f"missing {sorted(missing)}")
+        sig = self.checked_signature(signature, inputs)
         in_names, out_names = sorted(sig.inputs), sorted(sig.outputs)
         feeds = (_Output * len(in_names))(*(self._output(sig.inputs[n].name) for n in in_names))
         fetches = (_Output * len(out_names))(*(self._output(sig.outputs[n].name)
@@ -191,12 +189,6 @@ class CcSavedModel:
         if self.graph:
             lib.TF_DeleteGraph(self.graph)
             self.graph = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _to_tensor(lib, value, dtype: int):
@@ -249,38 +241,32 @@ def _from_tensor(lib, tensor) -> np.ndarray:
     return array
 
 
-def caption_images(model: CcSavedModel, signature: str, images: list[bytes]) -> list[dict]:
-    """Per image: its caption, log-probability and error, as plain JSON-able values, and the
-    attention maps ([max_new_tokens][7][7] lists) when the model serves them."""
-    out = model.run(signature, {"image_bytes": np.array(images, dtype=object)})
-    rows = [{"caption": c.decode(), "log_prob": float(lp), "error": e.decode()}
-            for c, lp, e in zip(out["caption"], out["log_prob"], out["error"])]
-    for row, maps in zip(rows, out.get("attention", [])):
-        row["attention"] = maps.tolist()
-    return rows
+def _row(image: str, result) -> dict:
+    """A CaptionResult as plain JSON-able values, attention maps as nested lists when served."""
+    row = {"image": image, "caption": result.caption, "log_prob": result.log_prob, "error": result.error}
+    if result.attention is not None:
+        row["attention"] = result.attention.tolist()
+    return row
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", help="a version folder (holding saved_model.pb)")
     p.add_argument("--image", nargs="*", default=[], help="image files to caption")
-    p.add_argument("--signature", nargs="+", default=["serving_default"],
-                   help="one or more image signatures (serving_default, beam_search)")
+    p.add_argument("--signature", nargs="+", default=[SERVING_DEFAULT], choices=IMAGE_SIGNATURES,
+                   help="one or more image signatures")
     p.add_argument("--json", action="store_true",
                    help="print {signature: [{image, caption, log_prob, error[, attention]}, "
                         "...]}")
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the C++ library's own log level
     try:
         images = [Path(f).read_bytes() for f in args.image]
         with CcSavedModel(args.model) as model:
-            results = {s: caption_images(model, s, images) for s in args.signature}
-    except (OSError, CcLoaderError, KeyError) as error:
+            results = {s: [_row(name, r) for name, r in zip(args.image, model.caption(images, s))]
+                       for s in args.signature}
+    except (OSError, ModelLoadError, CcLoaderError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for rows in results.values():
-        for name, row in zip(args.image, rows):
-            row["image"] = name
     if args.json:
         print(json.dumps(results, indent=1))
         return 0

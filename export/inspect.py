@@ -8,12 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
-
-# SessionModel and latest_version are re-exported: callers import them from here too.
-from export.artifact import SessionModel, export_settings, latest_version  # noqa: F401
-from export.precision import SERVER_MIXED_PRECISIONS, session_config
+from export.artifact import (SERVER_MIXED_PRECISIONS, SessionModel, export_settings, latest_version,
+                             session_config)
+from export.contract import DTYPE_NAMES, IMAGE_SIGNATURES, SERVING_DEFAULT, ModelLoadError
 
 
 def export_precision(export_dir) -> str:
@@ -22,7 +19,6 @@ def export_precision(export_dir) -> str:
 
 
 def describe_signatures(signatures) -> str:
-    dtype_name = lambda d: tf.dtypes.as_dtype(d).name  # noqa: E731
     shape = lambda s: [d.size for d in s.dim]  # noqa: E731
     lines = []
     # "__saved_model_init_op" is the loader's own (it initialises tables), not a servable signature
@@ -32,7 +28,7 @@ def describe_signatures(signatures) -> str:
         for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):
             for key in sorted(tensors):
                 t = tensors[key]
-                lines.append(f"  {kind} {key}: {dtype_name(t.dtype)} {shape(t.tensor_shape)}  "
+                lines.append(f"  {kind} {key}: {DTYPE_NAMES.get(t.dtype, t.dtype)} {shape(t.tensor_shape)}  "
                              f"(tensor {t.name})")
     return "\n".join(lines)
 
@@ -41,28 +37,24 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", help="a version folder or a model base folder (latest version)")
     p.add_argument("--image", nargs="*", default=[], help="image files to caption")
-    p.add_argument("--signature", default="serving_default",
-                   choices=["serving_default", "beam_search"])
+    p.add_argument("--signature", default=SERVING_DEFAULT, choices=IMAGE_SIGNATURES)
     p.add_argument("--mixed_precision", default="", choices=SERVER_MIXED_PRECISIONS,
                    help="bfloat16: the server's --mixed_precision=bfloat16 rewrite (AMX CPUs)")
     args = p.parse_args(argv)
     try:
         export_dir = latest_version(args.model)
         images = [Path(f).read_bytes() for f in args.image]
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        model = SessionModel(export_dir, session_config(args.mixed_precision))
+    except (OSError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    model = SessionModel(export_dir, session_config(args.mixed_precision))
-    print(f"{export_dir}\nprecision: {export_precision(export_dir)}  "
-          f"session mixed_precision: {args.mixed_precision or 'none'}\n"
-          f"{describe_signatures(model.signatures)}")
-    if images:
-        out = model.run(args.signature, {"image_bytes": np.array(images, dtype=object)})
-        for name, caption, log_prob, error in zip(args.image, out["caption"], out["log_prob"],
-                                                  out["error"]):
-            text = caption.decode() if not error else "ERROR: " + error.decode()
-            print(f"{name}\t{text}\t(log_prob {log_prob:.2f})")
-    model.close()
+    with model:
+        print(f"{export_dir}\nprecision: {export_precision(export_dir)}  "
+              f"session mixed_precision: {args.mixed_precision or 'none'}\n"
+              f"{describe_signatures(model.signatures)}")
+        for name, result in zip(args.image, model.caption(images, args.signature) if images else []):
+            text = result.caption if result.ok else "ERROR: " + result.error
+            print(f"{name}\t{text}\t(log_prob {result.log_prob:.2f})")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 1. On CPUs with AMX-BF16 / AVX512-BF16, keep the float32 export and let the server compute in
    bfloat16: `tensorflow_model_server --mixed_precision=bfloat16` switches on grappler's oneDNN
-   auto-mixed-precision rewrite. `session_config("bfloat16")` is that same rewrite for a TF1
-   session (export.inspect, the development server, the benchmarks).
+   auto-mixed-precision rewrite. `export.artifact.session_config("bfloat16")` is that same rewrite
+   for a TF1 session (export.inspect, the development server, the benchmarks).
 2. On GPUs, TF Serving has no such switch (tensorflow/serving issue 1583): the SavedModel itself
    must compute in float16 or bfloat16 to reach tensor cores. `mixed_policy(precision)` builds
    the encoder and captioner under Keras' mixed policy (float32 variables, 16-bit compute);
@@ -22,29 +22,12 @@ every precision (model/decoding.py).
 import contextlib
 
 import keras
-import tensorflow as tf
-from tensorflow.core.protobuf import rewriter_config_pb2
 
 from model.encoder import EncoderConfig, build_encoder
 from model.base import MIXED_POLICIES
 
-SERVER_MIXED_PRECISIONS = ("", "bfloat16")        # tensorflow_model_server --mixed_precision
 EXPORT_PRECISIONS = ("float32", "float16", "bfloat16")
 POOLING_LAYER = "avg_pool"                        # Keras ResNet50's name for pooling="avg"
-
-
-def session_config(mixed_precision: str = "") -> tf.compat.v1.ConfigProto:
-    """The session options of `tensorflow_model_server --mixed_precision=<mixed_precision>`:
-    "" computes as exported; "bfloat16" turns on the oneDNN bfloat16 auto-mixed-precision rewrite
-    (worth it only on CPUs with AMX-BF16 or AVX512-BF16; slower on CPUs without them)."""
-    if mixed_precision not in SERVER_MIXED_PRECISIONS:
-        raise ValueError(f"mixed_precision must be one of {SERVER_MIXED_PRECISIONS} "
-                         f"('' = as exported), got {mixed_precision!r}")
-    config = tf.compat.v1.ConfigProto()
-    if mixed_precision == "bfloat16":
-        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = (
-            rewriter_config_pb2.RewriterConfig.ON)
-    return config
 
 
 def check_export_precision(precision: str) -> str:

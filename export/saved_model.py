@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from data.files import atomic_write
 from export.artifact import SETTINGS, publish_version, write_warmup
-from export.signatures import OUTPUTS, SIGNATURES, build_archive
+from export.contract import ATTENTION, CAPTION_FEATURES, FEATURES_INPUT, IMAGE_INPUT, OUTPUTS, SIGNATURES
+from export.signatures import build_archive
 from export.precision import EXPORT_PRECISIONS, build_export_encoder, load_export_captioner
 from model.encoder import EncoderWeightsError, encoder_id
 from model.run_dir import load_run, weights_digest
@@ -38,9 +39,9 @@ class ExportConfig:
 
 def warmup_requests(images: list[bytes], feature_shape: tuple) -> list[tuple[str, dict]]:
     """One request per signature, replayed by the server at load time."""
-    features = {"features": np.zeros([1, *feature_shape], np.float32)}
-    return [(signature, features if signature == "caption_features"
-             else {"image_bytes": np.array(images, dtype=object)}) for signature in SIGNATURES]
+    features = {FEATURES_INPUT: np.zeros([1, *feature_shape], np.float32)}
+    return [(signature, features if signature == CAPTION_FEATURES
+             else {IMAGE_INPUT: np.array(images, dtype=object)}) for signature in SIGNATURES]
 
 
 def export_run(run_dir, model_base, version="auto", config: ExportConfig | None = None,
@@ -65,7 +66,7 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
             "encoder": dataclasses.asdict(run.encoder_config),
             "encoder_id": encoder_id(run.encoder_config),
             "model": run.settings["model"], "signatures": list(SIGNATURES),
-            "outputs": list(OUTPUTS) + (["attention"] if run.model_config.attention else []),
+            "outputs": list(OUTPUTS) + ([ATTENTION] if run.model_config.attention else []),
             "run_dir": str(run.paths.root.resolve()),
             "weights_digest": weights_digest(run.paths.weights),
             "tensorflow": tf.__version__}, indent=2))

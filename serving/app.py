@@ -1,13 +1,12 @@
 """A thin Gradio front end: uploads images, asks the model server for captions, shows them.
 
-    python -m serving.app --server http://127.0.0.1:8501 [--grpc] [--port 7860] [--examples DIR]
+    python -m serving.app [--rest URL | --grpc HOST:PORT] [--port 7860] [--examples DIR]
 
 It talks ONLY to a model server (the TF Serving container or serving.model_server) through
-serving.client: no TensorFlow, no model code here. (--grpc makes serving.client import the
-tensorflow-serving-api protos, which pull in TensorFlow; the default REST path does not.)
-Binds 127.0.0.1, share=False, analytics off. gradio_client's endpoint is /caption_image (it returns
-the caption text). For a model that serves attention maps the page also shows, under the caption,
-a strip of the first image with each word's map over it (model.attention_maps, numpy and PIL).
+serving.client, with its flags: no TensorFlow, no model code here. (--grpc makes serving.client
+import the tensorflow-serving-api protos, which pull in TensorFlow; the default REST path does not.)
+Binds 127.0.0.1, share=False, analytics off. gradio_client's endpoint is /caption_image (the
+caption text); for an attention model the page also shows each word's map over the first image.
 """
 import argparse
 import os
@@ -15,17 +14,17 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only matters with --grpc (see above)
 
 import gradio as gr  # noqa: E402  (after the analytics switch)
 from PIL import Image  # noqa: E402
 
+from data.files import BUILTIN_IMAGES, IMAGE_EXTENSIONS  # noqa: E402
+from export.contract import BEAM_SEARCH, SERVING_DEFAULT, CaptionResult  # noqa: E402
 from model.attention_maps import strip_of_file  # noqa: E402
-from serving.client import IMAGE_EXTENSIONS, CaptionResult, make_client  # noqa: E402
-from serving.errors import ServingError, UnavailableError  # noqa: E402
+from serving.client import DEFAULT_REST, add_server_arguments, make_client  # noqa: E402
+from serving.protocol import ServingError, UnavailableError  # noqa: E402
 
-MODES = {"greedy": "serving_default", "beam search": "beam_search"}
-DEFAULT_EXAMPLES = os.path.join("datasets", "builtin", "Images")
+MODES = {"greedy": SERVING_DEFAULT, "beam search": BEAM_SEARCH}
 MAX_EXAMPLES = 6
 STRIP_COLUMNS = 4  # word tiles per row: fits the page's right column at a readable size
 
@@ -50,22 +49,18 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
 
     def captions_and_strip(files, image, mode, want_strip: bool):
         """(one caption line per image, the first image's attention strip or None)."""
-        paths = [f if isinstance(f, str) else f.name for f in (files or [])]
-        if image:
-            paths.append(image)
+        paths = [f if isinstance(f, str) else f.name for f in (files or [])] + ([image] if image else [])
         if not paths:
             return "Upload one or more images first.", None
         try:
-            results = client.caption([Path(p).read_bytes() for p in paths], MODES.get(mode, "serving_default"))
+            results = client.caption([Path(p).read_bytes() for p in paths], MODES.get(mode, SERVING_DEFAULT))
         except UnavailableError as e:
             return f"The model server at {server_label} is not reachable or not ready: {e.message}", None
         except ServingError as e:
             return f"The model server at {server_label} returned an error: {e}", None
         texts = [r.caption if r.ok else f"ERROR: {r.error}" for r in results]
-        if len(paths) == 1:
-            text = texts[0]
-        else:
-            text = "\n".join(f"{os.path.basename(path)}: {text}" for path, text in zip(paths, texts))
+        text = texts[0] if len(paths) == 1 else "\n".join(
+            f"{os.path.basename(path)}: {text}" for path, text in zip(paths, texts))
         strip, problem = word_strip(paths[0], results[0]) if want_strip else (None, "")
         return text + (f"\n{problem}" if problem else ""), strip
 
@@ -111,17 +106,13 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.app", description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="http://127.0.0.1:8501",
-                        help="REST URL, or HOST:PORT with --grpc (default http://127.0.0.1:8501)")
-    parser.add_argument("--grpc", action="store_true", help="talk gRPC to --server HOST:PORT")
-    parser.add_argument("--model", default="captioner")
+    add_server_arguments(parser)
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--examples", default=DEFAULT_EXAMPLES,
-                        help=f"folder of example images (default {DEFAULT_EXAMPLES}, if present)")
+    parser.add_argument("--examples", default=str(BUILTIN_IMAGES),
+                        help=f"folder of example images (default {BUILTIN_IMAGES}, if present)")
     args = parser.parse_args(argv)
-    target = args.server.removeprefix("http://") if args.grpc else args.server
-    client = make_client(**{"grpc" if args.grpc else "rest": target}, model=args.model)
-    app = build_app(client, target, args.examples)
+    client = make_client(args.rest, args.grpc, model=args.model)
+    app = build_app(client, args.grpc or args.rest or DEFAULT_REST, args.examples)
     app.launch(server_name="127.0.0.1", server_port=args.port, share=False, show_error=True)
     return 0
 

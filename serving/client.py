@@ -3,8 +3,7 @@
     python -m serving.client --rest http://127.0.0.1:8501 photos/        # path<TAB>caption lines
     python -m serving.client --grpc 127.0.0.1:8500 --signature beam_search dog.jpg
 
-REST needs only `requests`, never TensorFlow. gRPC needs the tensorflow-serving-api protos, whose
-package imports TensorFlow (~3 s), so GrpcClient imports them on first use. Retries (exponential
+REST never imports TensorFlow; gRPC's protos do (~3 s), on first use. Retries (exponential
 backoff) only where they can help: connection refused, HTTP 503, gRPC UNAVAILABLE.
 """
 import argparse
@@ -20,32 +19,13 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from serving.errors import ServingError, UnavailableError, error_for_code, error_for_http
+from data.files import IMAGE_EXTENSIONS
+from export.contract import (CAPTION_FEATURES, FEATURES_INPUT, IMAGE_INPUT, IMAGE_SIGNATURES,
+                             SERVING_DEFAULT, CaptionResult, caption_results)
+from serving.protocol import (ServingError, UnavailableError, error_for_code, error_for_http,
+                              metadata_json, proto_json)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-SIGNATURES = ("serving_default", "beam_search")
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptionResult:
-    caption: str
-    log_prob: float
-    error: str = ""  # "" when the image was captioned, else the model's (or client's) reason
-    # float32 [max_new_tokens, 7, 7] when the model serves attention maps, else None (pooled models).
-    # Left out of ==, which cannot compare arrays.
-    attention: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
-
-    def word_maps(self) -> list[tuple[str, np.ndarray]]:
-        """[(word, map [7, 7])] per caption word (+ "<end>"): model.attention_maps.word_maps.
-        Raises ValueError when the model served no attention maps."""
-        if self.attention is None:
-            raise ValueError("this model serves no attention maps (a pooled-feature captioner)")
-        from model.attention_maps import word_maps  # matplotlib and PIL only when maps are used
-        return word_maps(self.caption, self.attention)
+DEFAULT_REST = "http://127.0.0.1:8501"
 
 
 @dataclasses.dataclass
@@ -60,13 +40,14 @@ class ClientSettings:
 
 
 class _Client:
-    """Batching, size capping and retries; the transports fill in _predict, _status, _metadata."""
+    """Batching, size capping and retries; the transports fill in _predict, _status, _metadata
+    and close."""
     _overhead_per_image = 1.0  # encoded bytes per image byte (REST's base64 makes it 4/3)
 
     def __init__(self, settings: ClientSettings | None = None, **overrides):
         self.settings = dataclasses.replace(settings or ClientSettings(), **overrides)
 
-    def caption(self, images: list[bytes], signature: str = "serving_default") -> list[CaptionResult]:
+    def caption(self, images: list[bytes], signature: str = SERVING_DEFAULT) -> list[CaptionResult]:
         """One CaptionResult per encoded image (JPEG/PNG/GIF/BMP/WebP), in order. A bad image gives a
         result with .error set; a failed request raises ServingError."""
         results: list[CaptionResult | None] = [None] * len(images)
@@ -77,20 +58,16 @@ class _Client:
                 found = [CaptionResult("", 0.0, f"image of {len(chunk[0])} bytes is over the "
                                        f"{cap}-byte request cap; not sent")]
             else:
-                found = _results(self._retrying(self._predict, signature, "image_bytes", chunk), len(chunk))
+                found = self._caption_batch(signature, IMAGE_INPUT, chunk)
             for i, result in zip(indices, found):
                 results[i] = result
         return results
 
-    def caption_features(self, features, signature: str = "caption_features") -> list[CaptionResult]:
+    def caption_features(self, features, signature: str = CAPTION_FEATURES) -> list[CaptionResult]:
         """Captions for precomputed encoder features, float32 [n, 2048]."""
-        features = np.asarray(features, dtype=np.float32)
-        results = []
-        for start in range(0, len(features), self.settings.batch_size):
-            chunk = features[start:start + self.settings.batch_size]
-            outputs = self._retrying(self._predict, signature, "features", chunk)
-            results += _results(outputs, len(chunk))
-        return results
+        features, step = np.asarray(features, dtype=np.float32), self.settings.batch_size
+        return [result for start in range(0, len(features), step)
+                for result in self._caption_batch(signature, FEATURES_INPUT, features[start:start + step])]
 
     def status(self) -> dict:  # as TF Serving's REST API prints it, over either transport
         return self._retrying(self._status)
@@ -98,14 +75,19 @@ class _Client:
     def metadata(self) -> dict:  # the signature defs, likewise
         return self._retrying(self._metadata)
 
-    def close(self) -> None:  # the transports free their connections here
-        pass
-
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+    def _caption_batch(self, signature: str, input_name: str, batch) -> list[CaptionResult]:
+        """One request; a server answer that breaks the serving contract is a ServingError."""
+        outputs = self._retrying(self._predict, signature, input_name, batch)
+        try:
+            return caption_results(outputs, len(batch))
+        except ValueError as error:
+            raise ServingError(f"the server's answer breaks the serving contract: {error}") from None
 
     def _encoded_size(self, image: bytes) -> int:
         return int(len(image) * self._overhead_per_image) + 64
@@ -136,35 +118,11 @@ class _Client:
                 time.sleep(delay * random.uniform(0.75, 1.25))
 
 
-def _results(outputs: dict, expected: int) -> list[CaptionResult]:
-    """Columns caption/log_prob/error (and attention, if served) -> CaptionResults."""
-    columns = [outputs.get(name) for name in ("caption", "log_prob", "error")]
-    if any(column is None or len(column) != expected for column in columns):
-        raise ServingError(f"expected caption, log_prob and error for {expected} images, got {str(outputs)[:200]}")
-    maps = _attention(outputs.get("attention"), expected)
-    return [CaptionResult(c, float(p), e, a) for c, p, e, a in zip(*columns, maps)]
-
-
-def _attention(column, expected: int) -> list:
-    """The served attention column as one float32 [max_new_tokens, h, w] array per image, or Nones
-    when the model serves none."""
-    if column is None:
-        return [None] * expected
-    try:
-        maps = np.asarray(column, dtype=np.float32)
-    except (TypeError, ValueError) as e:  # ragged or non-numeric lists
-        raise ServingError(f"the server's attention output is not a numeric array: {e}") from None
-    if maps.ndim != 4 or len(maps) != expected:
-        raise ServingError(f"expected attention [{expected}, max_new_tokens, 7, 7], got shape {list(maps.shape)}")
-    return list(maps)
-
-
 class RestClient(_Client):
     """TF Serving's REST API (port 8501) with a requests.Session."""
     _overhead_per_image = 4 / 3
 
-    def __init__(self, url: str = "http://127.0.0.1:8501", settings: ClientSettings | None = None,
-                 **overrides):
+    def __init__(self, url: str = DEFAULT_REST, settings: ClientSettings | None = None, **overrides):
         super().__init__(settings, **overrides)
         self.url = url.rstrip("/")
         self.session = requests.Session()
@@ -197,16 +155,13 @@ class RestClient(_Client):
         return body
 
     def _predict(self, signature: str, input_name: str, batch) -> dict:
-        if input_name == "image_bytes":
+        if input_name == IMAGE_INPUT:
             column = [{"b64": base64.b64encode(image).decode("ascii")} for image in batch]
         else:
             column = np.asarray(batch).tolist()
         body = self._request("POST", f"{self.model_url}:predict",
                              json={"signature_name": signature, "inputs": {input_name: column}})
-        outputs = body.get("outputs")
-        if not isinstance(outputs, dict):
-            raise ServingError(f"expected {{\"outputs\": {{...}}}} from the server, got {str(body)[:200]}")
-        return outputs
+        return body.get("outputs")  # the serving contract checks it (_caption_batch)
 
     def _status(self) -> dict:
         return self._request("GET", self.model_url)
@@ -220,8 +175,7 @@ class GrpcClient(_Client):
     TensorFlow) on first use."""
     max_message_bytes = 64 * 1024 * 1024  # gRPC's Python default of 4 MB is too small for images
 
-    def __init__(self, target: str = "127.0.0.1:8500", settings: ClientSettings | None = None,
-                 **overrides):
+    def __init__(self, target: str = "127.0.0.1:8500", settings: ClientSettings | None = None, **overrides):
         super().__init__(settings, **overrides)
         self.target = target
         self._channel = None
@@ -242,13 +196,12 @@ class GrpcClient(_Client):
             self._channel.close()
             self._channel = None
 
-    def _model_spec(self, spec) -> None:
-        spec.name = self.settings.model
-        if self.settings.version is not None:
-            spec.version.value = self.settings.version
-
     def _call(self, method, request):
+        """method(request) for this client's model (and version), gRPC errors as ServingErrors."""
         import grpc
+        request.model_spec.name = self.settings.model
+        if self.settings.version is not None:
+            request.model_spec.version.value = self.settings.version
         try:
             return method(request, timeout=self.settings.timeout)
         except grpc.RpcError as e:
@@ -258,48 +211,33 @@ class GrpcClient(_Client):
         import tensorflow as tf  # tensorflow_serving.apis imports it anyway
         from tensorflow_serving.apis import predict_pb2
         request = predict_pb2.PredictRequest()
-        self._model_spec(request.model_spec)
         request.model_spec.signature_name = signature
         request.inputs[input_name].CopyFrom(tf.make_tensor_proto(batch))
         response = self._call(self._stubs()[0].Predict, request)
-        return {name: [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                       for v in tf.make_ndarray(tensor).tolist()]
-                for name, tensor in response.outputs.items()}
+        return {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
 
     def _status(self) -> dict:
         from tensorflow_serving.apis import get_model_status_pb2
-        request = get_model_status_pb2.GetModelStatusRequest()
-        self._model_spec(request.model_spec)
-        return proto_json(self._call(self._stubs()[1].GetModelStatus, request))
+        return proto_json(self._call(self._stubs()[1].GetModelStatus, get_model_status_pb2.GetModelStatusRequest()))
 
     def _metadata(self) -> dict:
         from tensorflow_serving.apis import get_model_metadata_pb2
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._model_spec(request.model_spec)
         return metadata_json(self._call(self._stubs()[0].GetModelMetadata, request))
-
-
-def proto_json(message) -> dict:
-    """A proto as TF Serving's REST API prints it (so both transports answer alike)."""
-    from google.protobuf import json_format
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
-
-
-def metadata_json(response) -> dict:
-    """A GetModelMetadataResponse as REST prints it: the packed SignatureDefMap unpacked."""
-    from tensorflow_serving.apis import get_model_metadata_pb2
-    signatures = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(signatures)
-    return {"model_spec": proto_json(response.model_spec),
-            "metadata": {"signature_def": proto_json(signatures)}}
 
 
 def make_client(rest: str | None = None, grpc: str | None = None, **settings) -> _Client:
     """RestClient for a URL, GrpcClient for HOST:PORT (REST on 127.0.0.1:8501 if neither)."""
-    if grpc:
-        return GrpcClient(grpc, **settings)
-    return RestClient(rest or "http://127.0.0.1:8501", **settings)
+    return GrpcClient(grpc, **settings) if grpc else RestClient(rest or DEFAULT_REST, **settings)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """--rest URL | --grpc HOST:PORT and --model: how every command names the model server; pass
+    the parsed args.rest, args.grpc and model=args.model to make_client."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--rest", metavar="URL", help=f"REST base URL (default {DEFAULT_REST})")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC target, e.g. 127.0.0.1:8500")
+    parser.add_argument("--model", default="captioner", help="model name (default captioner)")
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -324,12 +262,9 @@ def _parse_args(argv):
         prog="python -m serving.client",
         description="Caption images with the captioner served by TF Serving (or serving.model_server). "
                     "Prints path<TAB>caption, or path<TAB>ERROR: reason, one line per image.")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--rest", metavar="URL", help="REST base URL (default http://127.0.0.1:8501)")
-    where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC target, e.g. 127.0.0.1:8500")
-    parser.add_argument("--model", default="captioner")
+    add_server_arguments(parser)
     parser.add_argument("--version", type=int, help="model version (default: latest)")
-    parser.add_argument("--signature", default="serving_default", choices=SIGNATURES,
+    parser.add_argument("--signature", default=SERVING_DEFAULT, choices=IMAGE_SIGNATURES,
                         help="serving_default (greedy) or beam_search")
     parser.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
@@ -349,11 +284,9 @@ def _parse_args(argv):
 def main(argv=None) -> int:
     """Exit 0: all captioned; 1: some images had errors; 2: the request failed (message on stderr)."""
     args = _parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TensorFlow's C++ logs if --grpc loads it
     try:
-        with make_client(args.rest, args.grpc, model=args.model, version=args.version,
-                         timeout=args.timeout, retries=args.retries,
-                         batch_size=args.batch_size) as client:
+        with make_client(args.rest, args.grpc, model=args.model, version=args.version, timeout=args.timeout,
+                         retries=args.retries, batch_size=args.batch_size) as client:
             if args.status or args.metadata:
                 print(json.dumps(client.status() if args.status else client.metadata(), indent=2))
                 return 0
@@ -373,8 +306,7 @@ def _caption_paths(client, paths: list[str], signature: str, batch_size: int) ->
         batch = paths[start:start + batch_size]
         images = [Path(path).read_bytes() for path in batch]
         for path, result in zip(batch, client.caption(images, signature)):
-            print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}",
-                  flush=True)
+            print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}", flush=True)
             failures += not result.ok
     return 1 if failures else 0
 

@@ -6,9 +6,7 @@ tensorflow/serving:2.21.0 container. It takes tensorflow_model_server's flags fo
     python -m serving.model_server --port=8500 --rest_api_port=8501 \\
         --model_name=captioner --model_base_path=models/captioner
 
-Versions: the newest is served; a new folder is loaded (warmup included) by the poll thread and
-swapped in once ready, so no request fails; /versions/N loads a version on disk on first use.
-Binds 127.0.0.1, refuses requests over 16 MiB. Details: serving/README-deploy.md.
+How it handles versions, limits and errors: serving/README-deploy.md, "Development server".
 """
 import argparse
 import base64
@@ -33,10 +31,9 @@ from tensorflow_serving.apis import model_service_pb2_grpc as model_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc as predict_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from export.artifact import DEFAULT_SIGNATURE, SessionModel, list_versions
-from export.precision import SERVER_MIXED_PRECISIONS, session_config
-from serving.client import metadata_json, proto_json
-from serving.errors import InvalidArgumentError, NotFoundError, ServingError
+from export.artifact import SERVER_MIXED_PRECISIONS, SessionModel, list_versions, session_config
+from export.contract import SERVING_DEFAULT
+from serving.protocol import InvalidArgumentError, NotFoundError, ServingError, metadata_json, proto_json
 
 log = logging.getLogger("serving.model_server")
 HOST = "127.0.0.1"
@@ -232,7 +229,7 @@ def rest_predict(versions: Versions, name: str, version: int | None, body: bytes
         raise InvalidArgumentError(f"JSON Parse error: {error}") from None
     if not isinstance(request, dict):
         raise InvalidArgumentError("JSON Value: the request body must be a JSON object")
-    signature = request.get("signature_name") or DEFAULT_SIGNATURE
+    signature = request.get("signature_name") or SERVING_DEFAULT
     _, model = versions.get(name, version)
     inputs, rows = rest_inputs(request, checked(model.signature, signature))
     outputs = checked(model.run, signature, inputs)
@@ -317,7 +314,7 @@ class GrpcApi(predict_grpc.PredictionServiceServicer, model_grpc.ModelServiceSer
     @grpc_errors
     def Predict(self, request, context):
         inputs = checked(lambda: {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
-        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = request.model_spec.signature_name or SERVING_DEFAULT
         number, model = self.versions.get(*model_spec(request.model_spec))
         outputs = checked(model.run, signature, inputs)
         spec = {"name": request.model_spec.name, "version": {"value": number}, "signature_name": signature}
@@ -372,6 +369,8 @@ def serve(settings: ServerSettings):
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tf.get_logger().handlers.clear()  # its own handler printed each TensorFlow line a second time
+    tf.get_logger().setLevel(logging.WARNING)  # its INFO lines ("Restoring parameters") are noise here
     settings = parse_args(argv)
     stopping = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):  # Python runs handlers in the main thread

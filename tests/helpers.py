@@ -18,11 +18,13 @@ from pathlib import Path
 import requests
 from PIL import Image
 
+from export import contract
+
 REPO = Path(__file__).resolve().parents[1]  # the checkout: cwd and PYTHONPATH of subprocesses
 MODEL_NAME = "captioner"
 # The serving tests run on the stand-in model unless SERVING_MODEL_BASE names a real export.
 IS_STANDIN = not os.environ.get("SERVING_MODEL_BASE")
-SIGNATURES = {"serving_default", "beam_search", "caption_features"}  # of every export
+SIGNATURES = set(contract.SIGNATURES)  # of every export
 SERVER_START_TIMEOUT = 120  # seconds; loading the real model on 2 busy cores takes a while
 
 
@@ -63,25 +65,6 @@ def hostile_images() -> dict[str, bytes]:
     good_png = image_bytes(GREEN)
     return {"empty": b"", "text": b"hello, I am not an image\n",
             "truncated_png": good_png[:len(good_png) // 2], "huge_pixels_png": huge_png_header()}
-
-
-class InProcessModel:
-    """The SavedModel run in this process exactly as TF Serving runs it (TF1 session loader,
-    signature tensors fed and fetched by name): the reference served answers must equal."""
-
-    def __init__(self, version_dir):
-        from export.artifact import SessionModel
-        self.model = SessionModel(version_dir)
-        self.signatures = self.model.signatures
-
-    def run(self, signature: str, input_name: str, values) -> dict:
-        return self.model.run(signature, {input_name: values})
-
-    def captions(self, images: list[bytes], signature: str = "serving_default") -> list[tuple]:
-        """[(caption, log_prob, error)] per image."""
-        out = self.run(signature, "image_bytes", images)
-        return [(c.decode(), float(p), e.decode())
-                for c, p, e in zip(out["caption"], out["log_prob"], out["error"])]
 
 
 def copy_model_base(source_base: str, target_base: str, versions=(1,)) -> str:
@@ -203,9 +186,11 @@ ARTIFACTS = os.path.join(REPO, "tests", "artifacts")
 
 
 class AppProcess:
-    def __init__(self, server_url: str, log_path: str, examples: str | None = None):
+    """python -m serving.app talking to `server` (a REST URL, or HOST:PORT with transport="grpc")."""
+
+    def __init__(self, server: str, log_path: str, examples: str | None = None, transport: str = "rest"):
         self.port = free_port()
-        command = [sys.executable, "-m", "serving.app", "--server", server_url, "--port", str(self.port)]
+        command = [sys.executable, "-m", "serving.app", f"--{transport}", server, "--port", str(self.port)]
         if examples:
             command += ["--examples", examples]
         self._log = open(log_path, "wb")

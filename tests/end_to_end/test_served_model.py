@@ -101,17 +101,14 @@ def test_attention_model_serves_maps_to_clients_and_the_page(attention_server,
     from export.artifact import SessionModel
     images = split_dataset(load_dataset(trained_attention_run.data))["test"][:4]
     payload = [image.path.read_bytes() for image in images]
-    session = SessionModel(exported_attention_model)
-    try:
-        direct = session.run("serving_default", {"image_bytes": np.array(payload, dtype=object)})
-    finally:
-        session.close()
+    with SessionModel(exported_attention_model) as session:
+        direct = session.caption(payload)
     with RestClient(attention_server.rest_url) as rest, GrpcClient(attention_server.grpc_target) as grpc:
         for client in (rest, grpc):
             got = client.caption(payload)
-            assert [r.caption for r in got] == [c.decode() for c in direct["caption"]]
-            for result, maps in zip(got, direct["attention"]):
-                np.testing.assert_allclose(result.attention, maps, atol=1e-6)
+            assert [r.caption for r in got] == [d.caption for d in direct]
+            for result, reference in zip(got, direct):
+                np.testing.assert_allclose(result.attention, reference.attention, atol=1e-6)
                 words = result.word_maps()
                 assert [w for w, _ in words][:len(result.caption.split())] == result.caption.split()
     app = AppProcess(attention_server.rest_url, str(tmp_path / "app.log"))
@@ -133,7 +130,7 @@ def test_attention_model_serves_maps_to_clients_and_the_page(attention_server,
             os.makedirs(ARTIFACTS, exist_ok=True)
             page.screenshot(path=os.path.join(ARTIFACTS, "end_to_end_attention.png"), full_page=True)
             browser.close()
-        assert shown == direct["caption"][0].decode()
+        assert shown == direct[0].caption
         assert box["width"] > 300 and box["height"] > 60  # a strip of word tiles, not an icon
     finally:
         app.stop()

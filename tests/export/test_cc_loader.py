@@ -1,9 +1,11 @@
 """Every kind of export, loaded by TensorFlow's C++ SavedModel loader (the one TF Serving calls)
 through the C API in a process without TensorFlow's Python package (export/cc_loader.py), gives
-the same per-image captions and errors as the in-process TF1 session; and it stores each weight
-once."""
+the same per-image captions and errors as the in-process TF1 session; both loaders refuse the same
+mistakes with the same errors; and the export stores each weight once."""
 import io
 import json
+import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from PIL import Image
 from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, ERROR_PIXELS
 from data.layouts import load_dataset
 from data.splits import split_dataset
-from export.inspect import SessionModel
+from export.artifact import SessionModel
 from export.saved_model import ExportConfig, export_run
 from model.encoder import build_encoder
 from model.run_dir import load_run
@@ -102,27 +104,23 @@ def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, hostile_files):
                            "--signature", *IMAGE_SIGNATURES, "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     cc = json.loads(result.stdout)
-    session = SessionModel(export_dir)
-    try:
+    with SessionModel(export_dir) as session:
         for signature in IMAGE_SIGNATURES:
-            expected = session.run(signature, {"image_bytes": np.array(
-                [f.read_bytes() for f in hostile_files], dtype=object)})
+            expected = session.caption([f.read_bytes() for f in hostile_files], signature)
             rows = cc[signature]
             assert [r["image"] for r in rows] == list(map(str, hostile_files))
-            assert [r["error"] for r in rows] == [e.decode() for e in expected["error"]]
+            assert [r["error"] for r in rows] == [e.error for e in expected]
             assert [r["error"] for r in rows] == HOSTILE_ERRORS
-            assert [r["caption"] for r in rows] == [c.decode() for c in expected["caption"]]
-            np.testing.assert_allclose([r["log_prob"] for r in rows], expected["log_prob"],
+            assert [r["caption"] for r in rows] == [e.caption for e in expected]
+            np.testing.assert_allclose([r["log_prob"] for r in rows], [e.log_prob for e in expected],
                                        rtol=1e-5, atol=1e-5)
-            if "attention" in expected:  # the attention export's per-word maps
-                np.testing.assert_allclose([r["attention"] for r in rows], expected["attention"],
-                                           atol=1e-5)
+            if expected[0].attention is not None:  # the attention export's per-word maps
+                np.testing.assert_allclose([r["attention"] for r in rows],
+                                           [e.attention for e in expected], atol=1e-5)
                 assert not np.asarray([r["attention"] for r in rows if r["error"]]).any()
             else:
                 assert all("attention" not in r for r in rows)
             assert all(r["caption"] for r in rows if not r["error"])  # real captions
-    finally:
-        session.close()
 
 
 def test_cc_loader_runs_without_tensorflow_python_and_reports_errors(exported_model, tmp_path):
@@ -139,6 +137,68 @@ def test_cc_loader_runs_without_tensorflow_python_and_reports_errors(exported_mo
     missing = cc_loader_cli(str(tmp_path / "no-such-export"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "no-such-export" in missing.stderr and "loading the SavedModel failed" in missing.stderr
+
+
+# The same mistakes made to a loader: run in this process with SessionModel and, from the same file,
+# in a fresh process with CcSavedModel (its C API cannot share a process with TensorFlow's Python).
+MISTAKES_SCRIPT = """
+import json, sys
+import numpy as np
+
+MISTAKES = {  # case: (signature, {input name: (kind, values)}), each wrong in one way only
+    "unknown signature": ("nope", {"image_bytes": ("bytes", ["x"])}),
+    "unknown input": ("serving_default", {"images": ("bytes", ["x"])}),
+    "missing input": ("serving_default", {}),
+    "number for string": ("serving_default", {"image_bytes": ("float", [1.0, 2.0])}),
+    "string for number": ("caption_features", {"features": ("bytes", ["x"])}),
+}
+
+
+def array(kind, values):
+    return np.array([v.encode() for v in values], dtype=object) if kind == "bytes" else np.array(values, np.float32)
+
+
+def attempt(loader, export_dir):  # {case: [exception type, message]}; for the load: [type, phrase?]
+    outcome = {}
+    try:
+        loader(export_dir + "-missing")
+    except Exception as error:
+        outcome["load"] = [f"{type(error).__module__}.{type(error).__qualname__}",
+                           "loading the SavedModel failed" in str(error)]
+    with loader(export_dir) as model:
+        for case, (signature, inputs) in MISTAKES.items():
+            try:
+                model.run(signature, {name: array(*value) for name, value in inputs.items()})
+                outcome[case] = None
+            except Exception as error:
+                outcome[case] = [type(error).__qualname__, str(error)]
+    return outcome
+
+
+if __name__ == "__main__":
+    from export.cc_loader import CcSavedModel
+    print(json.dumps(attempt(CcSavedModel, sys.argv[1])))
+"""
+
+
+def test_both_loaders_refuse_the_same_mistakes_alike(exported_model, tmp_path):
+    script = tmp_path / "mistakes.py"
+    script.write_text(MISTAKES_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(exported_model)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    cc = json.loads(result.stdout)
+    session = json.loads(json.dumps(runpy.run_path(str(script))["attempt"](SessionModel, str(exported_model))))
+    assert cc == session
+    assert cc["load"] == ["export.contract.ModelLoadError", True]
+    assert {case: kind for case, (kind, _) in cc.items() if case != "load"} == {
+        "unknown signature": "ValueError", "unknown input": "ValueError", "missing input": "ValueError",
+        "number for string": "ValueError", "string for number": "ValueError"}
+    assert cc["unknown signature"][1] == 'Serving signature name: "nope" not found in signature def'
+    assert cc["unknown input"][1].startswith("input tensor alias not found in signature: images.")
+    assert cc["missing input"][1].startswith("input tensor alias missing: image_bytes.")
+    assert "Expects input 'image_bytes' to be string but float32 is provided" == cc["number for string"][1]
 
 
 def stored_arrays(export_dir: Path) -> dict[str, list[int]]:

@@ -14,9 +14,9 @@ from tensorflow.core.protobuf import rewriter_config_pb2
 from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT
 from data.layouts import load_dataset
 from data.splits import split_dataset
-from export.inspect import SessionModel, export_precision
-from export.precision import check_export_precision, mixed_policy, session_config
-from export.artifact import WARMUP
+from export.artifact import WARMUP, SessionModel, session_config
+from export.inspect import export_precision
+from export.precision import check_export_precision, mixed_policy
 from tests.helpers import REPO, SIGNATURES, graph_ops, running_server, unregistered_ops
 
 # Measured on the 30 test images of the shared trained_run (AMX Xeon, TF 2.21): server bfloat16
@@ -32,10 +32,9 @@ def test_images(trained_run):
 
 
 def greedy_captions(model: SessionModel, images) -> list[str]:
-    out = model.run("serving_default", {
-        "image_bytes": np.array([i.path.read_bytes() for i in images], dtype=object)})
-    assert [e.decode() for e in out["error"]] == [""] * len(images)
-    return [c.decode() for c in out["caption"]]
+    results = model.caption([i.path.read_bytes() for i in images])
+    assert [r.error for r in results] == [""] * len(images)
+    return [r.caption for r in results]
 
 
 def agreement(a: list[str], b: list[str]) -> float:

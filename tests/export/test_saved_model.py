@@ -17,8 +17,7 @@ from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, ERROR_PIXELS
 from data.feature_cache import load_features
 from data.layouts import load_dataset
 from data.splits import split_dataset
-from export.inspect import SessionModel
-from export.artifact import WARMUP
+from export.artifact import WARMUP, SessionModel
 from model.evaluate import caption_features
 from model.run_dir import load_run
 from tests.helpers import REPO, SIGNATURES, graph_ops, unregistered_ops
@@ -94,12 +93,10 @@ def test_served_captions_equal_in_process_greedy(session_model, trained, test_sp
     run = load_run(trained.run)
     expected, expected_lp = caption_features(run.load_captioner(), run.vocabulary.tokens, features,
                                              run.decode_config, "greedy", progress=False)
-    served = session_model.run("serving_default", {
-        "image_bytes": np.array([i.path.read_bytes() for i in images], dtype=object)})
-    assert [e.decode() for e in served["error"]] == [""] * len(images)
-    got = [c.decode() for c in served["caption"]]
-    assert got == expected
-    np.testing.assert_allclose(served["log_prob"], expected_lp, atol=1e-2)
+    served = session_model.caption([i.path.read_bytes() for i in images])
+    assert [r.error for r in served] == [""] * len(images)
+    assert [r.caption for r in served] == expected
+    np.testing.assert_allclose([r.log_prob for r in served], expected_lp, atol=1e-2)
     from_features = session_model.run("caption_features", {"features": features})
     assert [c.decode() for c in from_features["caption"]] == expected
     assert all(c for c in expected)  # real, non-empty captions
@@ -110,9 +107,8 @@ def test_beam_signature_equals_in_process_beam(session_model, trained, test_spli
     run = load_run(trained.run)
     expected, _ = caption_features(run.load_captioner(), run.vocabulary.tokens, features[:8],
                                    run.decode_config, "beam", progress=False)
-    served = session_model.run("beam_search", {
-        "image_bytes": np.array([i.path.read_bytes() for i in images[:8]], dtype=object)})
-    assert [c.decode() for c in served["caption"]] == expected
+    served = session_model.caption([i.path.read_bytes() for i in images[:8]], "beam_search")
+    assert [r.caption for r in served] == expected
 
 
 @pytest.mark.parametrize("signature, method", [("serving_default", "greedy"),

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.helpers import IS_STANDIN, MODEL_NAME, InProcessModel, running_server  # noqa: F401
+from tests.helpers import IS_STANDIN, MODEL_NAME, running_server  # noqa: F401
 
 _cache = {}
 
@@ -51,9 +51,9 @@ def attention_server(attention_model_base, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reference(served_model_base) -> InProcessModel:
-    key = ("reference", served_model_base)
-    if key not in _cache:
-        from export.artifact import latest_version
-        _cache[key] = InProcessModel(latest_version(served_model_base))
-    return _cache[key]
+def reference(served_model_base):
+    """The served model run in this process exactly as TF Serving runs it (export.artifact's
+    SessionModel): the answers served ones must equal."""
+    from export.artifact import SessionModel, latest_version
+    with SessionModel(latest_version(served_model_base)) as model:
+        yield model

@@ -1,10 +1,7 @@
 """A stand-in captioner SavedModel that honours the serving contract exactly: a test fixture (and
 the serving benchmark's default), built in seconds where the real export needs a trained run.
 
-Contract (see the export stage): tag "serve"; signatures
-- serving_default / beam_search: image_bytes DT_STRING [-1] -> caption DT_STRING [-1],
-  log_prob DT_FLOAT [-1], error DT_STRING [-1] ("" when fine);
-- caption_features: features DT_FLOAT [-1, 2048] -> the same outputs.
+Contract: export/contract.py (tag "serve"; its signature, input and output names and shapes).
 
 Images go through data.images.decode_batch, so hostile images give the same per-item errors as the
 real model. The "caption" names the colour nearest to the image's mean pixel (a Keras Dense layer
@@ -28,6 +25,8 @@ import tensorflow as tf
 
 from data.images import decode_batch
 from export.artifact import publish_version
+from export.contract import (ATTENTION, BEAM_SEARCH, CAPTION_FEATURES, FEATURES_INPUT, IMAGE_INPUT,
+                             OUTPUTS, SERVING_DEFAULT)
 
 FEATURE_DIM = 2048
 # Palette the stand-in can name: (name, RGB).
@@ -90,9 +89,7 @@ class _StandIn:
         best = tf.argmax(logits, axis=1)
         log_prob = tf.reduce_max(tf.nn.log_softmax(logits, axis=1), axis=1)
         ok = tf.equal(errors, "")
-        return {"caption": tf.where(ok, table.lookup(best), ""),
-                "log_prob": tf.where(ok, log_prob, 0.0),
-                "error": errors}
+        return dict(zip(OUTPUTS, (tf.where(ok, table.lookup(best), ""), tf.where(ok, log_prob, 0.0), errors)))
 
     def _caption_images(self, image_bytes, table, template):
         pixels, errors = decode_batch(image_bytes)  # [n, 224, 224, 3] BGR minus means
@@ -100,7 +97,7 @@ class _StandIn:
         rgb01 = tf.reverse(bgr, axis=[1]) / 255.0
         outputs = self._caption_rgb(rgb01, table, errors)
         if self.attention:
-            outputs["attention"] = self._attention(pixels, rgb01, errors, template)
+            outputs[ATTENTION] = self._attention(pixels, rgb01, errors, template)
         return outputs
 
     def _attention(self, pixels, rgb01, errors, template):
@@ -140,12 +137,12 @@ def write_standin(export_dir: str, attention: bool = False) -> str:
     archive.track(standin.scorer)
     archive.track(standin.greedy_table)
     archive.track(standin.beam_table)
-    images = [tf.TensorSpec([None], tf.string, name="image_bytes")]
-    archive.add_endpoint("serving_default", standin.serving_default, input_signature=images)
-    archive.add_endpoint("beam_search", standin.beam_search, input_signature=images)
-    archive.add_endpoint("caption_features", standin.caption_features,
+    images = [tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)]
+    archive.add_endpoint(SERVING_DEFAULT, standin.serving_default, input_signature=images)
+    archive.add_endpoint(BEAM_SEARCH, standin.beam_search, input_signature=images)
+    archive.add_endpoint(CAPTION_FEATURES, standin.caption_features,
                          input_signature=[tf.TensorSpec([None, FEATURE_DIM], tf.float32,
-                                                         name="features")])
+                                                         name=FEATURES_INPUT)])
     archive.write_out(export_dir, verbose=False)
     return export_dir
 

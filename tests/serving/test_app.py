@@ -25,14 +25,19 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(served_model_base, images, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("app")
-    with running_server(str(logs / "server.log"), base=served_model_base) as server:
-        app = AppProcess(server.rest_url, str(logs / "app.log"), examples=os.path.dirname(images["red"]))
-        try:
-            yield app
-        finally:
-            app.stop()
+def server(served_model_base, tmp_path_factory):
+    with running_server(str(tmp_path_factory.mktemp("app") / "server.log"), base=served_model_base) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(server, images, tmp_path_factory):
+    app = AppProcess(server.rest_url, str(tmp_path_factory.mktemp("app") / "app.log"),
+                     examples=os.path.dirname(images["red"]))
+    try:
+        yield app
+    finally:
+        app.stop()
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +56,14 @@ def test_gradio_client_single_multiple_and_beam(app, images, reference):
     red, blue = (open(images[k], "rb").read() for k in ("red", "blue"))
 
     single = client.predict(None, handle_file(images["red"]), "greedy", api_name="/caption_image")
-    assert single == reference.captions([red])[0][0]
+    assert single == reference.caption([red])[0].caption
     beam = client.predict(None, handle_file(images["blue"]), "beam search", api_name="/caption_image")
-    assert beam == reference.captions([blue], "beam_search")[0][0]
+    assert beam == reference.caption([blue], "beam_search")[0].caption
     several = client.predict([handle_file(images[k]) for k in ("red", "blue", "bad")], None, "greedy",
                              api_name="/caption_image")
     lines = several.splitlines()
-    assert lines[0] == f"red.png: {reference.captions([red])[0][0]}"
-    assert lines[1] == f"blue.jpg: {reference.captions([blue])[0][0]}"
+    assert lines[0] == f"red.png: {reference.caption([red])[0].caption}"
+    assert lines[1] == f"blue.jpg: {reference.caption([blue])[0].caption}"
     assert lines[2].startswith("bad.png: ERROR: ")
     if IS_STANDIN:
         assert single == "a red image" and beam == "a picture that is mostly blue"
@@ -73,6 +78,34 @@ def test_gradio_client_gets_just_the_caption_from_an_attention_model(attention_a
                              api_name="/caption_image")
     assert several.splitlines()[0].startswith("bad.png: ERROR: ")  # a bad first image: no strip, no crash
     assert several.splitlines()[1] == "red.png: a picture that is mostly red"
+
+
+def test_app_names_the_server_as_the_client_does(capsys):
+    """One vocabulary: --rest URL | --grpc HOST:PORT (serving.client.add_server_arguments)."""
+    from serving import app, client
+    helps = []
+    for module in (app, client):
+        with pytest.raises(SystemExit) as done:
+            module.main(["--help"])
+        assert done.value.code == 0
+        helps.append(" ".join(capsys.readouterr().out.split()))
+        with pytest.raises(SystemExit) as done:
+            module.main(["--rest", "http://127.0.0.1:1", "--grpc", "127.0.0.1:1", "x.png"])
+        assert done.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    for text in helps:
+        assert "--rest URL" in text and "--grpc HOST:PORT" in text and "--server" not in text
+
+
+@pytest.mark.slow
+def test_gradio_app_over_grpc(server, images, reference, tmp_path):
+    from gradio_client import Client, handle_file
+    app = AppProcess(server.grpc_target, str(tmp_path / "app.log"), transport="grpc")
+    try:
+        caption = Client(app.url, verbose=False).predict(None, handle_file(images["blue"]), "beam search",
+                                                         api_name="/caption_image")
+    finally:
+        app.stop()
+    assert caption == reference.caption([open(images["blue"], "rb").read()], "beam_search")[0].caption
 
 
 @pytest.mark.slow
@@ -107,7 +140,7 @@ def test_browser_upload_and_caption(app, images, reference):
             page.screenshot(path=screenshot, full_page=True)
         finally:
             browser.close()
-    assert caption == reference.captions([open(images["red"], "rb").read()])[0][0]
+    assert caption == reference.caption([open(images["red"], "rb").read()])[0].caption
     assert not strip_shown  # pooled model: the page is as it always was
     assert os.path.getsize(screenshot) > 10000
 

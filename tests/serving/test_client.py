@@ -9,10 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from export.artifact import SessionModel, latest_version
 from serving.client import ClientSettings, GrpcClient, RestClient, make_client
-from serving.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from tests.helpers import (BLUE, IS_STANDIN, REPO, RED, RED_CORNER, InProcessModel, ServerProcess,
-                           free_port, image_bytes, red_corner_image, running_server, subprocess_env)
+from serving.protocol import InvalidArgumentError, NotFoundError, UnavailableError
+from tests.helpers import (BLUE, IS_STANDIN, REPO, RED, RED_CORNER, ServerProcess, free_port,
+                           image_bytes, red_corner_image, running_server, subprocess_env)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,9 @@ def test_captions_equal_in_process(client, reference):
     images = [image_bytes(RED), image_bytes(BLUE, fmt="JPEG"), b"not an image"]
     for signature in ("serving_default", "beam_search"):
         results = client.caption(images, signature)
-        expected = reference.captions(images, signature)
-        assert [(r.caption, r.error) for r in results] == [(c, e) for c, _, e in expected]
-        assert [r.log_prob for r in results] == pytest.approx([lp for _, lp, _ in expected], abs=1e-5)
+        expected = reference.caption(images, signature)
+        assert [(r.caption, r.error) for r in results] == [(e.caption, e.error) for e in expected]
+        assert [r.log_prob for r in results] == pytest.approx([e.log_prob for e in expected], abs=1e-5)
         assert [r.ok for r in results] == [True, True, False]
 
 
@@ -58,17 +59,16 @@ def attention_client(request, attention_server):
 
 
 def test_attention_maps_equal_in_process(attention_client, attention_model_base):
-    from export.artifact import latest_version
-    reference = InProcessModel(latest_version(attention_model_base))
     images = [red_corner_image(), image_bytes(BLUE, fmt="JPEG"), b"not an image"]
-    for signature in ("serving_default", "beam_search"):
-        results = attention_client.caption(images, signature)
-        expected = reference.run(signature, "image_bytes", images)
-        assert [r.caption for r in results] == [c.decode() for c in expected["caption"]]
-        for result, maps in zip(results, expected["attention"]):
-            assert result.attention.dtype == np.float32 and result.attention.shape == (30, 7, 7)
-            np.testing.assert_allclose(result.attention, maps, atol=1e-6)
-        assert not np.any(results[2].attention)  # the bad image: all zeros
+    with SessionModel(latest_version(attention_model_base)) as reference:
+        for signature in ("serving_default", "beam_search"):
+            results = attention_client.caption(images, signature)
+            expected = reference.run(signature, {"image_bytes": np.array(images, dtype=object)})
+            assert [r.caption for r in results] == [c.decode() for c in expected["caption"]]
+            for result, maps in zip(results, expected["attention"]):
+                assert result.attention.dtype == np.float32 and result.attention.shape == (30, 7, 7)
+                np.testing.assert_allclose(result.attention, maps, atol=1e-6)
+            assert not np.any(results[2].attention)  # the bad image: all zeros
 
 
 def test_attention_word_maps_show_where_the_colour_is(attention_client):
@@ -88,12 +88,12 @@ def test_batches_and_order_are_kept(server, reference):
     images = [image_bytes(RED if i % 3 else BLUE) for i in range(11)]
     with RestClient(server.rest_url, batch_size=4) as client:
         results = client.caption(images)
-    assert [r.caption for r in results] == [c for c, _, _ in reference.captions(images)]
+    assert [r.caption for r in results] == [e.caption for e in reference.caption(images)]
 
 
 def test_caption_features(client, reference):
     features = np.random.default_rng(0).random([3, 2048], dtype=np.float32)
-    expected = reference.run("caption_features", "features", features)
+    expected = reference.run("caption_features", {"features": features})
     assert [r.caption for r in client.caption_features(features)] == [c.decode() for c in expected["caption"]]
 
 
@@ -165,7 +165,7 @@ def test_retries_until_a_late_server_comes_up(served_model_base, reference, tmp_
         caller.join(timeout=200)
         assert not caller.is_alive()
         assert "error" not in outcome, outcome.get("error")
-        assert outcome["results"][0].caption == reference.captions([image_bytes(BLUE)])[0][0]
+        assert outcome["results"][0].caption == reference.caption([image_bytes(BLUE)])[0].caption
     finally:
         assert late.stop(signal.SIGINT) == 0  # Ctrl-C stops it cleanly too
 
@@ -195,8 +195,8 @@ def test_cli_captions_a_folder(server, reference, image_folder, transport):
     lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
     red, blue = str(image_folder / "red.png"), str(image_folder / "sub" / "blue.jpg")
     assert set(lines) == {red, blue, str(image_folder / "sub" / "broken.png")}
-    assert lines[red] == reference.captions([image_bytes(RED)])[0][0]
-    assert lines[blue] == reference.captions([(image_folder / "sub" / "blue.jpg").read_bytes()])[0][0]
+    assert lines[red] == reference.caption([image_bytes(RED)])[0].caption
+    assert lines[blue] == reference.caption([(image_folder / "sub" / "blue.jpg").read_bytes()])[0].caption
     assert lines[str(image_folder / "sub" / "broken.png")].startswith("ERROR: ")
     if IS_STANDIN:
         assert lines[red] == "a red image"

@@ -49,7 +49,7 @@ def assert_still_serving(server, reference):
     image = image_bytes(BLUE)
     response = requests.post(model_url(server, ":predict"), json={"instances": [b64(image)]}, timeout=30)
     assert response.status_code == 200, response.text
-    assert response.json()["predictions"][0]["caption"] == reference.captions([image])[0][0]
+    assert response.json()["predictions"][0]["caption"] == reference.caption([image])[0].caption
 
 
 # --- status and metadata -------------------------------------------------------------------------
@@ -85,9 +85,9 @@ def test_row_format_with_b64(server, reference):
     response = requests.post(model_url(server, ":predict"), data=body, timeout=30)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    expected = reference.captions(images)
-    assert [(p["caption"], p["error"]) for p in predictions] == [(c, e) for c, _, e in expected]
-    assert [p["log_prob"] for p in predictions] == pytest.approx([lp for _, lp, _ in expected], abs=1e-5)
+    expected = reference.caption(images)
+    assert [(p["caption"], p["error"]) for p in predictions] == [(e.caption, e.error) for e in expected]
+    assert [p["log_prob"] for p in predictions] == pytest.approx([e.log_prob for e in expected], abs=1e-5)
     if IS_STANDIN:
         assert [p["caption"] for p in predictions] == ["a red image", "a blue image"]
 
@@ -97,7 +97,7 @@ def test_row_format_with_named_inputs(server, reference):
     response = requests.post(model_url(server, ":predict"),
                              json={"instances": [{"image_bytes": b64(image)}]}, timeout=30)
     assert response.status_code == 200, response.text
-    assert response.json()["predictions"][0]["caption"] == reference.captions([image])[0][0]
+    assert response.json()["predictions"][0]["caption"] == reference.caption([image])[0].caption
 
 
 def test_columnar_format_with_signature_name_and_version_path(server, reference):
@@ -106,10 +106,10 @@ def test_columnar_format_with_signature_name_and_version_path(server, reference)
     response = requests.post(model_url(server, "/versions/1:predict"), json=body, timeout=30)
     assert response.status_code == 200, response.text
     outputs = response.json()["outputs"]
-    expected = reference.captions(images, "beam_search")
-    assert outputs["caption"] == [c for c, _, _ in expected]
+    expected = reference.caption(images, "beam_search")
+    assert outputs["caption"] == [e.caption for e in expected]
     assert outputs["error"] == ["", ""]
-    assert outputs["caption"] != [c for c, _, _ in reference.captions(images)]  # beam != greedy wording
+    assert outputs["caption"] != [e.caption for e in reference.caption(images)]  # beam != greedy wording
 
 
 def test_columnar_unnamed_input_and_caption_features(server, reference):
@@ -118,7 +118,7 @@ def test_columnar_unnamed_input_and_caption_features(server, reference):
     body = {"signature_name": "caption_features", "inputs": features.tolist()}
     response = requests.post(model_url(server, ":predict"), json=body, timeout=30)
     assert response.status_code == 200, response.text
-    expected = reference.run("caption_features", "features", features)
+    expected = reference.run("caption_features", {"features": features})
     assert response.json()["outputs"]["caption"] == [c.decode() for c in expected["caption"]]
 
 
@@ -131,7 +131,7 @@ def test_hostile_images_give_per_item_errors(server, reference):
     assert response.status_code == 200, response.text
     errors = [p["error"] for p in response.json()["predictions"]]
     assert errors == ["", ERROR_EMPTY, ERROR_FORMAT, ERROR_CORRUPT, ERROR_PIXELS]
-    assert response.json()["predictions"][0]["caption"] == reference.captions(images[:1])[0][0]
+    assert response.json()["predictions"][0]["caption"] == reference.caption(images[:1])[0].caption
     assert_still_serving(server, reference)
 
 
@@ -196,10 +196,10 @@ def test_grpc_predict(channel, reference):
     response = stub.Predict(request, timeout=30)
     captions = [c.decode() for c in tf.make_ndarray(response.outputs["caption"])]
     errors = [e.decode() for e in tf.make_ndarray(response.outputs["error"])]
-    expected = reference.captions(images)
-    assert captions == [c for c, _, _ in expected] and errors == [e for _, _, e in expected]
+    expected = reference.caption(images)
+    assert captions == [e.caption for e in expected] and errors == [e.error for e in expected]
     np.testing.assert_allclose(tf.make_ndarray(response.outputs["log_prob"]),
-                               [lp for _, lp, _ in expected], atol=1e-5)
+                               [e.log_prob for e in expected], atol=1e-5)
     assert response.model_spec.version.value == 1
 
 
@@ -260,7 +260,7 @@ def test_grpc_hostile_images(channel):
 def test_load_8_clients_x_50_requests(server, reference):
     colours = [RED, BLUE, (30, 180, 30), (240, 220, 30)]
     images = [image_bytes(c) for c in colours]
-    expected = [c for c, _, _ in reference.captions(images)]
+    expected = [e.caption for e in reference.caption(images)]
 
     def client(worker: int):
         latencies, failures = [], []

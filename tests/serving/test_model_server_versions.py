@@ -14,7 +14,7 @@ import requests
 
 from export.artifact import publish_version, write_warmup
 from serving.client import RestClient
-from serving.errors import ServingError
+from serving.protocol import ServingError
 from tests.helpers import (MODEL_NAME, RED, copy_model_base, image_bytes, running_server, wait_for)
 
 POLL_SECONDS = 1.0  # --file_system_poll_wait_seconds: the documented wait before a new folder is seen
@@ -60,7 +60,7 @@ def load(rest_url: str, expected: str, stop: threading.Event, version: int | Non
 @pytest.mark.slow
 def test_new_version_is_served_without_a_failed_request(served_model_base, reference, tmp_path):
     base = copy_model_base(served_model_base, str(tmp_path / MODEL_NAME), versions=[1])
-    expected = reference.captions([image_bytes(RED)])[0][0]
+    expected = reference.caption([image_bytes(RED)])[0].caption
     with running_server(str(tmp_path / "server.log"), f"--file_system_poll_wait_seconds={POLL_SECONDS}",
                         base=base) as server:
         # A half-written version (no saved_model.pb yet) and temp / non-numeric folders are ignored.

@@ -1,8 +1,6 @@
-"""Errors shared by the development server and the client, named by gRPC's canonical status codes.
-
-TF Serving reports every failure as a canonical code: gRPC sends the code itself, REST an HTTP status
-and a body `{"error": "message"}`. One table here, so a bad request looks the same whichever way it
-travelled. No TensorFlow here: clients stay light.
+"""What the development server and the client share of TF Serving's API, so that both transports
+look alike: errors by gRPC canonical code (REST sends an HTTP status and `{"error": "message"}`),
+and status and metadata as REST prints them. No TensorFlow at import: clients stay light.
 """
 # Canonical code -> HTTP status, as TF Serving's REST handler maps the codes clients meet.
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429,
@@ -39,6 +37,8 @@ class UnavailableError(ServingError):
 
 
 _BY_CODE = {cls.code: cls for cls in ServingError.__subclasses__()}
+_BY_HTTP = {status: code for code, status in HTTP_STATUS.items()} | {400: "INVALID_ARGUMENT",
+                                                                   413: "RESOURCE_EXHAUSTED"}
 
 
 def error_for_code(code: str, message: str, http_status: int | None = None) -> ServingError:
@@ -48,7 +48,21 @@ def error_for_code(code: str, message: str, http_status: int | None = None) -> S
 
 def error_for_http(http_status: int, message: str) -> ServingError:
     """The ServingError for an HTTP error status (400 -> InvalidArgumentError, ...)."""
-    codes = {status: code for code, status in HTTP_STATUS.items()} | {400: "INVALID_ARGUMENT",
-                                                                      413: "RESOURCE_EXHAUSTED"}
-    code = codes.get(http_status, "UNKNOWN" if http_status >= 500 else "FAILED_PRECONDITION")
+    code = _BY_HTTP.get(http_status, "UNKNOWN" if http_status >= 500 else "FAILED_PRECONDITION")
     return error_for_code(code, message, http_status)
+
+
+def proto_json(message) -> dict:
+    """A proto as TF Serving's REST API prints it (so both transports answer alike)."""
+    from google.protobuf import json_format
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def metadata_json(response) -> dict:
+    """A GetModelMetadataResponse as REST prints it: the packed SignatureDefMap unpacked."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    return {"model_spec": proto_json(response.model_spec),
+            "metadata": {"signature_def": proto_json(signatures)}}

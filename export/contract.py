@@ -1,0 +1,131 @@
+"""The serving contract, in one place and without TensorFlow (the REST client imports it):
+
+  serving_default   image_bytes: string [-1]      -> caption, log_prob, error   (greedy)
+  beam_search       image_bytes: string [-1]      -> caption, log_prob, error   (beam search)
+  caption_features  features: float32 [-1, 2048]  -> caption, log_prob, error   (greedy)
+
+Attention models take features [-1, 7, 7, 2048] and their image signatures add `attention`
+[-1, max_new_tokens, 7, 7]. Also here: the per-image result (`CaptionResult`), the one function
+turning a signature's output columns into results (`caption_results`), the request checks both
+loaders and the development server share (`find_signature`, `check_inputs`, in TF Serving's
+wording) and what both loaders offer (`LoadedModel`: run, caption, close, context manager).
+"""
+import dataclasses
+
+import numpy as np
+
+SERVING_DEFAULT, BEAM_SEARCH, CAPTION_FEATURES = "serving_default", "beam_search", "caption_features"
+SIGNATURES = (SERVING_DEFAULT, BEAM_SEARCH, CAPTION_FEATURES)
+IMAGE_SIGNATURES = (SERVING_DEFAULT, BEAM_SEARCH)
+IMAGE_INPUT, FEATURES_INPUT = "image_bytes", "features"
+OUTPUTS = ("caption", "log_prob", "error")  # of every signature
+ATTENTION = "attention"  # the extra output of an attention model's image signatures
+DT_STRING = 7  # TensorFlow's DataType enum, as SignatureDefs store it
+DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 7: "string", 9: "int64",
+               10: "bool", 14: "bfloat16", 19: "float16"}
+
+
+class ModelLoadError(RuntimeError):
+    """A version could not be loaded (missing folder, not a SavedModel, no "serve" tag, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionResult:
+    caption: str
+    log_prob: float
+    error: str = ""  # "" when the image was captioned, else the model's (or client's) reason
+    # float32 [max_new_tokens, 7, 7] when the model serves attention maps, else None (pooled models).
+    # Left out of ==, which cannot compare arrays.
+    attention: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def word_maps(self) -> list[tuple[str, np.ndarray]]:
+        """[(word, map [7, 7])] per caption word (+ "<end>"): model.attention_maps.word_maps.
+        Raises ValueError when the model served no attention maps."""
+        if self.attention is None:
+            raise ValueError("this model serves no attention maps (a pooled-feature captioner)")
+        from model.attention_maps import word_maps  # matplotlib and PIL only when maps are used
+        return word_maps(self.caption, self.attention)
+
+
+def caption_results(outputs: dict, count: int) -> list[CaptionResult]:
+    """A signature's output columns (numpy arrays from a session, JSON lists from REST) as one
+    CaptionResult per image. ValueError naming what is missing or malformed."""
+    columns = [outputs.get(name) for name in OUTPUTS] if isinstance(outputs, dict) else [None]
+    if any(column is None or len(column) != count for column in columns):
+        raise ValueError(f"expected outputs {', '.join(OUTPUTS)} for {count} images, "
+                         f"got {str(outputs)[:200]}")
+    text = [[v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in column]
+            for column in (columns[0], columns[2])]
+    maps = _attention(outputs.get(ATTENTION), count)
+    return [CaptionResult(c, float(p), e, a) for c, p, e, a in zip(text[0], columns[1], text[1], maps)]
+
+
+def _attention(column, count: int) -> list:
+    """The attention column as one float32 [max_new_tokens, h, w] array per image, or Nones."""
+    if column is None:
+        return [None] * count
+    try:
+        maps = np.asarray(column, dtype=np.float32)
+    except (TypeError, ValueError) as e:  # ragged or non-numeric lists
+        raise ValueError(f"the attention output is not a numeric array: {e}") from None
+    if maps.ndim != 4 or len(maps) != count:
+        raise ValueError(f"expected attention [{count}, max_new_tokens, 7, 7], got shape {list(maps.shape)}")
+    return list(maps)
+
+
+def find_signature(signatures: dict, name: str):
+    """The SignatureDef called `name` ("" = serving_default); ValueError if there is none."""
+    if (name or SERVING_DEFAULT) not in signatures:
+        raise ValueError(f'Serving signature name: "{name}" not found in signature def')
+    return signatures[name or SERVING_DEFAULT]
+
+
+def check_inputs(signature, inputs: dict) -> None:
+    """ValueError, in TF Serving's words, for an unknown or missing input name, or a string fed to
+    a number input (or the reverse): such a request must not reach the graph."""
+    expected = "{" + ",".join(sorted(signature.inputs)) + "}"
+    unknown, missing = sorted(set(inputs) - set(signature.inputs)), sorted(set(signature.inputs) - set(inputs))
+    if unknown or missing:
+        raise ValueError(f"input tensor alias {'not found in signature' if unknown else 'missing'}: "
+                         f"{(unknown or missing)[0]}. Inputs expected to be in the set {expected}.")
+    for name, value in inputs.items():
+        want, got = signature.inputs[name].dtype, np.asarray(value).dtype
+        if (got.kind in "OSU") != (want == DT_STRING):
+            raise ValueError(f"Expects input '{name}' to be {DTYPE_NAMES.get(want, want)} "
+                             f"but {got} is provided")
+
+
+class LoadedModel:
+    """What both loaders offer (export.artifact.SessionModel, export.cc_loader.CcSavedModel):
+    `signatures` {name: SignatureDef}, `run(signature, inputs)` {output: array}, `caption`, `close`."""
+    signatures: dict
+
+    def run(self, signature: str, inputs: dict) -> dict:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def signature(self, name: str):
+        return find_signature(self.signatures, name)
+
+    def checked_signature(self, name: str, inputs: dict):
+        """The SignatureDef to run, after the request checks every loader makes."""
+        signature = self.signature(name)
+        check_inputs(signature, inputs)
+        return signature
+
+    def caption(self, images: list[bytes], signature: str = SERVING_DEFAULT) -> list[CaptionResult]:
+        """One CaptionResult per encoded image, in order; a bad image gets .error, never a raise."""
+        return caption_results(self.run(signature, {IMAGE_INPUT: np.array(images, dtype=object)}),
+                               len(images))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
