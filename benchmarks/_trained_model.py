@@ -43,9 +43,9 @@ def _train_today(run_dir, preset="default", *, data=None, cache_dir=None, evalua
 train = _train_today  # once model.train.train takes these arguments: from model.train import train
 
 
-def caption(model, images: list[bytes], signature: str = "serving_default") -> dict:
-    """The signature's outputs (caption, log_prob, error[, attention]) for these image bytes."""
-    return model.run(signature, {"image_bytes": np.array(images, dtype=object)})
+def caption(model, images: list[bytes], signature: str = "serving_default") -> list:
+    """One export.contract.CaptionResult per image, through the loaded version."""
+    return model.caption(images, signature)
 
 
 @dataclasses.dataclass

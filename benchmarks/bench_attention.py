@@ -54,9 +54,9 @@ def draw_picture(model, image_path: Path, out: Path) -> None:
 
     from data.files import atomic_write
     from model.attention_maps import attention_strip
-    served = caption(model, [image_path.read_bytes()])
-    text = served["caption"][0].decode()
-    strip = attention_strip(Image.open(image_path).convert("RGB"), text, served["attention"][0])
+    served = caption(model, [image_path.read_bytes()])[0]
+    text = served.caption
+    strip = attention_strip(Image.open(image_path).convert("RGB"), text, served.attention)
     atomic_write(out, lambda handle: strip.save(handle, format="PNG"))
     print(f"picture: {out} ({text})", file=sys.stderr)
 

@@ -33,7 +33,8 @@ from benchmarks.bench_train import (TrainBenchConfig, quantile_batches, seed_mod
 from data.sources import open_dataset
 from data.splits import split_dataset
 from export.artifact import SessionModel, latest_version
-from export.precision import mixed_policy, session_config
+from export.artifact import session_config
+from export.precision import mixed_policy
 from export.saved_model import ExportConfig, export_run
 from model.metrics import caption_scores
 
@@ -61,9 +62,9 @@ QUICK = dict(num_images=300, epochs=10, batch_size=64, repeats=2, latency_calls=
 def greedy_captions(model: SessionModel, images, batch: int) -> list[str]:
     captions = []
     for start in range(0, len(images), batch):
-        out = caption(model, [i.path.read_bytes() for i in images[start:start + batch]])
-        assert not any(out["error"]), out["error"]
-        captions += [c.decode() for c in out["caption"]]
+        results = caption(model, [i.path.read_bytes() for i in images[start:start + batch]])
+        assert all(r.ok for r in results), [r.error for r in results]
+        captions += [r.caption for r in results]
     return captions
 
 
