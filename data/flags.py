@@ -48,22 +48,29 @@ def add_flags(parser, cls, *, prefix: str = "", separator: str = "-", keep_defau
     hints = typing.get_type_hints(cls)
     for field in settings_fields(cls):
         dest = prefix + field.name
-        options = {key: field.metadata[key] for key in ARGPARSE_KEYS if key in field.metadata}
+        flag = field.metadata.get("flag", dest).replace("_", separator)
         default = field.default if keep_defaults else (shown or {}).get(dest, argparse.SUPPRESS)
+        options = _options(field, hints[field.name], flag)
         if default is not argparse.SUPPRESS:
             options["help"] += f" (default: {default!r})".replace("%", "%%")
-        kind, optional = _value_type(hints[field.name])
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["type"] = _none_or(kind) if optional else kind
-            if "const" in options:
-                options["nargs"] = "?"
         # The default is set after the help is written (BooleanOptionalAction would add its own).
-        flag = field.metadata.get("flag", dest).replace("_", separator)
         parser.add_argument("--" + flag, dest=dest, default=argparse.SUPPRESS, **options)
         if keep_defaults:
             parser.set_defaults(**{dest: field.default})
+
+
+def _options(field, hint, flag: str) -> dict:
+    """add_argument's options for one setting, but its dest and default."""
+    options = {key: field.metadata[key] for key in ARGPARSE_KEYS if key in field.metadata}
+    kind, optional = _value_type(hint)
+    if kind is bool:
+        return dict(options, action=argparse.BooleanOptionalAction)
+    options["type"] = _none_or(kind) if optional else kind
+    if "choices" not in options:  # with choices, argparse lists them instead
+        options.setdefault("metavar", flag.replace("-", "_").upper())
+    if "const" in options:
+        options["nargs"] = "?"
+    return options
 
 
 def _value_type(hint) -> tuple[type, bool]:

@@ -68,8 +68,8 @@ class TrainConfig:
         "", "float16 (the bare flag): mixed_float16 with loss scaling, for GPU tensor cores; "
         "bfloat16: mixed_bfloat16, for AMX CPUs, TPUs, Ampere+ GPUs",
         choices=tuple(MIXED_POLICIES), const="float16", metavar="{float16,bfloat16}")
-    jit_compile: bool = setting(False, "XLA; off by default: on CPU it ran the LSTM at half "
-                                "speed, and bucketed shapes recompile per bucket", flag="xla")
+    jit_compile: bool = setting(False, "XLA; off by default: slower for the LSTM on CPU, and "
+                                "bucketed shapes recompile per bucket", flag="xla")
     distribute: str = setting("auto", "auto: MirroredStrategy on >1 GPU; multiworker reads "
                               "TF_CONFIG (README)",
                               choices=("auto", "mirrored", "multiworker", "none"))
@@ -333,7 +333,9 @@ def train(run_dir, preset: str = TrainConfig.preset, *, data=None, cache_dir=Non
 
 def presets_text(width: int = 96) -> str:
     """Every preset's settings, for --help."""
-    lines = ["presets (a flag given sets one field over the preset's):"]
+    lines = ["The defaults shown are the default preset's, on the built-in data. Presets (a "
+             "setting flag",
+             "given sets its field over the preset's value):"]
     for name, sections in PRESETS.items():
         values = " ".join(f"{field}={value}" for fields in sections.values()
                           for field, value in fields.items())
@@ -345,9 +347,11 @@ def presets_text(width: int = 96) -> str:
 def parse_args(argv=None) -> dict:
     """train()'s keyword arguments from the command line. Only the settings flags given become
     overrides: the others keep the preset's values."""
-    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
-                                epilog=presets_text(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m model.train", description=__doc__, epilog=presets_text(),
+        usage="%(prog)s [--data DIR] [--run-dir DIR] [--preset {" + ",".join(PRESETS)
+              + "}] [setting flags] [--no-eval]",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     run = p.add_argument_group("run")
     run.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout) or a prepared "
                                     "TFDS data dir; omit for the built-in generated dataset")
