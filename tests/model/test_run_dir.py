@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from model.base import FAMILIES
 from model.run_dir import load_run
-
-FAMILIES = ("pooled", "attention")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
