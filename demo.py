@@ -27,9 +27,8 @@ from export.artifact import SessionModel, export_settings, latest_version
 from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
 from model.metrics import score_line
-from model.presets import PRESETS
 from model.run_dir import weights_digest
-from model.train import TrainConfig, train
+from model.train import train
 
 RUN_DIR = Path("runs/demo")
 MODEL_BASE = Path("models/captioner")
@@ -42,9 +41,7 @@ def trained_summary(args) -> dict:
         print(f"[3-4/7] reusing the finished run in {RUN_DIR} (--retrain to train again)")
         return json.loads(summary_file.read_text())
     print("[1-4/7] data, features, keras fit, evaluation")
-    chosen = PRESETS["default"]
-    config = TrainConfig(**dict(chosen["train"], epochs=args.epochs), preset="default")
-    return train(RUN_DIR, data=args.data, train_config=config, model_overrides=chosen["model"])
+    return train(RUN_DIR, "default", data=args.data, epochs=args.epochs)
 
 
 def exported_version(digest: str) -> Path:

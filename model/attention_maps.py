@@ -94,13 +94,6 @@ def overlay(image, attention_map) -> Image.Image:
     return Image.fromarray(np.round(blended).astype(np.uint8))
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)  # scalable when PIL has FreeType
-    except TypeError:  # older PIL: the small bitmap font
-        return ImageFont.load_default()
-
-
 def _fitted(draw: ImageDraw.ImageDraw, word: str, font, width: int) -> str:
     """The word, cut with an ellipsis if it is wider than the tile."""
     if draw.textlength(word, font=font) <= width:
@@ -133,7 +126,7 @@ def attention_strip(image, caption: str, attention, tile_side: int = TILE_SIDE,
     columns = min(columns, len(pairs))
     rows = -(-len(pairs) // columns)
     strip = Image.new("RGB", (columns * (width + GAP) - GAP, rows * (title + height + GAP) - GAP), "white")
-    draw, font = ImageDraw.Draw(strip), _font(font_size)
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default(size=font_size)
     for k, (word, grid) in enumerate(pairs):
         left = (k % columns) * (width + GAP)
         top = (k // columns) * (title + height + GAP)

@@ -9,34 +9,43 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from data.flags import check_choices, setting
 from model.encoder import FEATURE_DIM, GRID
 from model.scst import self_critical_step
 
 # Training's Keras dtype policies by precision name; logits and loss stay float32 under both
 # 16-bit policies (logits_dtype, MaskedCaptionLoss).
 MIXED_POLICIES = {"": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+FAMILIES = ("pooled", "attention")  # model/captioner.py, model/attention.py
 
 
 @dataclasses.dataclass
 class ModelConfig:
+    # Given by the data and the encoder, never by a preset or a flag.
     vocab_size: int
     feature_dim: int = FEATURE_DIM
-    embed_dim: int = 256
-    units: int = 512
-    dropout: float = 0.0             # on embeddings and LSTM outputs (never recurrent: cuDNN)
-    image_init_cell: bool = False    # c0 = tanh(Dense(features)) instead of zeros
-    normalize_features: bool = False  # standardise features with training-set mean/variance
-                                      # (Normalization layer, adapted before fit, exported with
-                                      # the weights). Essential for random-init encoders, whose
-                                      # features differ between images by ~0.5% of their energy.
-    # The attention family (model/attention.py; the `attention` preset). Its features are
-    # ResNet50's last convolutional map [feature_grid, feature_grid, feature_dim].
-    attention: bool = False
-    feature_grid: int = GRID          # locations per side of ResNet50's last map
-    attention_units: int = 512        # width of the additive attention's hidden layer
-    attention_regularizer: float = 0.0  # lambda of the doubly stochastic regulariser; 0 = off
+    feature_grid: int = GRID          # locations per side of ResNet50's last map (attention)
+    # Settings.
+    family: str = setting("pooled", "pooled: the decoder reads ResNet50's pooled vector; "
+                          "attention: soft attention over its 7x7 map (Show, Attend and Tell)",
+                          choices=FAMILIES)
+    embed_dim: int = setting(256, "word embedding width")
+    units: int = setting(512, "LSTM width")
+    dropout: float = setting(0.0, "dropout on embeddings and LSTM outputs (never recurrent: "
+                             "cuDNN's condition)")
+    image_init_cell: bool = setting(False, "pooled family: c0 = tanh(Dense(features)) instead "
+                                    "of zeros")
+    normalize_features: bool = setting(
+        False, "standardise features with the training images' statistics (saved with the "
+        "weights); random-init encoders need it: their features differ little between images")
+    attention_units: int = setting(512, "attention family: width of the additive attention's "
+                                   "hidden layer")
+    attention_regularizer: float = setting(
+        0.0, "attention family: weight (lambda) of the doubly stochastic regulariser; "
+        "Xu et al. use 1; 0 = off")
 
     def __post_init__(self):
+        check_choices(self)
         for name in ("vocab_size", "feature_dim", "embed_dim", "units", "feature_grid",
                      "attention_units"):
             value = getattr(self, name)
@@ -47,6 +56,11 @@ class ModelConfig:
         if self.attention_regularizer < 0:
             raise ValueError("ModelConfig.attention_regularizer must be >= 0, "
                              f"got {self.attention_regularizer!r}")
+
+    @property
+    def attention(self) -> bool:
+        """Whether this is the attention family (what export/ asks)."""
+        return self.family == "attention"
 
     @property
     def feature_shape(self) -> tuple:

@@ -3,8 +3,8 @@
 Shape of the original ("seed") model, which the `seed` preset reproduces exactly:
     h0 = ReLU(Dense(2048 -> 512)(features)),  c0 = 0
     Embedding(V, 256) -> LSTM(512) -> Dense(V)
-Options beyond parity: dropout, an image-initialised c0, feature standardisation, and (in model/train.py) gradient clipping,
-label smoothing and a learning-rate schedule.
+Options beyond parity: dropout, an image-initialised c0, feature standardisation, and (in
+model/train.py) gradient clipping, label smoothing and a learning-rate schedule.
 
 Training runs the whole sequence through keras.layers.LSTM (cuDNN on a GPU); decoding runs
 `step`, which calls the very same LSTM cell weights one token at a time.
@@ -21,9 +21,8 @@ class Captioner(CaptionerBase):
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        # float32 under mixed precision too: random-init features vary between images by only
-        # ~8% of their size (0.5% of their energy), so rounding them to bfloat16 (0.2% per value)
-        # before the mean is subtracted would add ~0.025 std of error, for no speed (2,048 values).
+        # float32 under mixed precision too: features differ little between images, so rounding
+        # them to 16 bits before the mean is subtracted would drown that difference, for no speed.
         self.feature_norm = (FeatureStandardizer(name="feature_norm", dtype="float32")
                              if config.normalize_features else None)
         self.image_to_h = keras.layers.Dense(config.units, activation="relu", name="image_to_h")

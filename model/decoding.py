@@ -11,15 +11,16 @@ import dataclasses
 import tensorflow as tf
 
 from data.captions import clean_caption_tensor
+from data.flags import setting
 from data.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
 NEG_INF = -1e9  # finite, so that -inf + -inf or 0 * -inf never makes a NaN
 
 
 @dataclasses.dataclass
 class DecodeConfig:
-    max_new_tokens: int = 30      # tokens generated at most, <end> included
-    beam_width: int = 3
-    length_penalty: float = 0.7   # beam score = log_prob / length ** length_penalty
+    max_new_tokens: int = setting(30, "decoding: tokens generated at most, <end> included")
+    beam_width: int = setting(3, "beam search: beams kept per image")
+    length_penalty: float = setting(0.7, "beam search: score = log_prob / length ** this")
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import keras
 
+from data.flags import setting
 from data.images import IMAGE_SIZE
 
 FEATURE_DIM = 2048
@@ -49,8 +50,10 @@ class EncoderWeightsError(RuntimeError):
 
 @dataclass
 class EncoderConfig:
-    weights: str = "imagenet"  # "imagenet" | "random" | path to a local .h5/.weights.h5 file
-    seed: int = 0  # used for "random"
+    weights: str = setting("imagenet", "imagenet | random | path to a local ResNet50 notop .h5 "
+                           "file (training's default: random for the built-in data, imagenet "
+                           "otherwise)")
+    seed: int = setting(0, "seed of the random weights")
 
 
 def build_encoder(config: EncoderConfig, spatial: bool = False) -> keras.Model:

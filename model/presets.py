@@ -1,9 +1,12 @@
-"""Named settings. `seed` is the original PyTorch project's model and optimiser, exactly; `default`
-is the preset tuned for the best validation BLEU we could show on the built-in data; `attention`
-is the soft-attention family with the default preset's training recipe.
+"""Named settings. A preset names the model family and the whole recipe: `seed` is the original
+PyTorch project's model and optimiser, exactly; `default` is the pooled model tuned for the best
+validation BLEU we could show on the built-in data; `attention` is the soft-attention family with
+the default preset's training recipe.
 
-Each preset gives ModelConfig fields (except vocab_size, which comes from the data) and TrainConfig
-fields; command-line flags override single fields.
+Each preset gives fields of the settings dataclasses by section: "model" (ModelConfig, but the
+sizes the data gives), "train" (TrainConfig), and optionally "decode" (DecodeConfig) and
+"encoder" (EncoderConfig). Fields a preset leaves out keep their dataclass defaults; train()'s
+overrides and the command line's flags set single fields over the preset (model/train.py).
 """
 import keras
 
@@ -15,28 +18,29 @@ PRESETS = {
     # Dense(2048->512, ReLU) -> h0, c0 = 0; Embedding(V, 256); LSTM(512); Dense(V);
     # Adam(1e-3), batch 128, cross-entropy ignoring <pad>, teacher forcing; 5 epochs as the original.
     "seed": {
-        "model": {"embed_dim": 256, "units": 512, "dropout": 0.0, "image_init_cell": False,
-                  "normalize_features": False},
+        "model": {"family": "pooled", "embed_dim": 256, "units": 512, "dropout": 0.0,
+                  "image_init_cell": False, "normalize_features": False},
         "train": {"learning_rate": 1e-3, "lr_schedule": "constant", "batch_size": 128,
                   "clipnorm": None, "label_smoothing": 0.0, "epochs": 5},
     },
     # Beyond parity: feature standardisation, dropout, an image-initialised c0, clipping, label
     # smoothing, cosine decay.
     "default": {
-        "model": {"embed_dim": 256, "units": 512, "dropout": 0.3, "image_init_cell": True,
-                  "normalize_features": True},
+        "model": {"family": "pooled", "embed_dim": 256, "units": 512, "dropout": 0.3,
+                  "image_init_cell": True, "normalize_features": True},
         "train": {"learning_rate": 2e-3, "lr_schedule": "cosine", "batch_size": 128,
                   "clipnorm": 5.0, "label_smoothing": 0.1, "epochs": 20},
     },
     # Show, Attend and Tell over ResNet50's 7x7 map (model/attention.py): the default preset's
     # training recipe, so the two families differ only in what the decoder sees.
     "attention": {
-        "model": {"attention": True, "embed_dim": 256, "units": 512, "attention_units": 512,
+        "model": {"family": "attention", "embed_dim": 256, "units": 512, "attention_units": 512,
                   "dropout": 0.3, "normalize_features": True, "attention_regularizer": 0.0},
         "train": {"learning_rate": 2e-3, "lr_schedule": "cosine", "batch_size": 128,
                   "clipnorm": 5.0, "label_smoothing": 0.1, "epochs": 20},
     },
 }
+FAMILY_CLASSES = {"pooled": Captioner, "attention": AttentionCaptioner}
 
 
 def preset(name: str) -> dict:
@@ -46,7 +50,5 @@ def preset(name: str) -> dict:
 
 
 def build_captioner(config: ModelConfig) -> keras.Model:
-    """The model family the config names: Captioner (pooled features) or AttentionCaptioner."""
-    if config.attention:
-        return AttentionCaptioner(config, name="captioner").build_for()
-    return Captioner(config, name="captioner").build_for()
+    """The captioner of the config's family, with every weight created."""
+    return FAMILY_CLASSES[config.family](config, name="captioner").build_for()

@@ -65,16 +65,6 @@ def weights_digest(weights_file) -> str:
     return digest.hexdigest()[:16]
 
 
-# Fields renamed since older runs saved their settings.json: such runs still load.
-RENAMED_DECODE_FIELDS = {"max_length": "max_new_tokens"}
-
-
-def saved_decode_config(saved: dict) -> DecodeConfig:
-    """The DecodeConfig a run saved, under today's field names."""
-    return DecodeConfig(**{RENAMED_DECODE_FIELDS.get(name, name): value
-                           for name, value in saved.items()})
-
-
 @dataclasses.dataclass
 class TrainedRun:
     paths: RunPaths
@@ -101,6 +91,19 @@ def load_run(run_dir) -> TrainedRun:
             raise FileNotFoundError(f"{needed} is missing: {paths.root} is not a trained run "
                                     "(expected settings.json, vocab.txt and best.weights.h5)")
     settings = json.loads(paths.settings.read_text())
-    return TrainedRun(paths, settings, ModelConfig(**settings["model"]),
-                      EncoderConfig(**settings["encoder"]), saved_decode_config(settings["decode"]),
+    return TrainedRun(paths, settings, saved_config(paths, settings, "model", ModelConfig),
+                      saved_config(paths, settings, "encoder", EncoderConfig),
+                      saved_config(paths, settings, "decode", DecodeConfig),
                       Vocabulary.load(paths.root))
+
+
+def saved_config(paths: RunPaths, settings: dict, section: str, cls):
+    """settings[section] as a `cls`; a clear error for fields `cls` does not have."""
+    saved = settings.get(section, {})
+    expected = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(saved) - expected)
+    if unknown:
+        raise ValueError(f"{paths.settings}: {section} settings {unknown} are not fields of "
+                         f"{cls.__name__} (expected among {sorted(expected)}); train the run "
+                         "again with this version")
+    return cls(**saved)

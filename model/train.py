@@ -14,12 +14,14 @@ import argparse
 import dataclasses
 import logging
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from data.flags import add_flags, check_choices, setting, settings_fields
 from data.layouts import DatasetError
 from data.pipeline import PipelineConfig, evaluation_dataset, training_dataset
 from data.sources import open_dataset
@@ -32,7 +34,7 @@ from model.features import default_cache_dir, ensure_features
 from model.history import best_val_loss, history_summary
 from model.metrics import score_line
 from model.plots import loss_curve_png
-from model.presets import PRESETS, build_captioner, preset
+from model.presets import PRESETS, build_captioner, preset as chosen_preset
 from model.run_dir import RunPaths, write_json
 
 log = logging.getLogger("train")
@@ -48,43 +50,39 @@ WORKER_LOST_EXIT_CODE = 3
 
 @dataclasses.dataclass
 class TrainConfig:
-    preset: str = "default"
-    epochs: int = 20
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"        # "constant" | "cosine" (decays to 0 over all epochs)
-    clipnorm: float | None = None
-    label_smoothing: float = 0.0
-    patience: int = 4                    # EarlyStopping on val_loss
-    min_count: int = 5                   # vocabulary minimum count
-    max_caption_tokens: int = 40         # <start>, <end> included; longer training captions
-                                         # are cut, keeping <end> (rare on Flickr30k)
-    seed: int = 0
-    mixed_precision: str = ""            # "" float32; "float16": mixed_float16 with loss scaling
-                                         # (GPU tensor cores); "bfloat16": mixed_bfloat16, no
-                                         # loss scaling (AMX CPUs, TPUs, Ampere+ GPUs)
-    jit_compile: bool = False            # measured on CPU: XLA ran the LSTM at half speed; and
-                                         # bucketed shapes would recompile for every bucket
-    distribute: str = "auto"             # "auto": MirroredStrategy when >1 GPU; "mirrored";
-                                         # "multiworker" (TF_CONFIG, see README); "none"
-    deterministic: bool = False          # tf.config.experimental.enable_op_determinism()
-    # Multi-worker only: how long a gradient or metric all-reduce waits for the other workers
-    # before this one gives up, so a worker whose machine froze or dropped off the network stops
-    # the others instead of hanging them (a killed worker is noticed at once: its port refuses).
-    # Must exceed the workers' skew at the first step (tracing: ~30 s on a busy 2-core machine).
-    worker_timeout_seconds: float = 300.0
+    preset: str = setting("default", "the named settings (model/presets.py) that the other "
+                          "flags override", choices=tuple(PRESETS))
+    epochs: int = setting(20, "epochs at most (EarlyStopping may stop sooner)")
+    batch_size: int = setting(128, "the global batch, split between replicas and workers")
+    learning_rate: float = setting(1e-3, "Adam's learning rate (the start of the schedule)")
+    lr_schedule: str = setting("constant", "cosine: decays to 0 over all epochs",
+                               choices=("constant", "cosine"))
+    clipnorm: float | None = setting(None, "clip every gradient to this norm (none: no clipping)")
+    label_smoothing: float = setting(0.0, "share of each target spread over the vocabulary")
+    patience: int = setting(4, "EarlyStopping: epochs without a better validation loss")
+    min_count: int = setting(5, "vocabulary: words seen at least this often in training captions")
+    max_caption_tokens: int = setting(40, "cut longer training captions (tokens, <start> and "
+                                      "<end> included; <end> is kept)")
+    seed: int = setting(0, "seeds Python, NumPy, TensorFlow and the caption shuffling")
+    mixed_precision: str = setting(
+        "", "float16 (the bare flag): mixed_float16 with loss scaling, for GPU tensor cores; "
+        "bfloat16: mixed_bfloat16, for AMX CPUs, TPUs, Ampere+ GPUs",
+        choices=tuple(MIXED_POLICIES), const="float16", metavar="{float16,bfloat16}")
+    jit_compile: bool = setting(False, "XLA; off by default: slower for the LSTM on CPU, and "
+                                "bucketed shapes recompile per bucket", flag="xla")
+    distribute: str = setting("auto", "auto: MirroredStrategy on >1 GPU; multiworker reads "
+                              "TF_CONFIG (README)",
+                              choices=("auto", "mirrored", "multiworker", "none"))
+    deterministic: bool = setting(False, "also turn on TensorFlow's op determinism")
+    # A frozen or unreachable worker then stops the others instead of hanging them (a killed
+    # one is noticed at once: its port refuses).
+    worker_timeout_seconds: float = setting(
+        300.0, "multiworker: seconds an all-reduce waits for the other workers before failing; "
+        "keep it above their skew at the first step (tracing: ~30 s on 2 busy cores)",
+        flag="worker-timeout")
 
     def __post_init__(self):
-        if isinstance(self.mixed_precision, bool):  # settings.json of runs before bfloat16
-            self.mixed_precision = "float16" if self.mixed_precision else ""
-        if self.mixed_precision not in MIXED_POLICIES:
-            raise ValueError(f"mixed_precision must be one of {sorted(MIXED_POLICIES)}, "
-                             f"got {self.mixed_precision!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.distribute not in ("auto", "mirrored", "multiworker", "none"):
-            raise ValueError("distribute must be auto, mirrored, multiworker or none, "
-                             f"got {self.distribute!r}")
+        check_choices(self)
         for name in ("epochs", "batch_size", "min_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -95,6 +93,54 @@ class TrainConfig:
                              f"got {self.worker_timeout_seconds}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+# A run's settings dataclasses by section (of presets and settings.json), with the prefix their
+# fields take as train()'s overrides and as flags (EncoderConfig.seed is not TrainConfig.seed).
+SECTIONS = {"train": (TrainConfig, ""), "model": (ModelConfig, ""),
+            "decode": (DecodeConfig, ""), "encoder": (EncoderConfig, "encoder_")}
+# {setting's name as an override and a flag: (section, field)}
+OVERRIDES = {prefix + field.name: (section, field.name)
+             for section, (cls, prefix) in SECTIONS.items() for field in settings_fields(cls)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run; the model's sizes come from the data (model_config)."""
+    train: TrainConfig
+    model: dict          # every ModelConfig setting
+    decode: DecodeConfig
+    encoder: EncoderConfig
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, **self.model)
+
+    def by_name(self) -> dict:
+        """{override name: value} of every setting."""
+        sections = {section: self.model if section == "model"
+                    else dataclasses.asdict(getattr(self, section)) for section in SECTIONS}
+        return {name: sections[section][field] for name, (section, field) in OVERRIDES.items()}
+
+
+def run_config(preset: str = TrainConfig.preset, *, data=None, **overrides) -> RunConfig:
+    """The preset's settings with `overrides` over them: field names of TrainConfig, ModelConfig
+    and DecodeConfig, and EncoderConfig's with "encoder_" before them (OVERRIDES). Without
+    encoder_weights, the built-in data gets random weights (no ImageNet weights offline), any
+    other data ImageNet's."""
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; expected any of {sorted(OVERRIDES)}")
+    fields = {section: {} for section in SECTIONS}
+    fields["model"] = {field.name: field.default for field in settings_fields(ModelConfig)}
+    fields["encoder"]["weights"] = "imagenet" if data else "random"
+    for section, values in chosen_preset(preset).items():
+        fields[section].update(values)
+    for name, value in overrides.items():
+        section, field = OVERRIDES[name]
+        fields[section][field] = value
+    return RunConfig(train=TrainConfig(**{**fields["train"], "preset": preset}),
+                     model=fields["model"], decode=DecodeConfig(**fields["decode"]),
+                     encoder=EncoderConfig(**fields["encoder"]))
 
 
 def choose_strategy(mode: str, worker_timeout_seconds: float | None = None
@@ -183,48 +229,67 @@ def callbacks(paths: RunPaths, config: TrainConfig):
     ]
 
 
-def train(run_dir, data=None, train_config: TrainConfig | None = None,
-          model_overrides: dict | None = None, encoder_config: EncoderConfig | None = None,
-          cache_dir=None, decode_config: DecodeConfig | None = None, evaluate=True,
-          verbose=1) -> dict:
+def start_run(root: Path, config: RunConfig, data=None):
+    """A run's first step, before any features: (dataset, its splits, the training split's
+    vocabulary, saved in `root`, and the model config that vocabulary sizes)."""
+    dataset = open_dataset(data)
+    splits = split_dataset(dataset)
+    train_captions = [c for image in splits["train"] for c in image.captions]
+    vocabulary = Vocabulary.build(train_captions, min_count=config.train.min_count)
+    vocabulary.save(root)
+    log.info("vocabulary: %d tokens, %.1f%% of training tokens covered",
+             len(vocabulary), 100 * vocabulary.coverage)
+    return dataset, splits, vocabulary, config.model_config(len(vocabulary))
+
+
+def run_settings(config: RunConfig, model_config: ModelConfig, vocabulary: Vocabulary, *, data,
+                 dataset, splits, cache_dir) -> dict:
+    """settings.json: what the run was trained on and every setting, by section."""
+    return {
+        "data": {"source": str(data) if data else "builtin", "layout": dataset.layout,
+                 "images": len(dataset.images), "captions": dataset.num_captions,
+                 "split_images": {k: len(v) for k, v in splits.items()},
+                 "skipped": dataset.skipped.as_dict(), "feature_cache": str(cache_dir)},
+        "encoder": dataclasses.asdict(config.encoder),
+        "model": dataclasses.asdict(model_config),
+        "train": dataclasses.asdict(config.train),
+        "decode": dataclasses.asdict(config.decode),
+        "vocabulary": vocabulary.settings(),
+    }
+
+
+def train(run_dir, preset: str = TrainConfig.preset, *, data=None, cache_dir=None, evaluate=True,
+          verbose=1, **overrides) -> dict:
     """The whole run: data -> vocabulary -> features -> fit -> loss curve -> test BLEU -> summary.
-    Returns the summary dict (also written to summary.json)."""
-    train_config = train_config or TrainConfig()
-    decode_config = decode_config or DecodeConfig()
-    # First: see choose_strategy.
-    strategy = choose_strategy(train_config.distribute, train_config.worker_timeout_seconds)
+    `overrides` set single settings over the preset's (run_config). Returns the summary dict
+    (also written to summary.json)."""
+    config = run_config(preset, data=data, **overrides)
+    recipe = config.train
+    # First TensorFlow work: see choose_strategy.
+    strategy = choose_strategy(recipe.distribute, recipe.worker_timeout_seconds)
     is_chief = strategy.extended.should_checkpoint
     paths = worker_paths(Path(run_dir), strategy)
     paths.root.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(train_config.seed)
-    if train_config.deterministic:
+    keras.utils.set_random_seed(recipe.seed)
+    if recipe.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if train_config.mixed_precision:
-        keras.mixed_precision.set_global_policy(MIXED_POLICIES[train_config.mixed_precision])
+    if recipe.mixed_precision:
+        keras.mixed_precision.set_global_policy(MIXED_POLICIES[recipe.mixed_precision])
 
-    dataset = open_dataset(data)
-    if encoder_config is None:  # the built-in data has no ImageNet weights to rely on
-        encoder_config = EncoderConfig(weights="random" if not data else "imagenet")
-    splits = split_dataset(dataset)
-    train_captions = [c for image in splits["train"] for c in image.captions]
-    vocabulary = Vocabulary.build(train_captions, min_count=train_config.min_count)
-    vocabulary.save(paths.root)
-    log.info("vocabulary: %d tokens, %.1f%% of training tokens covered",
-             len(vocabulary), 100 * vocabulary.coverage)
-
-    # The attention family reads ResNet50's 7x7 maps (float16 on disk), the others pooled vectors.
-    spatial = bool((model_overrides or {}).get("attention"))
-    cache_dir = Path(cache_dir or default_cache_dir(data, encoder_config, spatial=spatial))
+    dataset, splits, vocabulary, model_config = start_run(paths.root, config, data)
+    # The attention family reads ResNet50's 7x7 maps (float16 on disk), the other pooled vectors.
+    spatial = model_config.attention
+    cache_dir = Path(cache_dir or default_cache_dir(data, config.encoder, spatial=spatial))
     # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
-    lock_wait = CACHE_LOCK_WAIT_SECONDS if train_config.distribute == "multiworker" else 0
-    extraction = ensure_features(dataset.images, cache_dir, encoder_config, spatial=spatial,
+    lock_wait = CACHE_LOCK_WAIT_SECONDS if recipe.distribute == "multiworker" else 0
+    extraction = ensure_features(dataset.images, cache_dir, config.encoder, spatial=spatial,
                                  lock_wait_seconds=lock_wait)
     dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
     names, features = extraction.names, extraction.features
     row_of = {name: i for i, name in enumerate(names)}
 
-    pipeline = PipelineConfig(batch_size=train_config.batch_size, seed=train_config.seed,
-                              max_caption_tokens=train_config.max_caption_tokens)
+    pipeline = PipelineConfig(batch_size=recipe.batch_size, seed=recipe.seed,
+                              max_caption_tokens=recipe.max_caption_tokens)
     train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of)
     val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of)
     train_ds = shard_by_data(training_dataset(features, train_rows, train_tokens, pipeline))
@@ -232,20 +297,8 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     # Counted by the pipeline: length buckets add partial batches to ceil(captions / batch).
     steps_per_epoch = int(train_ds.cardinality())
 
-    model_config = ModelConfig(vocab_size=len(vocabulary), feature_dim=int(features.shape[-1]),
-                               **({"feature_grid": int(features.shape[1])} if spatial else {}),
-                               **(model_overrides or {}))
-    settings = {
-        "data": {"source": str(data) if data else "builtin", "layout": dataset.layout,
-                 "images": len(dataset.images), "captions": dataset.num_captions,
-                 "split_images": {k: len(v) for k, v in splits.items()},
-                 "skipped": dataset.skipped.as_dict(), "feature_cache": str(cache_dir)},
-        "encoder": dataclasses.asdict(encoder_config),
-        "model": dataclasses.asdict(model_config),
-        "train": dataclasses.asdict(train_config),
-        "decode": dataclasses.asdict(decode_config),
-        "vocabulary": vocabulary.settings() if hasattr(vocabulary, "settings") else {},
-    }
+    settings = run_settings(config, model_config, vocabulary, data=data, dataset=dataset,
+                            splits=splits, cache_dir=cache_dir)
     write_json(paths.settings, settings)
 
     with strategy.scope():
@@ -255,17 +308,17 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
                 captioner.feature_norm.adapt(features, rows=sorted(set(train_rows)))
             else:
                 captioner.feature_norm.adapt(features[sorted(set(train_rows))])
-        captioner.compile(optimizer=make_optimizer(train_config, steps_per_epoch),
-                          loss=MaskedCaptionLoss(train_config.label_smoothing),
-                          jit_compile=train_config.jit_compile)
+        captioner.compile(optimizer=make_optimizer(recipe, steps_per_epoch),
+                          loss=MaskedCaptionLoss(recipe.label_smoothing),
+                          jit_compile=recipe.jit_compile)
     log.info("training on %d replica(s), %d captions/epoch", strategy.num_replicas_in_sync,
              len(train_tokens))
-    captioner.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs,
-                  callbacks=callbacks(paths, train_config), verbose=verbose)
+    captioner.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs,
+                  callbacks=callbacks(paths, recipe), verbose=verbose)
 
     loss_curve_png(paths.history, paths.loss_curve)
     summary = {"settings": settings, "replicas": strategy.num_replicas_in_sync,
-               "global_batch_size": train_config.batch_size,
+               "global_batch_size": recipe.batch_size,
                "train_captions": len(train_tokens),
                "steps_per_epoch": steps_per_epoch,
                "optimizer_steps": int(captioner.optimizer.iterations.numpy()),
@@ -278,73 +331,40 @@ def train(run_dir, data=None, train_config: TrainConfig | None = None,
     return summary
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout) or a prepared "
-                                   "TFDS data dir; omit for the built-in generated dataset")
-    p.add_argument("--run-dir", default="runs/builtin", help="where checkpoints and logs go")
-    p.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>, "
-                                       "with -spatial for the attention preset)")
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"])
-    p.add_argument("--clipnorm", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--image-init-cell", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--attention-regularizer", type=float, metavar="LAMBDA",
-                   help="attention preset: weight of the doubly stochastic regulariser "
-                        "(Xu et al. use 1; default 0 = off)")
-    p.add_argument("--min-count", type=int)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--encoder-weights", help="imagenet | random | path to a local ResNet50 "
-                                              "notop .h5 file (default: random for the built-in "
-                                              "data, imagenet otherwise)")
-    p.add_argument("--mixed-precision", nargs="?", const="float16", default="",
-                   choices=["float16", "bfloat16"], help="float16 (the default without a value): "
-                   "mixed_float16, GPUs; bfloat16: mixed_bfloat16, AMX CPUs, TPUs, Ampere+ GPUs")
-    p.add_argument("--xla", action="store_true", help="jit_compile=True (slower on CPU)")
-    p.add_argument("--distribute", choices=["auto", "mirrored", "multiworker", "none"],
-                   help="auto: MirroredStrategy on >1 GPU; multiworker reads TF_CONFIG")
-    p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--worker-timeout", type=float, dest="worker_timeout_seconds",
-                   help="multiworker: seconds to wait for a silent worker before failing (300)")
-    p.add_argument("--max-caption-tokens", type=int,
-                   help="cut longer training captions (tokens, <start>/<end> included; 40)")
-    p.add_argument("--max-new-tokens", type=int,
-                   help="decoding: tokens generated at most, <end> included (default 30)")
-    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
-    return p.parse_args(argv)
+def presets_text(width: int = 96) -> str:
+    """Every preset's settings, for --help."""
+    lines = ["The defaults shown are the default preset's, on the built-in data. Presets (a "
+             "setting flag",
+             "given sets its field over the preset's value):"]
+    for name, sections in PRESETS.items():
+        values = " ".join(f"{field}={value}" for fields in sections.values()
+                          for field, value in fields.items())
+        lines += textwrap.wrap(values, width, initial_indent=f"  {name:<10}",
+                               subsequent_indent=" " * 12)
+    return "\n".join(lines)
 
 
-def configs_from_args(args):
-    chosen = preset(args.preset)
-    train_fields = dict(chosen["train"], preset=args.preset)
-    for name in ("epochs", "batch_size", "learning_rate", "lr_schedule", "clipnorm",
-                 "label_smoothing", "min_count", "patience", "seed", "distribute",
-                 "worker_timeout_seconds", "max_caption_tokens"):
-        if getattr(args, name) is not None:
-            train_fields[name] = getattr(args, name)
-    train_fields.update(mixed_precision=args.mixed_precision, jit_compile=args.xla,
-                        deterministic=args.deterministic)
-    model_fields = dict(chosen["model"])
-    if args.dropout is not None:
-        model_fields["dropout"] = args.dropout
-    if args.image_init_cell is not None:
-        model_fields["image_init_cell"] = args.image_init_cell
-    if args.attention_regularizer is not None:
-        if not model_fields.get("attention"):
-            raise ValueError("--attention-regularizer needs --preset attention")
-        model_fields["attention_regularizer"] = args.attention_regularizer
-    encoder = None
-    if args.encoder_weights:
-        encoder = EncoderConfig(weights=args.encoder_weights)
-    decode = (DecodeConfig(max_new_tokens=args.max_new_tokens) if args.max_new_tokens
-              else DecodeConfig())
-    return TrainConfig(**train_fields), model_fields, encoder, decode
+def parse_args(argv=None) -> dict:
+    """train()'s keyword arguments from the command line. Only the settings flags given become
+    overrides: the others keep the preset's values."""
+    p = argparse.ArgumentParser(
+        prog="python -m model.train", description=__doc__, epilog=presets_text(),
+        usage="%(prog)s [--data DIR] [--run-dir DIR] [--preset {" + ",".join(PRESETS)
+              + "}] [setting flags] [--no-eval]",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = p.add_argument_group("run")
+    run.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout) or a prepared "
+                                    "TFDS data dir; omit for the built-in generated dataset")
+    run.add_argument("--run-dir", default="runs/builtin", help="where checkpoints and logs go")
+    run.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>, "
+                                         "with -spatial for the attention family)")
+    run.add_argument("--no-eval", dest="evaluate", action="store_false",
+                     help="skip the test-split evaluation")
+    shown = run_config().by_name()  # the default preset's, on the built-in data
+    for section, (cls, prefix) in SECTIONS.items():
+        add_flags(p.add_argument_group(f"{section} settings ({cls.__name__})"), cls,
+                  prefix=prefix, shown=shown)
+    return vars(p.parse_args(argv))
 
 
 def _worker_error_cause(message: str) -> str:
@@ -359,21 +379,17 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     try:
-        train_config, model_fields, encoder, decode = configs_from_args(args)
-        summary = train(args.run_dir, data=args.data, train_config=train_config,
-                        model_overrides=model_fields, encoder_config=encoder,
-                        cache_dir=args.cache_dir, decode_config=decode,
-                        evaluate=not args.no_eval)
+        summary = train(**args)
     except (DatasetError, EncoderWeightsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except tf.errors.OpError as error:
-        if args.distribute != "multiworker":
+        if args.get("distribute") != "multiworker":
             raise
         print(f"error: {WORKER_LOST}\n  cause: {_worker_error_cause(error.message)}",
               file=sys.stderr)
         return WORKER_LOST_EXIT_CODE
-    print(f"run folder: {args.run_dir}  epochs: {summary['epochs']}  "
+    print(f"run folder: {args['run_dir']}  epochs: {summary['epochs']}  "
           f"best epoch: {summary.get('best_epoch')}  best val_loss: {summary.get('best_val_loss')}")
     for method in ("greedy", "beam", "majority_baseline"):
         if method in summary.get("test", {}):

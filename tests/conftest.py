@@ -1,5 +1,6 @@
-"""Shared test set-up: quiet TensorFlow, keep tests on the CPU, and one small trained run that
-the training, evaluation, export and serving tests share (trained once per session)."""
+"""Shared test set-up: quiet TensorFlow, keep tests on the CPU, one small trained run per model
+family that the training, evaluation, export and serving tests share (trained once per session),
+and untrained runs (written in seconds) for tests of a run's contract rather than its quality."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,17 +46,55 @@ def small_builtin(request, tmp_path_factory) -> Path:
 def train_preset(name: str, data: Path, base: Path, epochs: int, patience: int) -> TrainedFixture:
     """The named preset trained on `data` (random-init ResNet50, batch 64, its own feature cache
     under `base`)."""
-    from model.encoder import EncoderConfig
-    from model.train import TrainConfig, train
-    from model.presets import PRESETS
-
-    config = TrainConfig(**dict(PRESETS[name]["train"], epochs=epochs, batch_size=64),
-                         preset=name, patience=patience, min_count=2)
-    summary = train(base / "run", data=data, train_config=config,
-                    model_overrides=PRESETS[name]["model"],
-                    encoder_config=EncoderConfig(weights="random"), cache_dir=base / "cache",
-                    verbose=0)
+    from model.train import train
+    summary = train(base / "run", name, data=data, cache_dir=base / "cache", verbose=0,
+                    epochs=epochs, patience=patience, batch_size=64, min_count=2,
+                    encoder_weights="random")
     return TrainedFixture(data, base / "cache", base / "run", summary)
+
+
+FAMILY_PRESETS = {"pooled": "default", "attention": "attention"}  # each family's preset
+
+
+def write_untrained_run(run_dir: Path, data: Path, family: str) -> Path:
+    """A run folder as training writes it (settings.json, vocab.txt/json from `data`'s training
+    captions, best.weights.h5), holding a freshly built captioner of `family`: no features, no
+    fit, so its standardiser keeps mean 0 / std 1. Its settings name a feature cache that does
+    not exist."""
+    import keras
+    from model.presets import build_captioner
+    from model.run_dir import RunPaths, write_json
+    from model.train import run_config, run_settings, start_run
+
+    config = run_config(FAMILY_PRESETS[family], data=data, min_count=2, encoder_weights="random")
+    paths = RunPaths(run_dir)
+    paths.root.mkdir(parents=True)
+    dataset, splits, vocabulary, model_config = start_run(paths.root, config, data)
+    write_json(paths.settings, run_settings(config, model_config, vocabulary, data=data,
+                                            dataset=dataset, splits=splits,
+                                            cache_dir=run_dir.parent / "no-features"))
+    keras.utils.set_random_seed(config.train.seed)
+    build_captioner(model_config).save_weights(paths.weights)
+    return paths.root
+
+
+@pytest.fixture(scope="session")
+def untrained_run_factory(small_builtin, tmp_path_factory):
+    """untrained_run_factory("pooled" | "attention") -> the run folder of an untrained captioner
+    of that family on the small built-in data, written once per session."""
+    made = {}
+
+    def make(family: str = "pooled") -> Path:
+        if family not in made:
+            base = tmp_path_factory.mktemp(f"untrained-{family}")
+            made[family] = write_untrained_run(base / "run", small_builtin, family)
+        return made[family]
+    return make
+
+
+@pytest.fixture(scope="session")
+def untrained_run(untrained_run_factory) -> Path:
+    return untrained_run_factory("pooled")
 
 
 @pytest.fixture(scope="session")

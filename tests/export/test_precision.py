@@ -227,16 +227,12 @@ def test_16bit_export_warmup_replays(export_16bit):
 BFLOAT16_TRAINING = """
 import json, sys
 import keras
-from model.encoder import EncoderConfig
-from model.train import TrainConfig, configs_from_args, parse_args, train
-assert configs_from_args(parse_args(["--mixed-precision"]))[0].mixed_precision == "float16"
-assert TrainConfig(mixed_precision=True).mixed_precision == "float16"   # old run settings
-assert TrainConfig(mixed_precision=False).mixed_precision == ""
-train_config, model_fields, _, _ = configs_from_args(parse_args([
-    "--mixed-precision", "bfloat16", "--epochs", "2", "--batch-size", "64", "--min-count", "2"]))
-summary = train(sys.argv[1], data=sys.argv[2], cache_dir=sys.argv[3], verbose=0, evaluate=False,
-                encoder_config=EncoderConfig(weights="random"), train_config=train_config,
-                model_overrides=model_fields)
+from model.train import parse_args, train
+assert parse_args(["--mixed-precision"])["mixed_precision"] == "float16"
+summary = train(**parse_args([
+    "--mixed-precision", "bfloat16", "--epochs", "2", "--batch-size", "64", "--min-count", "2",
+    "--run-dir", sys.argv[1], "--data", sys.argv[2], "--cache-dir", sys.argv[3],
+    "--encoder-weights", "random", "--no-eval"]), verbose=0)
 from model.run_dir import load_run
 captioner = load_run(sys.argv[1]).load_captioner()   # built under the run's global policy
 captioner.compile(optimizer="adam")

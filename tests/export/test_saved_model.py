@@ -194,7 +194,7 @@ def test_assets_and_warmup(exported, session_model, family):
     assert (assets / "vocab.txt").is_file() and (assets / "vocab.json").is_file()
     settings = json.loads((assets / "export_settings.json").read_text())
     assert settings["decode"]["beam_width"] == 3 and settings["tensorflow"] == tf.__version__
-    assert settings["model"]["attention"] == (family == "attention")
+    assert settings["model"]["family"] == family
     assert ("attention" in settings["outputs"]) == (family == "attention")
     from tensorflow_serving.apis import prediction_log_pb2
     warmup = exported / WARMUP

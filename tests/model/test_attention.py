@@ -18,7 +18,7 @@ VOCAB = 20
 
 def small_config(**overrides) -> ModelConfig:
     fields = dict(vocab_size=VOCAB, feature_dim=16, feature_grid=3, embed_dim=8, units=12,
-                  attention_units=10, attention=True, normalize_features=True)
+                  attention_units=10, family="attention", normalize_features=True)
     return ModelConfig(**{**fields, **overrides})
 
 
@@ -29,14 +29,18 @@ def features(n, seed=0, config=None):
 
 
 def test_presets_and_dispatch():
-    assert PRESETS["attention"]["model"]["attention"] is True
-    assert not PRESETS["default"]["model"].get("attention")
+    assert PRESETS["attention"]["model"]["family"] == "attention"
+    assert PRESETS["default"]["model"]["family"] == PRESETS["seed"]["model"]["family"] == "pooled"
     assert isinstance(build_captioner(small_config()), AttentionCaptioner)
-    assert isinstance(build_captioner(small_config(attention=False)), Captioner)
+    assert isinstance(build_captioner(small_config(family="pooled")), Captioner)
+    assert small_config().attention and not small_config(family="pooled").attention
     assert small_config().feature_shape == (3, 3, 16)
-    assert small_config(attention=False).feature_shape == (16,)
+    assert small_config(family="pooled").feature_shape == (16,)
     with pytest.raises(ValueError, match="attention_regularizer"):
         small_config(attention_regularizer=-1.0)
+    with pytest.raises(ValueError, match=r"ModelConfig.family must be one of \['pooled', "
+                                         r"'attention'\], got 'spatial'"):
+        small_config(family="spatial")
 
 
 def test_teacher_forcing_equals_step_by_step_decoding():

@@ -1,5 +1,6 @@
-"""Training: it learns the built-in data, resumes after a kill, runs under MirroredStrategy, and
-its command line refuses bad input clearly."""
+"""Training: presets and overrides give every setting, the command line's flags come from the
+settings dataclasses; it learns the built-in data, resumes after a kill, runs under
+MirroredStrategy, and its command line refuses bad input clearly."""
 import csv
 import hashlib
 import json
@@ -11,16 +12,131 @@ import time
 import numpy as np
 import pytest
 
-
+from data.flags import settings_fields
+from model.base import FAMILIES, ModelConfig
 from model.decoding import DecodeConfig
-from model.run_dir import saved_decode_config, weights_digest
+from model.encoder import EncoderConfig
+from model.presets import FAMILY_CLASSES, PRESETS
+from model.run_dir import weights_digest
+from model.train import OVERRIDES, SECTIONS, TrainConfig, parse_args, run_config
 from tests.helpers import REPO
-
 
 
 def run_cli(*args, timeout=600, env=None):
     return subprocess.run([sys.executable, "-m", "model.train", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=timeout, env=env)
+
+
+# --- presets, overrides and flags -----------------------------------------------------------
+
+def test_presets_name_a_family_and_only_settings():
+    assert set(FAMILY_CLASSES) == set(FAMILIES)
+    for name, sections in PRESETS.items():
+        assert sections["model"]["family"] in FAMILIES, name
+        for section, fields in sections.items():
+            known = {field.name for field in settings_fields(SECTIONS[section][0])}
+            assert set(fields) <= known, (name, section, set(fields) - known)
+        assert run_config(name).train.preset == name
+
+
+def test_overrides_go_to_their_dataclass_over_the_preset():
+    config = run_config("attention", epochs=3, seed=7, dropout=0.1, max_new_tokens=12,
+                        encoder_weights="random", encoder_seed=4)
+    assert (config.train.epochs, config.train.seed, config.train.preset) == (3, 7, "attention")
+    assert config.train.learning_rate == PRESETS["attention"]["train"]["learning_rate"]
+    assert config.model["dropout"] == 0.1 and config.model["family"] == "attention"
+    assert config.model["attention_units"] == 512
+    assert config.decode == DecodeConfig(max_new_tokens=12)
+    assert config.encoder == EncoderConfig(weights="random", seed=4)
+    assert config.model_config(50) == ModelConfig(vocab_size=50, **config.model)
+    assert config.by_name()["dropout"] == 0.1 and set(config.by_name()) == set(OVERRIDES)
+    # A field the preset sets may be overridden, the family too.
+    assert run_config("default", family="attention").model_config(9).attention
+    assert run_config("seed", clipnorm=2.0).train.clipnorm == 2.0
+    # The encoder's default follows the data: no ImageNet weights for the built-in data.
+    assert run_config().encoder.weights == "random"
+    assert run_config(data="datasets/flickr30k").encoder.weights == "imagenet"
+
+
+def test_every_setting_has_one_override_name():
+    fields = sum(len(settings_fields(cls)) for cls, _ in SECTIONS.values())
+    assert len(OVERRIDES) == fields  # no two settings share a name
+    assert {"seed", "encoder_seed", "encoder_weights", "family", "max_new_tokens"} <= set(OVERRIDES)
+    assert not {"vocab_size", "feature_dim", "feature_grid"} & set(OVERRIDES)  # the data's
+
+
+def test_bad_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['epoch'\]; expected any of "
+                                         r"\[.*'epochs'.*\]"):
+        run_config(epoch=3)
+    with pytest.raises(ValueError, match="unknown preset 'fast'; expected one of"):
+        run_config("fast")
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        run_config(epochs=0)
+    with pytest.raises(ValueError, match=r"TrainConfig.lr_schedule must be one of "
+                                         r"\['constant', 'cosine'\], got 'linear'"):
+        run_config(lr_schedule="linear")
+    # mixed_precision names a policy; the bool of old settings files is refused.
+    with pytest.raises(ValueError, match="TrainConfig.mixed_precision must be one of"):
+        TrainConfig(mixed_precision=True)
+
+
+RUN_ARGUMENTS = {"run_dir": "runs/builtin", "data": None, "cache_dir": None, "evaluate": True}
+
+
+def test_flags_given_and_only_those_become_overrides():
+    assert parse_args([]) == RUN_ARGUMENTS
+    args = parse_args([
+        "--data", "d", "--run-dir", "r", "--cache-dir", "c", "--preset", "seed", "--epochs", "3",
+        "--batch-size", "16", "--learning-rate", "0.01", "--lr-schedule", "cosine",
+        "--clipnorm", "1.5", "--label-smoothing", "0.2", "--dropout", "0.1",
+        "--no-image-init-cell", "--attention-regularizer", "1", "--min-count", "2",
+        "--patience", "3", "--seed", "5", "--encoder-weights", "random", "--mixed-precision",
+        "--xla", "--distribute", "none", "--deterministic", "--worker-timeout", "60",
+        "--max-caption-tokens", "20", "--max-new-tokens", "12", "--no-eval"])
+    assert args == {
+        "data": "d", "run_dir": "r", "cache_dir": "c", "evaluate": False, "preset": "seed",
+        "epochs": 3, "batch_size": 16, "learning_rate": 0.01, "lr_schedule": "cosine",
+        "clipnorm": 1.5, "label_smoothing": 0.2, "dropout": 0.1, "image_init_cell": False,
+        "attention_regularizer": 1.0, "min_count": 2, "patience": 3, "seed": 5,
+        "encoder_weights": "random", "mixed_precision": "float16", "jit_compile": True,
+        "distribute": "none", "deterministic": True, "worker_timeout_seconds": 60.0,
+        "max_caption_tokens": 20, "max_new_tokens": 12}
+    overrides = {k: v for k, v in args.items() if k not in RUN_ARGUMENTS and k != "preset"}
+    config = run_config(args["preset"], data=args["data"], **overrides)
+    assert config.train.jit_compile and config.train.mixed_precision == "float16"
+    assert config.model["image_init_cell"] is False and config.decode.max_new_tokens == 12
+    assert parse_args(["--mixed-precision", "bfloat16"])["mixed_precision"] == "bfloat16"
+    assert parse_args(["--clipnorm", "none"])["clipnorm"] is None
+    assert parse_args(["--image-init-cell"])["image_init_cell"] is True
+    assert parse_args(["--family", "attention"])["family"] == "attention"
+
+
+def test_bad_flags_are_refused_by_argparse(capsys):
+    for argv, expected in ((["--mixed-precision", "float8"], "--mixed-precision: invalid choice"),
+                           (["--epochs", "many"], "--epochs: invalid int value: 'many'"),
+                           (["--clipnorm", "big"], "--clipnorm: invalid float value: 'big'")):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(argv)
+        assert exit_.value.code == 2 and expected in capsys.readouterr().err, argv
+
+
+def test_help_lists_every_flag_and_preset(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--data", "--run-dir", "--cache-dir", "--preset", "--epochs", "--batch-size",
+                 "--learning-rate", "--lr-schedule", "--clipnorm", "--label-smoothing",
+                 "--dropout", "--image-init-cell, --no-image-init-cell", "--attention-regularizer",
+                 "--min-count", "--patience", "--seed", "--encoder-weights",
+                 "--mixed-precision [{float16,bfloat16}]", "--xla", "--distribute",
+                 "--deterministic", "--worker-timeout", "--max-caption-tokens",
+                 "--max-new-tokens", "--no-eval", "--family"):
+        assert flag in text, flag
+    assert "(default: 0.002)" in text  # the default preset's learning rate, not the dataclass's
+    for name in PRESETS:
+        assert f"\n  {name} " in text, name
 
 
 @pytest.mark.slow
@@ -58,6 +174,7 @@ def test_run_folder_has_everything(trained_run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] >= 1 and summary["best_val_loss"] > 0
     assert summary["settings"]["train"]["preset"] == "default"
+    assert summary["settings"]["model"]["family"] == "pooled"
     with (run / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == summary["epochs"]
@@ -71,7 +188,7 @@ def test_run_folder_has_everything(trained_run):
 def test_attention_run_trains_on_spatial_features(trained_attention_run):
     run, summary = trained_attention_run.run, trained_attention_run.summary
     settings = summary["settings"]
-    assert settings["train"]["preset"] == "attention" and settings["model"]["attention"]
+    assert settings["train"]["preset"] == "attention" and settings["model"]["family"] == "attention"
     assert settings["model"]["feature_grid"] == 7 and settings["model"]["feature_dim"] == 2048
     assert settings["data"]["feature_cache"].endswith("cache")  # the fixture's own cache
     assert (run / "evaluation" / "samples.png").is_file()
@@ -87,10 +204,6 @@ def test_weights_digest_names_the_file_content(tmp_path):
     assert weights_digest(weights) == hashlib.sha256(b"weights" * 1000).hexdigest()[:16]
 
 
-def test_runs_saved_before_the_max_length_rename_still_load():
-    old = {"max_length": 12, "beam_width": 2, "length_penalty": 0.5}
-    assert saved_decode_config(old) == DecodeConfig(max_new_tokens=12, beam_width=2,
-                                                    length_penalty=0.5)
 
 
 @pytest.mark.slow
@@ -128,11 +241,10 @@ MIRRORED = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from model.encoder import EncoderConfig
-from model.train import TrainConfig, train
+from model.train import train
 summary = train(sys.argv[1], data=sys.argv[2], cache_dir=sys.argv[3], verbose=0, evaluate=False,
-                encoder_config=EncoderConfig(weights="random"),
-                train_config=TrainConfig(epochs=1, batch_size=64, min_count=2, distribute="mirrored"))
+                encoder_weights="random", epochs=1, batch_size=64, min_count=2,
+                distribute="mirrored")
 print("REPLICAS", summary["replicas"], "LOSS", summary["final_loss"])
 """
 
