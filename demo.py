@@ -18,12 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset
 from export.artifact import SessionModel, export_settings, latest_version
+from export.contract import ModelLoadError
 from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
 from model.metrics import score_line
@@ -59,14 +58,10 @@ def exported_version(digest: str) -> Path:
 
 def caption_through_session(version: Path, data, count=3):
     images = split_dataset(open_dataset(data))["test"][:count]
-    model = SessionModel(version)
-    out = model.run("serving_default",
-                    {"image_bytes": np.array([i.path.read_bytes() for i in images], dtype=object)})
-    beam = model.run("beam_search",
-                     {"image_bytes": np.array([i.path.read_bytes() for i in images], dtype=object)})
-    model.close()
-    return [(image, c.decode(), b.decode()) for image, c, b in
-            zip(images, out["caption"], beam["caption"])]
+    payload = [image.path.read_bytes() for image in images]
+    with SessionModel(version) as model:
+        greedy, beam = model.caption(payload), model.caption(payload, "beam_search")
+    return [(image, g.caption, b.caption) for image, g, b in zip(images, greedy, beam)]
 
 
 def print_summary(summary, version, samples, seconds):
@@ -92,7 +87,7 @@ def print_summary(summary, version, samples, seconds):
           f"\nfeatures     {data['feature_cache']}\nserve it     python -m serving.model_server "
           f"--port=8500 --rest_api_port=8501 --model_name=captioner --model_base_path={MODEL_BASE}"
           f"   (development server; production: the tensorflow/serving:2.21.0 container, "
-          f"serving/README-deploy.md)\ntry it       python -m serving.app --server http://127.0.0.1:8501")
+          f"docs/serving.md)\ntry it       python -m serving.app --rest http://127.0.0.1:8501")
     print(f"done in {seconds:.0f} s")
 
 
@@ -108,7 +103,8 @@ def main(argv=None):
         version = exported_version(weights_digest(RUN_DIR / "best.weights.h5"))
         print("[6/7] captioning test images through the exported model (session path)")
         samples = caption_through_session(version, args.data)
-    except (DatasetError, EncoderWeightsError, FileNotFoundError, ValueError) as error:
+    except (DatasetError, EncoderWeightsError, FileNotFoundError, ModelLoadError,
+            ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_summary(summary, version, samples, time.time() - start)

@@ -1,4 +1,4 @@
-"""The benchmarks' trained models: the one training call (`train`), the one way to caption image
+"""The benchmarks' trained models: the one way to caption image
 bytes through a loaded SessionModel (`caption`), and a small trained and exported captioner made
 once under benchmarks/work/ (gitignored): `run_dir, model_base = ensure_benchmark_model()`.
 
@@ -10,37 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _train_today(run_dir, preset="default", *, data=None, cache_dir=None, evaluate=True,
-                 verbose=1, **overrides) -> dict:
-    """model.train.train with its coming signature (overrides: TrainConfig, ModelConfig and
-    DecodeConfig field names, encoder_weights), mapped onto today's."""
-    from model.base import ModelConfig
-    from model.decoding import DecodeConfig
-    from model.encoder import EncoderConfig
-    from model.presets import PRESETS
-    from model.train import TrainConfig, train as train_
-
-    def take(cls):
-        names = {field.name for field in dataclasses.fields(cls)}
-        return {key: overrides.pop(key) for key in list(overrides) if key in names}
-
-    weights = overrides.pop("encoder_weights", None)
-    train_config = TrainConfig(**{**PRESETS[preset]["train"], "preset": preset, **take(TrainConfig)})
-    model_fields, decode = {**PRESETS[preset]["model"], **take(ModelConfig)}, take(DecodeConfig)
-    if overrides:
-        raise TypeError(f"unknown training settings: {sorted(overrides)}")
-    return train_(run_dir, data=data, train_config=train_config, model_overrides=model_fields,
-                  encoder_config=EncoderConfig(weights=weights) if weights else None,
-                  cache_dir=cache_dir, decode_config=DecodeConfig(**decode), evaluate=evaluate,
-                  verbose=verbose)
-
-
-train = _train_today  # once model.train.train takes these arguments: from model.train import train
 
 
 def caption(model, images: list[bytes], signature: str = "serving_default") -> list:
@@ -60,6 +30,7 @@ def train_benchmark_run(work, config: BenchmarkModelConfig, name="run", **overri
     """work/<name>, trained on work/data (built-in) unless its summary.json (written last)
     exists; a killed run resumes from its backup/."""
     from data.builtin import ensure_builtin
+    from model.train import train
     work = Path(work)
     if not (work / name / "summary.json").is_file():
         data = ensure_builtin(work / "data", num_images=config.num_images, seed=config.seed)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from benchmarks._timing import REPO, machine, median, parse, report, round_robin
-from benchmarks._trained_model import caption, train
+from benchmarks._trained_model import caption
 
 PRESET_NAMES = ("default", "attention")
 SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d")
@@ -44,6 +44,7 @@ def train_preset(name: str, data, work: Path, config: AttentionBenchConfig) -> d
     shutil.rmtree(run_dir, ignore_errors=True)
     cache = None if data is None else work / ("cache-spatial" if name == "attention" else "cache")
     print(f"training the {name} preset ({config.epochs} epochs) in {run_dir}", file=sys.stderr)
+    from model.train import train
     return train(run_dir, name, data=data, cache_dir=cache, verbose=0, epochs=config.epochs,
                  encoder_weights="random")
 

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # captions.py imports TensorFlow
-
-from data.builtin import ensure_builtin  # noqa: E402
-from data.files import BUILTIN_ROOT  # noqa: E402
-from data.layouts import CaptionDataset, SkipReport, load_dataset  # noqa: E402
-from data.splits import SPLITS, split_dataset, uses_karpathy_split  # noqa: E402
-from data.vocabulary import Vocabulary, VocabularyError  # noqa: E402
+from data.builtin import ensure_builtin
+from data.files import BUILTIN_ROOT
+from data.layouts import CaptionDataset, SkipReport, load_dataset
+from data.splits import SPLITS, split_dataset, uses_karpathy_split
+from data.vocabulary import Vocabulary, VocabularyError
 
 
 def inspect_dataset(root, min_count: int = 5) -> dict:
