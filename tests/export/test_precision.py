@@ -94,7 +94,7 @@ def test_deployment_files_have_the_bfloat16_variant():
     assert bf16["profiles"] == ["bf16"] and bf16["image"] == plain["image"]  # CPU image
     assert bf16["command"] == plain["command"] + ["--mixed_precision=bfloat16"]
     assert bf16["volumes"] == plain["volumes"]
-    readme = (REPO / "serving" / "README-deploy.md").read_text()
+    readme = (REPO / "docs" / "serving.md").read_text()
     assert "  --mixed_precision=bfloat16\n```" in readme and "--profile bf16" in readme
 
 

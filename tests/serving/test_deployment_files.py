@@ -87,7 +87,7 @@ def test_docker_compose():
 
 
 def test_readme_has_the_docker_and_curl_commands():
-    with open(os.path.join(SERVING, "README-deploy.md")) as f:
+    with open(os.path.join(REPO, "docs", "serving.md")) as f:
         text = f.read()
     for needed in ("tensorflow/serving:2.21.0 \\", "tensorflow/serving:2.21.0-gpu", "--gpus all",
                    "/v1/models/captioner/metadata", ":predict", '"b64"', '"signature_name"',
