@@ -16,11 +16,10 @@ preprocessing or kind of feature is refused; a request for a subset of its image
 one adding images extends it, one doing both is refused. A shard whose image files changed is
 recomputed, never served stale; a failed image is retried once its file changes.
 """
-from __future__ import annotations
-
 import collections
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -161,18 +160,15 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
         failed = {name for shard in shards for name in shard.failed}
         absent = [name for name in names if name not in where and name not in failed]
         log.log(logging.WARNING if absent else logging.INFO, "%d of %d requested images have no "
-                "features in %s: %d failed to decode, %d were never extracted%s",
-                len(names) - len(kept), len(names), cache_dir, len(names) - len(kept) - len(absent),
-                len(absent), f" (e.g. {absent[:5]})" if absent else "")
+                "features in %s: %d were never extracted%s, the rest failed to decode",
+                len(names) - len(kept), len(names), cache_dir, len(absent),
+                f" (e.g. {absent[:5]})" if absent else "")
     features = np.empty((len(kept), *manifest["feature_shape"]), manifest["feature_dtype"])
-    targets = [[] for _ in shards]  # per shard: (row in the result, row in the shard)
-    for position, name in enumerate(kept):
-        targets[where[name][0]].append((position, where[name][1]))
-    for shard, pairs in zip(shards, targets):
-        if pairs:
+    shard_of, row_of = np.array([where[name] for name in kept], int).reshape(-1, 2).T
+    for index, shard in enumerate(shards):
+        if len(positions := np.flatnonzero(shard_of == index)):
             with np.load(shard.path, allow_pickle=False) as data:
-                positions, rows = np.array(pairs).T
-                features[positions] = data["features"][rows]
+                features[positions] = data["features"][row_of[positions]]
     return kept, features
 
 
@@ -232,10 +228,9 @@ def _plan(cache_dir: pathlib.Path, shards: list[_Shard], paths: dict[str, str], 
     new, not_requested = set(paths) - cached, sorted(cached - set(paths))
     if new and not_requested:
         raise FeatureCacheError(
-            f"{cache_dir} was made for another image list: {len(new)} requested images are not "
-            f"in it (e.g. {min(new)!r}) and {len(not_requested)} cached images were not requested "
-            f"(e.g. {not_requested[0]!r}). A cache is only reused for a subset of its images or "
-            "extended by new ones; use another --cache-dir")
+            f"{cache_dir} was made for another image list: {len(new)} requested images are not in "
+            f"it (e.g. {min(new)!r}), {len(not_requested)} cached ones not requested (e.g. "
+            f"{not_requested[0]!r}); a cache only serves subsets or grows: use another --cache-dir")
     todo = set(new)
     for shard in shards:
         mine = [name for name in shard.stamps if name in paths]
@@ -377,17 +372,16 @@ def _shards(cache_dir: pathlib.Path) -> list[_Shard]:
 def _locked(cache_dir: pathlib.Path, wait_seconds: float):
     """Holds the cache's lock, waiting up to `wait_seconds` for another run to release it."""
     with open(cache_dir / LOCK, "a") as handle:  # closing the file releases the lock
-        deadline, waited = time.monotonic() + wait_seconds, False
-        while True:
-            try:
+        deadline = time.monotonic() + wait_seconds
+        for attempt in itertools.count():
+            with contextlib.suppress(BlockingIOError):
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait "
-                                            "for it or use another cache directory") from None
-                log.log(logging.DEBUG if waited else logging.INFO, "waiting up to %.0f s for "
-                        "another extraction into %s to finish", wait_seconds, cache_dir)
-                waited = True
-                time.sleep(max(0.0, min(LOCK_POLL_SECONDS, deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait for "
+                                        "it or use another cache directory")
+            if not attempt:
+                log.info("waiting up to %.0f s for another extraction into %s to finish",
+                         wait_seconds, cache_dir)
+            time.sleep(max(0.0, min(LOCK_POLL_SECONDS, deadline - time.monotonic())))
         yield
