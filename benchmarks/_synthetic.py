@@ -1,5 +1,5 @@
-"""Seeded inputs the benchmarks share: `photo_jpegs` (500x375 photo-like JPEGs, quality 94,
-~110 KB) and `synthetic_captions` (Flickr-like lengths, random word ids, random features)."""
+"""Seeded inputs the benchmarks share (docs/benchmarks.md describes them): `photo_jpegs` and
+`synthetic_captions`."""
 import io
 
 import numpy as np
@@ -45,9 +45,8 @@ def photo_jpegs(count: int, width: int = 500, height: int = 375, quality: int = 
 
 def synthetic_captions(images: int, captions_per_image: int = 5, vocab_size: int = 20_013,
                        mean_words: float = 14.0, seed: int = 0):
-    """(features [images, 2048] float32, image row per caption, token lists [<start> w.. <end>]).
-    Words per caption: lognormal (sigma 0.4, Flickr30k's right skew) with this mean, clipped to
-    5..38 words, so at most 40 tokens (TrainConfig.max_caption_tokens)."""
+    """(features [images, 2048] float32, image row per caption, token lists [<start> w.. <end>]):
+    lognormal words per caption (Flickr30k's right skew), at most 40 tokens (the training cap)."""
     rng = np.random.default_rng(seed)
     sigma = 0.4
     words = np.rint(rng.lognormal(np.log(mean_words) - sigma ** 2 / 2, sigma,

@@ -2,7 +2,6 @@
 latency, the machine record every JSON carries, and `report` (print and save the JSON)."""
 import argparse
 import dataclasses
-import importlib.metadata
 import itertools
 import json
 import os
@@ -19,7 +18,6 @@ from tqdm import tqdm
 from data.files import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
 # bfloat16/AMX decide what ResNet50 and the LSTM matmuls cost, and the CPU under these sessions
 # changes from day to day: every JSON says which ran.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -27,9 +25,8 @@ median = statistics.median
 
 
 def parse(doc: str, config_class, quick: dict, argv=None, **flags):
-    """(config, args): --quick applies `quick`, then each --field given (both --a-b and --a_b
-    spellings) sets one int, float, str or bool field of the dataclass; `flags` adds others:
-    {name: add_argument keywords}."""
+    """(config, args): --quick applies `quick`, then each --field given (--a-b or --a_b) sets one
+    int, float, str or bool field of the dataclass; `flags`: {name: add_argument keywords}."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"a smoke run: {quick}")
     for name, keywords in flags.items():
@@ -38,16 +35,15 @@ def parse(doc: str, config_class, quick: dict, argv=None, **flags):
     for field in dataclasses.fields(config_class):
         kind = (typing.get_args(field.type) or (field.type,))[0]
         if kind in (int, float, str, bool):
-            fields[field.name] = field
+            fields[field.name] = field.default
             p.add_argument(*dict.fromkeys([f"--{field.name.replace('_', '-')}", f"--{field.name}"]),
-                           default=None, help=f"default {field.default!r}", **(
-                               {"action": argparse.BooleanOptionalAction} if kind is bool
-                               else {"type": kind}))
+                           default=None, help=f"default {field.default!r}",
+                           **({"action": argparse.BooleanOptionalAction} if kind is bool
+                              else {"type": kind}))
     args = p.parse_args(argv)
     given = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
-    for name, value in given.items():
-        low = 0 if fields[name].default == 0 else 1
-        if type(value) is int and value < low:
+    for name, value in given.items():  # counts are >= 1 (>= 0 where the default is 0)
+        if type(value) is int and value < (low := int(fields[name] != 0)):
             p.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     return config_class(**{**(quick if args.quick else {}), **given}), args
 
@@ -58,9 +54,9 @@ def round_robin(tasks: dict, repeats: int, warmup: int = 1, desc: str = "repetit
     Each task runs `warmup` times untimed, then once per repetition, forwards then backwards in
     turn (ABBA): neighbours in `tasks` run back to back under the same outside load, so compare
     them by per-repetition ratios (`paired`). CPU time is what other jobs cannot inflate."""
-    for name in tasks:
+    for task in tasks.values():
         for _ in range(warmup):
-            tasks[name]()
+            task()
     wall, cpu = {name: [] for name in tasks}, {name: [] for name in tasks}
     for rep in tqdm(range(repeats), desc=desc, file=sys.stderr):
         for name in (list(tasks) if rep % 2 == 0 else list(tasks)[::-1]):
@@ -90,28 +86,24 @@ def latency(calls: dict, images: list, count: int, warmup: int = 2) -> dict:
     tasks = {name: (lambda call=call, it=itertools.cycle(images): call(next(it)))
              for name, call in calls.items()}
     times = round_robin(tasks, count, warmup, desc="batch-1 latency")[0]
-    return {name: {"calls": len(t), "median_ms": ms(median(t)), "p95_ms": ms(np.percentile(t, 95)),
-                   "min_ms": ms(min(t)), "max_ms": ms(max(t))} for name, t in times.items()}
+    return {name: {"median_ms": ms(median(t)), "p95_ms": ms(np.percentile(t, 95))}
+            for name, t in times.items()}
 
 
 def machine() -> dict:
     """CPU model and the flags that matter, cores, load now, Python/TF/Keras versions."""
-    fields = {}
-    if os.path.exists("/proc/cpuinfo"):  # Linux; elsewhere what platform knows
-        with open("/proc/cpuinfo") as f:
-            for key, _, value in (line.partition(":") for line in f):
-                fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    versions = {}
-    for package in ("tensorflow", "keras"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu_model": fields.get("model name") or platform.processor() or "unknown",
+    import keras
+    import tensorflow as tf
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere what platform knows
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    first = {key.strip(): value.strip() for key, _, value in
+             (line.partition(":") for line in reversed(lines))}  # the first CPU's values win
+    flags = set(first.get("flags", "").split())
+    return {"cpu_model": first.get("model name") or platform.processor() or "unknown",
             "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS}, "cpus": os.cpu_count(),
             "load_average_1min_at_start": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), **versions}
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__}
 
 
 def report(name: str, result: dict) -> None:
@@ -119,4 +111,4 @@ def report(name: str, result: dict) -> None:
     result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     text = json.dumps(result, indent=2, default=str)
     print(text)
-    atomic_write(RESULTS / f"{name}.json", text + "\n")
+    atomic_write(REPO / "benchmarks" / "results" / f"{name}.json", text + "\n")

@@ -1,20 +1,17 @@
-"""The benchmarks' trained models: the one way to caption image
-bytes through a loaded SessionModel (`caption`), and a small trained and exported captioner made
-once under benchmarks/work/ (gitignored): `run_dir, model_base = ensure_benchmark_model()`.
-
-Built-in data (300 images), random-init ResNet50, the default preset for 10 epochs (~2-4 min the
-first time): the captions are poor, but speed depends only on their length, which is reported.
-"""
+"""A small trained and exported captioner, made once under benchmarks/work/ (gitignored):
+`run_dir, model_base = ensure_benchmark_model()`. Built-in data (300 images), random-init
+ResNet50, the default preset for 10 epochs (~2-4 min the first time): the captions are poor, but
+speed depends only on their length, which is reported."""
 import dataclasses
 import shutil
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks._timing import REPO
 
 
 def caption(model, images: list[bytes], signature: str = "serving_default") -> list:
-    """One export.contract.CaptionResult per image, through the loaded version."""
+    """One export.contract.CaptionResult per image (bench_attention's spelling of model.caption)."""
     return model.caption(images, signature)
 
 
@@ -41,8 +38,7 @@ def train_benchmark_run(work, config: BenchmarkModelConfig, name="run", **overri
     return work / name
 
 
-def ensure_benchmark_model(workdir="benchmarks/work",
-                           config: BenchmarkModelConfig | None = None) -> tuple[Path, Path]:
+def ensure_benchmark_model(workdir="benchmarks/work", config=None) -> tuple[Path, Path]:
     """(run_dir, model_base): the trained run and its export under `workdir`, made if absent."""
     from export.artifact import list_versions
     from export.saved_model import export_run

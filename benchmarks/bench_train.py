@@ -1,10 +1,13 @@
-"""Training speed of the real Captioner + MaskedCaptionLoss at the original project's shapes
-(seed preset, V 20,013, batch 128), random features, Flickr-like caption lengths:
+"""The seed preset's model (random weights, random features) at the original project's shapes:
+training with Flickr-like caption lengths (V 20,013, batch 128), and greedy decoding:
 
     python -m benchmarks.bench_train            # pad-to-80 vs bucketed captions/s, GFLOP/s
     python -m benchmarks.bench_train --jit      # + jit_compile=True vs False at one batch shape
     python -m benchmarks.bench_train --full-scale [--steps N]   # one Flickr30k-sized epoch
-    python -m benchmarks.bench_train --quick    # a smoke run of the first line
+    python -m benchmarks.bench_train --decode   # greedy decoding ms/step, batch 1 and 32
+
+--decode: decode_features in a tf.function, as model/evaluate.py runs it, at V 20,013 and 7,500;
+<end> gets a -1e4 bias, so every caption runs exactly --decode-steps steps.
 """
 import dataclasses
 import resource
@@ -16,10 +19,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from benchmarks._synthetic import synthetic_captions
+from benchmarks._synthetic import FEATURE_DIM, synthetic_captions
 from benchmarks._timing import machine, median, parse, report, round_robin, rounded
 from data.pipeline import PipelineConfig, training_dataset
+from data.vocabulary import END_ID
 from model.base import MaskedCaptionLoss, ModelConfig
+from model.decoding import DecodeConfig, decode_features
 from model.presets import PRESETS, build_captioner
 
 
@@ -35,9 +40,12 @@ class TrainBenchConfig:
     bucketed_batches: int = 8      # timed bucketed batches per repetition (length quantiles)
     repeats: int = 3
     seed: int = 0
+    decode_steps: int = 40         # the original decoded up to 40 tokens
+    decode_repeats: int = 40       # at batch 1; at batch 32 an eighth (at least 2)
 
 
-QUICK = {"images": 2_900, "repeats": 1, "padded_batches": 1, "bucketed_batches": 2}
+QUICK = {"images": 2_900, "repeats": 1, "padded_batches": 1, "bucketed_batches": 2,
+         "decode_repeats": 8}
 MATMUL_FLOPS = 2 * 128 * 16 * 512 * 20_013  # [128*16, 512] x [512, 20013]: a T=16 batch's logits
 
 
@@ -65,11 +73,10 @@ def quantile_batches(config: TrainBenchConfig, count: int):
 
 
 def seed_model(vocab_size: int, jit_compile=False):
-    model_config = ModelConfig(vocab_size=vocab_size, **PRESETS["seed"]["model"])
-    model = build_captioner(model_config)
+    model = build_captioner(ModelConfig(vocab_size=vocab_size, **PRESETS["seed"]["model"]))
     model.compile(optimizer=keras.optimizers.Adam(PRESETS["seed"]["train"]["learning_rate"]),
                   loss=MaskedCaptionLoss(), jit_compile=jit_compile)
-    return model, model_config
+    return model
 
 
 def train_steps(model, batches):
@@ -77,29 +84,20 @@ def train_steps(model, batches):
     return lambda: [model.train_on_batch(inputs, targets) for inputs, targets in batches]
 
 
-def flops_per_batch(m: ModelConfig, captions: int, steps: int) -> float:
-    """Forward + backward (x3) matmul FLOPs, padded positions included: per token the LSTM's
+def mode_summary(batches, seconds_per_repeat, matmul_gflops, m: ModelConfig) -> dict:
+    """Captions/s and achieved GFLOP/s: forward + backward (x3) matmul FLOPs, per token the LSTM's
     2(E+U)4U and the logits' 2UV, per caption h0's 2FU (elementwise work is < 1%)."""
     per_token = 2 * (m.embed_dim + m.units) * 4 * m.units + 2 * m.units * m.vocab_size
-    return 3.0 * (captions * steps * per_token + captions * 2 * m.feature_dim * m.units)
-
-
-def mode_summary(name, model_config, batches, seconds_per_repeat, matmul):
     captions = sum(int(t.shape[0]) for _, t in batches)
     padded = sum(int(t.shape[0]) * int(t.shape[1]) for _, t in batches)
-    real = sum(int(tf.math.count_nonzero(t)) for _, t in batches)
-    flops = sum(flops_per_batch(model_config, *map(int, t.shape)) for _, t in batches)
-    seconds = median(seconds_per_repeat)
-    return {"mode": name, "timed_batches": len(batches), "captions": captions,
-            "batch_steps": [int(t.shape[1]) for _, t in batches],
-            "mean_padded_steps": round(padded / captions, 2),
-            "mean_real_steps": round(real / captions, 2),
-            "seconds_per_repeat": rounded(seconds_per_repeat), "seconds_median": round(seconds, 3),
-            "captions_per_s": round(captions / seconds, 2),
-            "seconds_per_batch": round(seconds / len(batches), 3),
-            "gflops_per_s": round(flops / seconds / 1e9, 2),
-            "useful_gflops_per_s": round(flops / padded * real / seconds / 1e9, 2),  # non-<pad>
-            "fraction_of_matmul_gflops": round(flops / seconds / 1e9 / matmul, 3)}
+    real = sum(int(tf.math.count_nonzero(t)) for _, t in batches)  # non-<pad> targets
+    flops = 3.0 * (padded * per_token + captions * 2 * m.feature_dim * m.units)
+    gflops = flops / median(seconds_per_repeat) / 1e9
+    return {"batch_steps": [int(t.shape[1]) for _, t in batches],
+            "seconds_per_repeat": rounded(seconds_per_repeat),
+            "captions_per_s": round(captions / median(seconds_per_repeat), 2),
+            "gflops_per_s": round(gflops, 2), "useful_gflops_per_s": round(gflops * real / padded, 2),
+            "fraction_of_matmul_gflops": round(gflops / matmul_gflops, 3)}
 
 
 def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
@@ -109,8 +107,7 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
     started = machine()
     bucketed, shapes, data = quantile_batches(config, config.bucketed_batches)
     padded = list(epoch(config, config.pad_to, data)[0].take(config.padded_batches))
-    words = np.array([len(t) - 2 for t in data[2]])
-    model, model_config = seed_model(config.vocab_size)
+    model = seed_model(config.vocab_size)
     # Warm-up: the first shape traces, the second a shape-relaxed [None, None] function every
     # later shape reuses (reduce_retracing); the third checks there is no retrace.
     for inputs, targets in [padded[0], bucketed[0], bucketed[-1]]:
@@ -128,51 +125,38 @@ def bench_modes(config: TrainBenchConfig, jit: bool) -> dict:
     wall = round_robin(tasks, config.repeats, warmup=0)[0]
     padded_s, bucketed_s = ([sum(wall[f"{mode}_{i}"][rep] for i in range(len(chunks)))
                              for rep in range(config.repeats)] for mode in ("pad_to_80", "bucketed"))
-    gflops = [MATMUL_FLOPS / s / 1e9 for s in wall["matmul"]]
-    pad = mode_summary("pad_to_80", model_config, padded, padded_s, median(gflops))
-    buck = mode_summary("bucketed", model_config, bucketed, bucketed_s, median(gflops))
-    ratios = [buck["captions"] / b / (pad["captions"] / a) for a, b in zip(padded_s, bucketed_s)]
-    distinct = len({t for _, t in shapes})
+    gflops = median(MATMUL_FLOPS / s / 1e9 for s in wall["matmul"])
+    pad = mode_summary(padded, padded_s, gflops, model.config)
+    buck = mode_summary(bucketed, bucketed_s, gflops, model.config)
+    captions = [sum(int(t.shape[0]) for _, t in batches) for batches in (padded, bucketed)]
+    ratios = [captions[1] / b / (captions[0] / a) for a, b in zip(padded_s, bucketed_s)]
     result = {
         "benchmark": "bench_train", "machine": started, "settings": dataclasses.asdict(config),
-        "model": dataclasses.asdict(model_config), "jit_compile": False,
-        "data": {"captions": len(words), "mean_words": round(float(words.mean()), 2),
-                 "words_min_max": [int(words.min()), int(words.max())],
-                 "epoch_batches": len(shapes), "epoch_mean_padded_steps_bucketed": round(
-                     sum(b * t for b, t in shapes) / sum(b for b, _ in shapes), 2),
-                 "epoch_distinct_batch_steps_bucketed": distinct},
-        "matmul_gflops_per_s": rounded(gflops, 1),
-        "matmul_gflops_per_s_median": round(median(gflops), 1),
-        "pad_to_80": pad, "bucketed": buck,
+        "model": dataclasses.asdict(model.config), "jit_compile": False,
+        "matmul_gflops_per_s_median": round(gflops, 1), "pad_to_80": pad, "bucketed": buck,
         "speedup_bucketed_over_pad_to_80": round(buck["captions_per_s"] / pad["captions_per_s"], 2),
-        "speedup_per_repeat": rounded(ratios, 2), "target_speedup": 4.0,
-        "peak_rss_mb": peak_rss_mb()}
-    del model
+        "speedup_per_repeat": rounded(ratios, 2), "peak_rss_mb": peak_rss_mb()}
     if jit:
-        result["jit"] = bench_jit(config, bucketed[len(bucketed) // 2], distinct)
+        result["jit"] = bench_jit(config, bucketed[len(bucketed) // 2], len(set(shapes)))
     return result
 
 
 def bench_jit(config: TrainBenchConfig, batch, distinct_shapes: int) -> dict:
     """jit_compile=True vs False on the median-length bucketed batch; XLA compiles once per
-    distinct batch shape, so the first call is reported too."""
+    distinct batch shape, so the first call (tracing + compilation) is reported too."""
     first_call, tasks = {}, {}
-    for jit, name in ((False, "jit_compile_false"), (True, "jit_compile_true")):
-        model = seed_model(config.vocab_size, jit_compile=jit)[0]
+    for name, jit in (("jit_compile_false", False), ("jit_compile_true", True)):
+        model = seed_model(config.vocab_size, jit_compile=jit)
         started = time.perf_counter()
         model.train_on_batch(*batch)
         first_call[name] = round(time.perf_counter() - started, 2)
         tasks[name] = train_steps(model, [batch])
     wall = round_robin(tasks, config.repeats + 2, warmup=0, desc="jit vs no jit")[0]
-    row = {name: {"first_call_s": first_call[name], "seconds_per_step": rounded(steps),
-                  "seconds_per_step_median": round(median(steps), 3),
-                  "captions_per_s": round(int(batch[1].shape[0]) / median(steps), 2)}
-           for name, steps in wall.items()}
-    return {**row, "batch_shape": [int(d) for d in batch[1].shape],
-            "speedup_jit_over_no_jit": round(row["jit_compile_false"]["seconds_per_step_median"]
-                                             / row["jit_compile_true"]["seconds_per_step_median"], 2),
-            "distinct_batch_shapes_per_epoch": distinct_shapes,
-            "note": "first_call_s includes tracing (+ XLA compilation, once per batch shape)"}
+    step = {name: median(seconds) for name, seconds in wall.items()}
+    return {**{name: {"first_call_s": first_call[name], "seconds_per_step": round(step[name], 3)}
+               for name in wall}, "batch_shape": [int(d) for d in batch[1].shape],
+            "speedup_jit_over_no_jit": round(step["jit_compile_false"] / step["jit_compile_true"], 2),
+            "distinct_batch_shapes_per_epoch": distinct_shapes}
 
 
 def bench_full_scale(config: TrainBenchConfig, steps: int | None) -> dict:
@@ -180,8 +164,8 @@ def bench_full_scale(config: TrainBenchConfig, steps: int | None) -> dict:
     training_dataset and keras fit. With `steps`, only the first `steps` batches are trained and
     the epoch is extrapolated by padded tokens (the twin gives every batch's shape)."""
     started = machine()
-    dataset, shapes, (_, _, tokens) = epoch(config)
-    model, model_config = seed_model(config.vocab_size)
+    dataset, shapes, _ = epoch(config)
+    model = seed_model(config.vocab_size)
     total = len(shapes) if steps is None else min(steps, len(shapes))
     ends, bar = [], tqdm(total=total, desc="epoch", unit="step", file=sys.stderr)
     step_ends = keras.callbacks.LambdaCallback(  # ends[0]: the start; a step returns when done
@@ -192,28 +176,50 @@ def bench_full_scale(config: TrainBenchConfig, steps: int | None) -> dict:
     bar.close()
     if len(ends) != total + 1:
         raise RuntimeError(f"fit ran {len(ends) - 1} steps, expected {total}")
-    tokens_of = [b * t for b, t in shapes]
-    wall, first_step, steady = ends[-1] - ends[0], ends[1] - ends[0], ends[-1] - ends[1]
+    tokens = [b * t for b, t in shapes]
+    first_step, steady = ends[1] - ends[0], ends[-1] - ends[1]
     extrapolated = total < len(shapes)
-    epoch_seconds = (first_step + steady * (sum(tokens_of) - tokens_of[0]) / sum(tokens_of[1:total])
-                     if extrapolated else wall)
-    return {
-        "benchmark": "bench_train_full_scale", "machine": started,
-        "model": dataclasses.asdict(model_config), "jit_compile": False,
-        "data": {"images": config.images, "captions": len(tokens),
-                 "mean_words": round(float(np.mean([len(t) - 2 for t in tokens])), 2),
-                 "epoch_batches": len(shapes),
-                 "epoch_mean_padded_steps": round(sum(tokens_of) / len(tokens), 2)},
-        "measured_steps": total, "extrapolated": extrapolated,
-        "extrapolation": ("seconds_per_epoch = first step + steady seconds x (epoch padded "
-                          "tokens / padded tokens of the measured steps 2..N)") if extrapolated
-                         else None,
-        "measured_seconds": round(wall, 1), "first_step_seconds_incl_tracing": round(first_step, 2),
-        "steady_seconds_per_step": round(steady / max(1, total - 1), 3),
-        "captions_per_s": round(sum(b for b, _ in shapes[1:total]) / steady, 1),
-        "seconds_per_epoch": round(epoch_seconds, 1),
-        "minutes_per_epoch": round(epoch_seconds / 60, 1),
-        "peak_rss_mb": peak_rss_mb(), "target_peak_rss_mb": 4096}
+    epoch_seconds = (first_step + steady * sum(tokens[1:]) / sum(tokens[1:total])
+                     if extrapolated else ends[-1] - ends[0])
+    return {"benchmark": "bench_train_full_scale", "machine": started,
+            "model": dataclasses.asdict(model.config), "images": config.images,
+            "epoch_batches": len(shapes), "measured_steps": total, "extrapolated": extrapolated,
+            "steady_seconds_per_step": round(steady / max(1, total - 1), 3),
+            "captions_per_s": round(sum(b for b, _ in shapes[1:total]) / steady, 1),
+            "minutes_per_epoch": round(epoch_seconds / 60, 1), "peak_rss_mb": peak_rss_mb()}
+
+
+def bench_decode(config: TrainBenchConfig) -> dict:
+    result = {"benchmark": "bench_decode", "machine": machine(), "settings": dataclasses.asdict(config)}
+    for vocab_size in (config.vocab_size, 7_500):  # the original's; min count 5 on Flickr30k
+        tf.random.set_seed(config.seed)
+        model = seed_model(vocab_size)
+        bias = model.to_logits.bias.numpy()
+        bias[END_ID] = -1e4  # <end> never wins
+        model.to_logits.bias.assign(bias)
+        decode = tf.function(lambda features, model=model: decode_features(
+            model, features, DecodeConfig(max_new_tokens=config.decode_steps), "greedy"),
+            input_signature=[tf.TensorSpec([None, FEATURE_DIM], tf.float32)])
+        # Nodes in the greedy while-loop body: the graph ops the executor runs per step.
+        library = decode.get_concrete_function().graph.as_graph_def().library.function
+        row = result[f"vocab_{vocab_size}"] = {
+            "ops_per_step": max(len(f.node_def) for f in library if "while_body" in f.signature.name),
+            "logits_kernel_mb": round(512 * vocab_size * 4 / 2 ** 20, 1)}
+        for batch in (1, 32):
+            features = tf.random.normal([batch, FEATURE_DIM], seed=config.seed)
+            repeats = config.decode_repeats if batch == 1 else max(2, config.decode_repeats // 8)
+            seconds = round_robin({"decode": lambda: decode(features)[0].numpy()}, repeats,
+                                  desc=f"V={vocab_size} batch {batch}")[0]["decode"]
+            steps = decode(features)[0].shape[1]
+            if steps != config.decode_steps:
+                raise RuntimeError(f"the decoder ran {steps} steps, not {config.decode_steps}")
+            per_step = [1000 * s / steps for s in seconds]
+            row[f"batch_{batch}"] = {"ms_per_step": round(median(per_step), 3),
+                                     "ms_per_step_min": round(min(per_step), 3),
+                                     "captions_per_s": round(batch / median(seconds), 1)}
+        row["captions_per_s_ratio_batch_32_over_batch_1"] = round(
+            row["batch_32"]["captions_per_s"] / row["batch_1"]["captions_per_s"], 2)
+    return result
 
 
 def peak_rss_mb() -> float:
@@ -224,11 +230,14 @@ def main(argv=None):
     config, args = parse(__doc__, TrainBenchConfig, QUICK, argv,
                          jit={"action": "store_true", "help": "add a jit_compile=True vs False row"},
                          full_scale={"action": "store_true", "help": "one Flickr30k-sized epoch"},
+                         decode={"action": "store_true", "help": "greedy decoding ms/step"},
                          steps={"type": int, "help": "--full-scale: train only the first N steps "
                                                      "and extrapolate the epoch (said in the JSON)"})
     if args.steps is not None and args.steps < 2:
         raise SystemExit(f"--steps must be >= 2, got {args.steps}")
-    if args.full_scale:  # vocabulary 7,500 unless --vocab-size
+    if args.decode:
+        report("bench_decode", bench_decode(config))
+    elif args.full_scale:  # vocabulary 7,500 unless --vocab-size
         config = config if args.vocab_size else dataclasses.replace(config, vocab_size=7_500)
         report("bench_train_full_scale", bench_full_scale(config, args.steps))
     else:

@@ -1,7 +1,7 @@
 """Image features, computed once and kept in a sharded on-disk cache, so training reads features.
 
-Pipeline: file bytes -> batches -> data.images.decode_batch (its per-image errors are the skip
-reasons) -> encoder -> shard files, with the next batches decoded while the encoder runs.
+file bytes -> batches -> data.images.decode_batch (its per-image errors are the skip reasons) ->
+encoder -> shard files, the next batches decoded by a thread while the encoder runs.
 
 cache_dir/
   manifest.json    format_version, encoder_id, preprocessing (data.images.PREPROCESSING),
@@ -10,18 +10,16 @@ cache_dir/
                    stamps [k + m]: "size:mtime_ns" of each image file, for sorted(all its names)
   .lock            flock held while a run writes; other runs wait up to lock_wait_seconds
 
-Shards describe themselves, and data.files.atomic_write makes a shard that exists complete: a
-killed run leaves temp files (deleted unread) and images without a shard, computed next time.
-A cache of other weights, preprocessing or kind of feature is refused; a request for a subset of
-its images reuses them, one adding images extends it, one doing both is refused. A shard whose
-image files changed is recomputed, never served stale; a failed image is retried once its file
-changes.
+data.files.atomic_write makes a shard that exists complete: a killed run leaves temp files
+(deleted unread) and images without a shard, computed next time. A cache of other weights,
+preprocessing or kind of feature is refused; a request for a subset of its images reuses them,
+one adding images extends it, one doing both is refused. A shard whose image files changed is
+recomputed, never served stale; a failed image is retried once its file changes.
 """
-from __future__ import annotations
-
 import collections
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -86,12 +84,9 @@ class ExtractionReport:
         return "\n".join(lines)
 
 
-@dataclass
-class _Shard:
-    path: pathlib.Path
-    names: list  # images with features, in row order
-    failed: dict  # image name -> reason
-    stamps: dict  # image name -> its file's stamp when extracted, for names and failed alike
+# A shard file but its features: names with features in row order, {failed name: reason},
+# {name: its file's stamp when extracted} for both.
+_Shard = collections.namedtuple("_Shard", "path names failed stamps")
 
 
 def extract_features(items: Sequence[tuple[str, pathlib.Path]],
@@ -107,31 +102,33 @@ def extract_features(items: Sequence[tuple[str, pathlib.Path]],
     With `feature_shape`, a cache of another shape is refused before any encoder is built. While
     another process extracts into cache_dir, waits up to `lock_wait_seconds`, then reuses its work.
     """
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
-    if feature_dtype not in FEATURE_DTYPES:
-        raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
-    requested = None if feature_shape is None else _shape(feature_shape)
-    paths = _check_items(items)
+    if batch_size < 1 or shard_size < 1 or feature_dtype not in FEATURE_DTYPES:
+        raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES} and batch_size, "
+                         f"shard_size >= 1; got {feature_dtype!r}, {batch_size}, {shard_size}")
+    paths: dict[str, str] = {}
+    for name, path in items:
+        if not (isinstance(name, str) and name) or name in paths:
+            raise ValueError(f"image name {name!r} is empty or appears twice; the cache is keyed "
+                             "by name")
+        paths[name] = os.fspath(path)
+    requested = _shape(feature_shape)
     cache_dir = pathlib.Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir, lock_wait_seconds):
         remove_partial_files(cache_dir)  # a killed run's; safe: we hold the lock
-        manifest = _read_manifest(cache_dir)
-        if manifest:
-            _check_manifest(cache_dir, manifest, encoder_id, requested, feature_dtype)
+        manifest = _manifest(cache_dir, encoder_id, requested, feature_dtype)
         report = ExtractionReport(num_images=len(paths), feature_dtype=feature_dtype)
         pending = _plan(cache_dir, _shards(cache_dir), paths, shard_size, report)
         if pending:
             model = encoder if hasattr(encoder, "output_shape") else encoder()
             shape = _shape(model.output_shape[1:])
             if manifest is None:
-                manifest = {"format_version": FORMAT_VERSION, "encoder_id": encoder_id,
-                            "preprocessing": PREPROCESSING, "feature_shape": list(shape),
-                            "feature_dtype": feature_dtype}
-                atomic_write(cache_dir / MANIFEST, json.dumps(manifest, indent=1))
-            _check_manifest(cache_dir, manifest, None, shape, None, "this encoder's output")
-            _compute(pending, paths, model, feature_dtype, batch_size, progress, report)
+                atomic_write(cache_dir / MANIFEST, json.dumps({
+                    "format_version": FORMAT_VERSION, "encoder_id": encoder_id,
+                    "preprocessing": PREPROCESSING, "feature_shape": shape,
+                    "feature_dtype": feature_dtype}, indent=1))
+            manifest = _manifest(cache_dir, None, shape, feature_dtype, "this encoder's output")
+            _compute(pending, paths, model, manifest, batch_size, progress, report)
         if manifest:
             shards = _shards(cache_dir)
             report.feature_shape = tuple(manifest["feature_shape"])
@@ -151,12 +148,10 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
     Allocated once and filled shard by shard: the peak memory is the result plus one shard.
     """
     cache_dir = pathlib.Path(cache_dir)
-    manifest = _read_manifest(cache_dir)
+    manifest = _manifest(cache_dir, encoder_id, _shape(feature_shape), feature_dtype)
     if manifest is None:
         raise FeatureCacheError(f"no feature cache at {cache_dir} ({MANIFEST} missing); run "
                                 "`python -m model.features --cache-dir DIR` first")
-    _check_manifest(cache_dir, manifest, encoder_id,
-                    None if feature_shape is None else _shape(feature_shape), feature_dtype)
     shards = _shards(cache_dir)
     where = {name: (index, row) for index, shard in enumerate(shards)
              for row, name in enumerate(shard.names)}
@@ -164,71 +159,64 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
     if names is not None and len(kept) < len(names):
         failed = {name for shard in shards for name in shard.failed}
         absent = [name for name in names if name not in where and name not in failed]
-        log.log(logging.WARNING if absent else logging.INFO,
-                "%d of %d requested images have no features in %s: %d failed to decode, %d were "
-                "never extracted%s", len(names) - len(kept), len(names), cache_dir,
-                len(names) - len(kept) - len(absent), len(absent),
+        log.log(logging.WARNING if absent else logging.INFO, "%d of %d requested images have no "
+                "features in %s: %d were never extracted%s, the rest failed to decode",
+                len(names) - len(kept), len(names), cache_dir, len(absent),
                 f" (e.g. {absent[:5]})" if absent else "")
     features = np.empty((len(kept), *manifest["feature_shape"]), manifest["feature_dtype"])
-    targets = [[] for _ in shards]  # per shard: (row in the result, row in the shard)
-    for position, name in enumerate(kept):
-        targets[where[name][0]].append((position, where[name][1]))
-    for shard, pairs in zip(shards, targets):
-        if pairs:
+    shard_of, row_of = np.array([where[name] for name in kept], int).reshape(-1, 2).T
+    for index, shard in enumerate(shards):
+        if len(positions := np.flatnonzero(shard_of == index)):
             with np.load(shard.path, allow_pickle=False) as data:
-                block = data["features"]
-            if block.shape[1:] != features.shape[1:] or block.dtype != features.dtype:
-                raise FeatureCacheError(f"{shard.path} does not hold {_kind(manifest)} features; "
-                                        "delete the cache directory and extract again")
-            positions, rows = np.array(pairs).T
-            features[positions] = block[rows]
+                features[positions] = data["features"][row_of[positions]]
     return kept, features
 
 
-def _check_items(items) -> dict[str, str]:
-    paths: dict[str, str] = {}
-    for name, path in items:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"image names must be non-empty strings, got {name!r}")
-        if name in paths:
-            raise ValueError(f"image name {name!r} appears twice; the cache is keyed by name")
-        paths[name] = os.fspath(path)
-    return paths
-
-
-def _shape(shape) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(size) for size in shape)
-    except (TypeError, ValueError):
-        shape = ()
-    if not shape or min(shape) < 1:
+def _shape(shape) -> list[int] | None:
+    """A feature shape ([2048], [7, 7, 2048]...) as a list of positive ints; None stays None."""
+    sizes = None if shape is None else [int(size) for size in shape]
+    if sizes is not None and (not sizes or min(sizes) < 1):
         raise ValueError(f"a feature shape is a list of positive sizes such as [2048] or "
                          f"[7, 7, 2048]; got {shape!r}")
-    return shape
+    return sizes
 
 
-def _kind(manifest: dict, shape=None, dtype=None) -> str:
-    """"float16 [7, 7, 2048]": the cache's kind, or that kind with `shape`/`dtype` replaced."""
-    return f"{dtype or manifest['feature_dtype']} {list(shape or manifest['feature_shape'])}"
-
-
-def _check_manifest(cache_dir, manifest: dict, encoder_id: str | None, shape: tuple | None,
-                    dtype: str | None, what: str = "requested") -> None:
-    """FeatureCacheError unless the cache was made by these weights and this preprocessing and
-    holds features of this shape and dtype (None: not checked)."""
+def _manifest(cache_dir: pathlib.Path, encoder_id: str | None, shape: list | None,
+              dtype: str | None, what: str = "requested") -> dict | None:
+    """The cache's manifest (None if there is none yet), or FeatureCacheError if it is not one
+    this code reads, or the cache was not made by these weights and this preprocessing, or holds
+    features of another shape or dtype (None: not checked)."""
+    path = cache_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        version = manifest["format_version"]
+        if version == FORMAT_VERSION:  # the keys every reader relies on
+            manifest["feature_shape"] = _shape(manifest["feature_shape"])
+            if manifest["feature_dtype"] not in FEATURE_DTYPES:
+                raise KeyError("feature_dtype")
+            manifest["encoder_id"], manifest["preprocessing"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise FeatureCacheError(f"{path} is not a feature-cache manifest (bad or missing "
+                                f"{error}); delete the cache directory and extract again") from error
+    if version != FORMAT_VERSION:
+        raise FeatureCacheError(f"{path} has format version {version!r}, this code reads version "
+                                f"{FORMAT_VERSION}; use another cache directory")
+    have = f"{manifest['feature_dtype']} {manifest['feature_shape']}"  # "float16 [7, 7, 2048]"
+    want = f"{dtype or manifest['feature_dtype']} {shape or manifest['feature_shape']}"
     if encoder_id is not None and manifest["encoder_id"] != encoder_id:
-        raise FeatureCacheError(f"feature cache {cache_dir} was made with encoder "
-                                f"{manifest['encoder_id']!r}, not {encoder_id!r}; use another "
-                                "cache directory (or delete this one)")
-    if manifest["preprocessing"] != PREPROCESSING:
-        raise FeatureCacheError(f"feature cache {cache_dir} holds features of another image "
-                                f"preprocessing ({manifest['preprocessing']!r}, this code: "
-                                f"{PREPROCESSING!r}); use another cache directory")
-    if _kind(manifest, shape, dtype) != _kind(manifest):
-        raise FeatureCacheError(
-            f"feature cache {cache_dir} holds {_kind(manifest)} features, {what}: "
-            f"{_kind(manifest, shape, dtype)}; each kind of feature (pooled, spatial, ...) needs "
-            "its own cache: use another --cache-dir (or delete this one)")
+        problem = f"was made with encoder {manifest['encoder_id']!r}, not {encoder_id!r}"
+    elif manifest["preprocessing"] != PREPROCESSING:
+        problem = (f"holds features of another image preprocessing "
+                   f"({manifest['preprocessing']!r}, this code: {PREPROCESSING!r})")
+    elif want != have:
+        problem = (f"holds {have} features, {what}: {want}; each kind of feature (pooled, "
+                   "spatial, ...) needs its own cache")
+    else:
+        return manifest
+    raise FeatureCacheError(f"feature cache {cache_dir} {problem}: use another --cache-dir (or "
+                            "delete this one)")
 
 
 def _plan(cache_dir: pathlib.Path, shards: list[_Shard], paths: dict[str, str], shard_size: int,
@@ -240,10 +228,9 @@ def _plan(cache_dir: pathlib.Path, shards: list[_Shard], paths: dict[str, str], 
     new, not_requested = set(paths) - cached, sorted(cached - set(paths))
     if new and not_requested:
         raise FeatureCacheError(
-            f"{cache_dir} was made for another image list: {len(new)} requested images are not "
-            f"in it (e.g. {min(new)!r}) and {len(not_requested)} cached images were not requested "
-            f"(e.g. {not_requested[0]!r}). A cache is only reused for a subset of its images or "
-            "extended by new ones; use another --cache-dir")
+            f"{cache_dir} was made for another image list: {len(new)} requested images are not in "
+            f"it (e.g. {min(new)!r}), {len(not_requested)} cached ones not requested (e.g. "
+            f"{not_requested[0]!r}); a cache only serves subsets or grows: use another --cache-dir")
     todo = set(new)
     for shard in shards:
         mine = [name for name in shard.stamps if name in paths]
@@ -260,34 +247,43 @@ def _plan(cache_dir: pathlib.Path, shards: list[_Shard], paths: dict[str, str], 
             for i, start in enumerate(range(0, len(todo), shard_size))]
 
 
-def _compute(pending: list, paths: dict[str, str], encoder, dtype: str, batch_size: int,
+def _compute(pending: list, paths: dict[str, str], encoder, manifest: dict, batch_size: int,
              progress: bool, report: ExtractionReport) -> None:
+    """Computes and writes each pending shard, a batch never spanning two shards."""
     # Stamped before reading: a file changed during the run is recomputed next time. Unopenable
     # files are found here, as inside tf.data a read error would fail the whole batch.
     stamps = {name: _stamp(paths[name]) for _, names in pending for name in names}
-    results = {name: ERROR_UNREADABLE for name, stamp in stamps.items() if not stamp}
-    order = [name for name in stamps if name not in results]  # shard order
-    encode, shape = encode_function(encoder), _shape(encoder.output_shape[1:])
-    bar = tqdm(total=len(stamps), initial=len(results), unit="img", desc="image features",
-               disable=not progress, smoothing=0.1)
+    readable = [[name for name in names if stamps[name]] for _, names in pending]
+    batches = [[files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+               for files in readable]
+    decoded = _decoded_batches([[paths[name] for name in batch] for shard in batches
+                                for batch in shard])
+    encode, dtype = encode_function(encoder), manifest["feature_dtype"]
+    bar = tqdm(total=len(stamps), initial=len(stamps) - sum(map(len, readable)), unit="img",
+               desc="image features", disable=not progress, smoothing=0.1)
     start = time.perf_counter()
-    batches = _decoded_batches([paths[name] for name in order], batch_size)
-    for first in range(0, len(order), batch_size):
-        names = order[first:first + batch_size]
-        waited = time.perf_counter()
-        images, errors = next(batches)
-        report.input_wait_seconds += time.perf_counter() - waited
-        errors = [error.decode("utf-8") for error in errors.numpy()]
-        ok = [i for i, error in enumerate(errors) if not error]
-        if ok:  # the images decode_batch refused are zeros: not worth encoding
-            features = encode(tf.gather(images, ok) if len(ok) < len(names) else images)
-            results.update(zip([names[i] for i in ok], _stored(features.numpy(), dtype, names)))
-        results.update((name, error) for name, error in zip(names, errors) if error)
-        bar.update(len(names))
-        while pending and all(name in results for name in pending[0][1]):
-            _write_shard(*pending.pop(0), results, stamps, shape, dtype, report)
-    for path, names in pending:  # shards of unreadable files only
-        _write_shard(path, names, results, stamps, shape, dtype, report)
+    for (path, names), shard in zip(pending, batches):
+        features, failed = {}, {name: ERROR_UNREADABLE for name in names if not stamps[name]}
+        for batch in shard:
+            waited = time.perf_counter()
+            images, errors = next(decoded)
+            report.input_wait_seconds += time.perf_counter() - waited
+            errors = [error.decode("utf-8") for error in errors.numpy()]
+            ok = [i for i, error in enumerate(errors) if not error]
+            if ok:  # the images decode_batch refused are zeros: not worth encoding
+                found = encode(tf.gather(images, ok) if len(ok) < len(batch) else images).numpy()
+                features.update(zip([batch[i] for i in ok], _stored(found, dtype, batch)))
+            failed.update((name, error) for name, error in zip(batch, errors) if error)
+            bar.update(len(batch))
+        good, failed = [name for name in names if name in features], sorted(failed.items())
+        atomic_write(path, lambda handle: np.savez(
+            handle, names=np.array(good, str), features=np.stack([features[name] for name in good])
+            if good else np.zeros((0, *manifest["feature_shape"]), dtype),
+            failed_names=np.array([name for name, _ in failed], str),
+            failed_reasons=np.array([reason for _, reason in failed], str),
+            stamps=np.array([stamps[name] for name in names], str)))
+        report.num_extracted += len(good)
+        report.failures += failed
     bar.close()
     report.seconds = time.perf_counter() - start
     report.images_per_second = len(stamps) / report.seconds
@@ -298,33 +294,30 @@ _decode_batch = tf.function(decode_batch, input_signature=[tf.TensorSpec([None],
                             autograph=False)
 
 
-def _decoded_batches(files: list[str], batch_size: int, ahead: int = 2):
-    """(float32 images [B, 224, 224, 3], error strings [B]) per batch of `files`, in order, with
+def _decoded_batches(batches: list[list[str]], ahead: int = 2):
+    """(float32 images [B, 224, 224, 3], error strings [B]) per batch of files, in order, with
     `ahead` batches decoded by a thread while the caller encodes (a tf.data map would rebuild
     decode_batch's inner pipeline for every extraction, delaying its first batch)."""
     def read(file: str) -> bytes:  # a longer file is refused by its size: never read it whole
         with open(file, "rb") as handle:
             return handle.read(MAX_IMAGE_BYTES + 1)
 
-    def decode(start: int):
-        return _decode_batch(tf.constant([read(file) for file in files[start:start + batch_size]]))
-
     with ThreadPoolExecutor(1) as pool:
         queue = collections.deque()
-        for start in range(0, len(files), batch_size):
-            queue.append(pool.submit(decode, start))
+        for files in batches:
+            queue.append(pool.submit(lambda files=files: _decode_batch(tf.constant(
+                [read(file) for file in files]))))  # bound now: the loop moves on
             if len(queue) > ahead:
                 yield queue.popleft().result()
         while queue:
             yield queue.popleft().result()
 
 
-_encode_functions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_encode_functions = weakref.WeakKeyDictionary()  # encoder -> its traced call, while it lives
 
 
 def encode_function(encoder: keras.Model):
-    """`encoder` traced once for any batch size (full, masked and last batches share one graph),
-    kept while the encoder lives so later extractions skip tracing ResNet50 again."""
+    """`encoder` traced once for any batch size, so later extractions skip tracing it again."""
     if encoder not in _encode_functions:
         model = weakref.ref(encoder)  # a strong reference would keep the entry alive forever
         _encode_functions[encoder] = tf.function(
@@ -346,22 +339,6 @@ def _stored(features: np.ndarray, dtype: str, names: list[str]) -> np.ndarray:
     return stored
 
 
-def _write_shard(path: pathlib.Path, names: list[str], results: dict, stamps: dict, shape: tuple,
-                 dtype: str, report: ExtractionReport) -> None:
-    """Writes the shard of `names` (sorted), then frees their results."""
-    rows = {name: results.pop(name) for name in names}
-    good = [name for name in names if not isinstance(rows[name], str)]
-    failed = [(name, rows[name]) for name in names if isinstance(rows[name], str)]
-    features = np.stack([rows[name] for name in good]) if good else np.zeros((0, *shape), dtype)
-    atomic_write(path, lambda handle: np.savez(
-        handle, names=np.array(good, str), features=features,
-        failed_names=np.array([name for name, _ in failed], str),
-        failed_reasons=np.array([reason for _, reason in failed], str),
-        stamps=np.array([stamps[name] for name in names], str)))
-    report.num_extracted += len(good)
-    report.failures += failed
-
-
 def _stamp(path: str) -> str:
     """Size and modification time: what tells a changed image file from the one cached; "" for
     a file that cannot be read (missing, a folder, no permission)."""
@@ -369,8 +346,8 @@ def _stamp(path: str) -> str:
         stat = os.stat(path)
     except OSError:
         return ""
-    readable = os.path.isfile(path) and os.access(path, os.R_OK)
-    return f"{stat.st_size}:{stat.st_mtime_ns}" if readable else ""
+    return f"{stat.st_size}:{stat.st_mtime_ns}" if os.path.isfile(path) and os.access(
+        path, os.R_OK) else ""
 
 
 def _shards(cache_dir: pathlib.Path) -> list[_Shard]:
@@ -391,42 +368,20 @@ def _shards(cache_dir: pathlib.Path) -> list[_Shard]:
     return shards
 
 
-def _read_manifest(cache_dir: pathlib.Path) -> dict | None:
-    path = cache_dir / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        version = manifest["format_version"]
-        if version == FORMAT_VERSION:  # the keys every reader relies on
-            manifest["feature_shape"] = list(_shape(manifest["feature_shape"]))
-            FEATURE_DTYPES.index(manifest["feature_dtype"])
-            str(manifest["encoder_id"]), str(manifest["preprocessing"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise FeatureCacheError(f"{path} is not a feature-cache manifest (bad or missing "
-                                f"{error}); delete the cache directory and extract again") from error
-    if version != FORMAT_VERSION:
-        raise FeatureCacheError(f"{path} has format version {version!r}, this code reads "
-                                f"version {FORMAT_VERSION}; use another cache directory")
-    return manifest
-
-
 @contextlib.contextmanager
 def _locked(cache_dir: pathlib.Path, wait_seconds: float):
     """Holds the cache's lock, waiting up to `wait_seconds` for another run to release it."""
-    with open(cache_dir / LOCK, "a") as handle:
-        deadline, waiting = time.monotonic() + wait_seconds, False
-        while True:
-            try:
+    with open(cache_dir / LOCK, "a") as handle:  # closing the file releases the lock
+        deadline = time.monotonic() + wait_seconds
+        for attempt in itertools.count():
+            with contextlib.suppress(BlockingIOError):
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait "
-                                            "for it or use another cache directory") from None
-                if not waiting:
-                    log.info("waiting up to %.0f s for another extraction into %s to finish",
-                             wait_seconds, cache_dir)
-                waiting = True
-                time.sleep(max(0.0, min(LOCK_POLL_SECONDS, deadline - time.monotonic())))
-        yield  # closing the file releases the lock
+            if time.monotonic() >= deadline:
+                raise FeatureCacheError(f"another extraction is writing to {cache_dir}; wait for "
+                                        "it or use another cache directory")
+            if not attempt:
+                log.info("waiting up to %.0f s for another extraction into %s to finish",
+                         wait_seconds, cache_dir)
+            time.sleep(max(0.0, min(LOCK_POLL_SECONDS, deadline - time.monotonic())))
+        yield

@@ -141,12 +141,19 @@ def test_help_lists_every_flag_and_preset(capsys):
 
 @pytest.mark.slow
 def test_model_learns_the_builtin_data(trained_run):
+    """The trained model clearly beats captioning every image with the most frequent training
+    caption: CIDEr-D at least twice the baseline's, greedy and beam (the model scores ~3x).
+    CIDEr-D weighs the n-grams that tell one image's references from the others', which a model
+    reading colour, shape and count gets and a constant caption cannot. BLEU-4 also rewards the
+    phrases all built-in captions share, and on 30 test images it cannot carry a fixed margin:
+    the "most frequent" caption is a tie between two of 1,200 nearly all distinct captions (the
+    first scores BLEU-4 0.21, the other 0), and the model's BLEU-4 ranges over ~0.38-0.55 with
+    the training seed; another CPU's floating-point rounding acts like another seed."""
     test = trained_run.summary["test"]
-    baseline = test["majority_baseline"]["bleu4"]
-    # Threshold written down: the always-the-most-frequent-caption baseline scores ~0.1 here;
-    # a model that reads colour, shape and count from the image scores far higher.
-    assert test["greedy"]["bleu4"] > baseline + 0.2, (test["greedy"], baseline)
-    assert test["beam"]["bleu4"] > baseline + 0.2
+    baseline = test["majority_baseline"]
+    for method in ("greedy", "beam"):
+        assert test[method]["cider_d"] > 2 * baseline["cider_d"], (method, test[method], baseline)
+        assert test[method]["bleu4"] > baseline["bleu4"], (method, test[method], baseline)
     assert test["images"] == 30
 
 
