@@ -242,8 +242,10 @@ def _from_tensor(lib, tensor) -> np.ndarray:
 
 
 def _row(image: str, result) -> dict:
-    """A CaptionResult as plain JSON-able values, attention maps as nested lists when served."""
-    row = {"image": image, "caption": result.caption, "log_prob": result.log_prob, "error": result.error}
+    """A CaptionResult as plain JSON-able values: beam_search's alternatives as [caption, score]
+    pairs ([] for greedy), attention maps as nested lists when served."""
+    row = {"image": image, "caption": result.caption, "log_prob": result.log_prob, "error": result.error,
+           "alternatives": [list(pair) for pair in result.alternatives]}
     if result.attention is not None:
         row["attention"] = result.attention.tolist()
     return row
@@ -256,8 +258,8 @@ def main(argv=None):
     p.add_argument("--signature", nargs="+", default=[SERVING_DEFAULT], choices=IMAGE_SIGNATURES,
                    help="one or more image signatures")
     p.add_argument("--json", action="store_true",
-                   help="print {signature: [{image, caption, log_prob, error[, attention]}, "
-                        "...]}")
+                   help="print {signature: [{image, caption, log_prob, error, alternatives"
+                        "[, attention]}, ...]}")
     args = p.parse_args(argv)
     try:
         images = [Path(f).read_bytes() for f in args.image]
@@ -275,6 +277,8 @@ def main(argv=None):
         for row in rows:
             text = row["caption"] if not row["error"] else "ERROR: " + row["error"]
             print(f"{row['image']}\t{text}\t(log_prob {row['log_prob']:.2f})")
+            for caption, score in row["alternatives"]:
+                print(f"  {score:8.3f}  {caption}")
     return 0
 
 
