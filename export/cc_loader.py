@@ -242,10 +242,9 @@ def _from_tensor(lib, tensor) -> np.ndarray:
 
 
 def _row(image: str, result) -> dict:
-    """A CaptionResult as plain JSON-able values: beam_search's alternatives as [caption, score]
-    pairs ([] for greedy), attention maps as nested lists when served."""
-    row = {"image": image, "caption": result.caption, "log_prob": result.log_prob, "error": result.error,
-           "alternatives": [list(pair) for pair in result.alternatives]}
+    """A CaptionResult as plain JSON-able values (CaptionResult.as_json: beam_search's alternatives
+    as [{caption, score}], [] for greedy), attention maps as nested lists when served."""
+    row = {"image": image, **result.as_json()}
     if result.attention is not None:
         row["attention"] = result.attention.tolist()
     return row
@@ -277,8 +276,8 @@ def main(argv=None):
         for row in rows:
             text = row["caption"] if not row["error"] else "ERROR: " + row["error"]
             print(f"{row['image']}\t{text}\t(log_prob {row['log_prob']:.2f})")
-            for caption, score in row["alternatives"]:
-                print(f"  {score:8.3f}  {caption}")
+            for beam in row["alternatives"]:
+                print(f"  {beam['score']:8.3f}  {beam['caption']}")
     return 0
 
 

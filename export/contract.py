@@ -50,6 +50,12 @@ class CaptionResult:
     def ok(self) -> bool:
         return not self.error
 
+    def as_json(self) -> dict:
+        """caption, log_prob, error and alternatives ([{caption, score}]) as JSON values (what the
+        command lines print; attention maps, when wanted, are the caller's to add)."""
+        return {"caption": self.caption, "log_prob": self.log_prob, "error": self.error,
+                "alternatives": [{"caption": c, "score": s} for c, s in self.alternatives]}
+
     def word_maps(self) -> list[tuple[str, np.ndarray]]:
         """[(word, map [7, 7])] per caption word (+ "<end>"): model.attention_maps.word_maps.
         Raises ValueError when the model served no attention maps."""
