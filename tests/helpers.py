@@ -254,16 +254,17 @@ def encoder_features(run, files):
     return np.asarray(encoder(pixels, training=False), np.float32)
 
 
-def in_process_alternatives(run, features) -> list[list[tuple[str, float]]]:
+def in_process_alternatives(run, features, decode=None) -> list[list[tuple[str, float]]]:
     """beam_search's alternatives computed in this process by model.decoding (the decoder
-    model.evaluate runs): per image, every beam's (caption, normalised score), best first."""
+    model.evaluate runs) with `decode` (a DecodeConfig; default the run's): per image, every
+    beam's (caption, normalised score), best first."""
     import tensorflow as tf
     from model.decoding import decode_features, ids_to_captions, words_table
     captioner, table = run.load_captioner(), words_table(tokens=run.vocabulary.tokens)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *features.shape[1:]], tf.float32)])
     def beams(batch):
-        *_, ids, scores = decode_features(captioner, batch, run.decode_config, "beam",
+        *_, ids, scores = decode_features(captioner, batch, decode or run.decode_config, "beam",
                                           return_beams=True)
         return ids_to_captions(ids, table), scores
 

@@ -22,7 +22,8 @@ from data.splits import split_dataset
 from export.artifact import SessionModel, export_settings
 from model.encoder import build_encoder
 from model.run_dir import load_run
-from tests.helpers import REPO, huge_png_header
+from model.decoding import DecodeConfig
+from tests.helpers import REPO, encoder_features, huge_png_header, in_process_alternatives
 
 IMAGE_SIGNATURES = ("serving_default", "beam_search")
 
@@ -42,8 +43,13 @@ SLOW_KINDS = {"beam2_max12", "float16", "bfloat16", "attention"}  # the default 
 @pytest.fixture(scope="module", params=[
     pytest.param(kind, marks=[pytest.mark.slow] if kind in SLOW_KINDS else [])
     for kind in sorted(EXPORT_KINDS)])
-def export_dir(request, untrained_export) -> Path:
-    return untrained_export(**EXPORT_KINDS[request.param]).path
+def export_kind(request, untrained_export):
+    return untrained_export(**EXPORT_KINDS[request.param])
+
+
+@pytest.fixture(scope="module")
+def export_dir(export_kind) -> Path:
+    return export_kind.path
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,7 @@ def cc_loader_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, hostile_files):
+def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, export_kind, hostile_files):
     result = cc_loader_cli(str(export_dir), "--image", *map(str, hostile_files),
                            "--signature", *IMAGE_SIGNATURES, "--json")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -97,14 +103,21 @@ def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, hostile_files):
             np.testing.assert_allclose([r["log_prob"] for r in rows], [e.log_prob for e in expected],
                                        rtol=1e-5, atol=1e-5)
             # beam_search's alternatives, every beam best first; none for a bad image or greedy
-            assert [[c for c, _ in r["alternatives"]] for r in rows] == \
+            assert [[a["caption"] for a in r["alternatives"]] for r in rows] == \
                 [[c for c, _ in e.alternatives] for e in expected]
-            np.testing.assert_allclose([s for r in rows for _, s in r["alternatives"]],
+            np.testing.assert_allclose([a["score"] for r in rows for a in r["alternatives"]],
                                        [s for e in expected for _, s in e.alternatives],
                                        rtol=1e-5, atol=1e-5)
             width = export_settings(export_dir)["decode"]["beam_width"] if signature == "beam_search" else 0
             assert [len(r["alternatives"]) for r in rows] == [0 if e else width for e in HOSTILE_ERRORS]
-            assert all(r["alternatives"][0][0] == r["caption"] for r in rows if r["alternatives"])
+            assert all(r["alternatives"][0]["caption"] == r["caption"] for r in rows if r["alternatives"])
+            if signature == "beam_search" and export_kind.precision == "float32":
+                # and they are what the decoder computes in process, from the same images
+                run, good = load_run(export_kind.run), [i for i, e in enumerate(HOSTILE_ERRORS) if not e]
+                decode = DecodeConfig(**export_settings(export_dir)["decode"])
+                features = encoder_features(run, [hostile_files[i] for i in good])
+                assert [[a["caption"] for a in rows[i]["alternatives"]] for i in good] == \
+                    [[c for c, _ in a] for a in in_process_alternatives(run, features, decode)]
             if expected[0].attention is not None:  # the attention export's per-word maps
                 np.testing.assert_allclose([r["attention"] for r in rows],
                                            [e.attention for e in expected], atol=1e-5)
