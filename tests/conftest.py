@@ -139,8 +139,9 @@ def trained_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
 
 @pytest.fixture(scope="session")
 def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
-    """The attention preset on the same small data (its own spatial feature cache): what the
-    attention export, its contract tests and the page's heatmaps need."""
+    """The attention preset on the same small data (its own spatial feature cache), for the tests
+    of what attention training learns (the attention export's contract tests use an untrained
+    run: untrained_export("attention"))."""
     fast = fast_tier(request.config)
     epochs, patience = ((FAST_TIER_EPOCHS, FAST_TIER_EPOCHS) if fast
                         else (ATTENTION_EPOCHS, ATTENTION_PATIENCE))
@@ -149,16 +150,9 @@ def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFi
 
 
 @pytest.fixture(scope="session")
-def exported_attention_model(trained_attention_run, tmp_path_factory) -> Path:
-    """The attention run exported as <base>/1."""
-    from export.saved_model import export_run
-    base = tmp_path_factory.mktemp("models-attention") / "captioner"
-    return export_run(trained_attention_run.run, base, "auto")
-
-
-@pytest.fixture(scope="session")
 def exported_model(trained_run, tmp_path_factory) -> Path:
-    """The trained run exported as <base>/1 (the folder TF Serving would be pointed at: .parent)."""
+    """The trained run exported as <base>/1 (the folder TF Serving would be pointed at: .parent):
+    for tests that judge the served captions' quality (contract tests: untrained_export)."""
     from export.saved_model import export_run
     base = tmp_path_factory.mktemp("models") / "captioner"
     return export_run(trained_run.run, base, "auto")
