@@ -43,8 +43,9 @@ class CaptionResult:
     # Left out of ==, which cannot compare arrays.
     attention: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
     # beam_search's beams, best first: [(caption, length-normalised log_prob)], the first being
-    # `caption`; [] for greedy signatures and for an image that was not captioned.
-    alternatives: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    # `caption`; [] for greedy signatures and for an image that was not captioned. Compared by ==,
+    # left out of hash() (a list), so results stay hashable.
+    alternatives: list[tuple[str, float]] = dataclasses.field(default_factory=list, hash=False)
 
     @property
     def ok(self) -> bool:

@@ -46,9 +46,9 @@ def word_strip(path: str, result: CaptionResult) -> tuple[Image.Image | None, st
 def beam_list(captioned: list[tuple[str, CaptionResult]]) -> str:
     """Beam search's captions of each (path, result), best first, with their length-normalised
     log-probabilities; "" when there are none (greedy, or nothing was captioned)."""
-    name = (lambda path: f"{os.path.basename(path)}: ") if len(captioned) > 1 else (lambda path: "")
-    return "\n".join(f"{name(path)}{rank}. {caption}  ({score:.3f})" for path, result in captioned
-                     for rank, (caption, score) in enumerate(result.alternatives, 1))
+    named = len(captioned) > 1  # several images: each line names its image
+    return "\n".join((f"{os.path.basename(path)}: " if named else "") + f"{rank}. {caption}  ({score:.3f})"
+                     for path, result in captioned for rank, (caption, score) in enumerate(result.alternatives, 1))
 
 
 def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.Blocks:
