@@ -242,8 +242,9 @@ def _from_tensor(lib, tensor) -> np.ndarray:
 
 
 def _row(image: str, result) -> dict:
-    """A CaptionResult as plain JSON-able values, attention maps as nested lists when served."""
-    row = {"image": image, "caption": result.caption, "log_prob": result.log_prob, "error": result.error}
+    """A CaptionResult as plain JSON-able values (CaptionResult.as_json: beam_search's alternatives
+    as [{caption, score}], [] for greedy), attention maps as nested lists when served."""
+    row = {"image": image, **result.as_json()}
     if result.attention is not None:
         row["attention"] = result.attention.tolist()
     return row
@@ -256,8 +257,8 @@ def main(argv=None):
     p.add_argument("--signature", nargs="+", default=[SERVING_DEFAULT], choices=IMAGE_SIGNATURES,
                    help="one or more image signatures")
     p.add_argument("--json", action="store_true",
-                   help="print {signature: [{image, caption, log_prob, error[, attention]}, "
-                        "...]}")
+                   help="print {signature: [{image, caption, log_prob, error, alternatives"
+                        "[, attention]}, ...]}")
     args = p.parse_args(argv)
     try:
         images = [Path(f).read_bytes() for f in args.image]
@@ -275,6 +276,8 @@ def main(argv=None):
         for row in rows:
             text = row["caption"] if not row["error"] else "ERROR: " + row["error"]
             print(f"{row['image']}\t{text}\t(log_prob {row['log_prob']:.2f})")
+            for beam in row["alternatives"]:
+                print(f"  {beam['score']:8.3f}  {beam['caption']}")
     return 0
 
 

@@ -3,7 +3,8 @@ endpoints, all batch-major so that TF Serving's batching can merge requests.
 
 An attention model's `attention` output: row i is where the model looked for word i of the
 caption, the next row for <end>, zeros after (model.decoding.aligned_attention); all zeros for a
-bad image.
+bad image. beam_search's `alternatives` / `alternative_scores`: every beam's caption, best first,
+with its length-normalised log-probability (the first is `caption`); "" and 0 for a bad image.
 
 Everything is in the graph: decode and check (data/images.py), ResNet50, the decoder loop
 (model/decoding.py), id -> word lookup and the cleaning rule. Nothing here is a second copy.
@@ -12,8 +13,8 @@ import keras
 import tensorflow as tf
 
 from data.images import decode_batch
-from export.contract import (ATTENTION, BEAM_SEARCH, CAPTION_FEATURES, FEATURES_INPUT, IMAGE_INPUT,
-                             OUTPUTS, SERVING_DEFAULT)
+from export.contract import (ALTERNATIVE_SCORES, ALTERNATIVES, ATTENTION, BEAM_SEARCH,
+                             CAPTION_FEATURES, FEATURES_INPUT, IMAGE_INPUT, OUTPUTS, SERVING_DEFAULT)
 from model.decoding import DecodeConfig, decode_features, ids_to_captions, words_table
 
 IMAGE_SPEC = tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)
@@ -28,8 +29,13 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
     feature_input = tf.TensorSpec([None, *feature_shape], tf.float32, name=FEATURES_INPUT)
 
     def caption(features, method, maps=False):
-        ids, log_prob, *attention = decode_features(captioner, features, decode, method, maps)
-        return ids_to_captions(ids, table), log_prob, attention
+        """(captions [B], log_prob [B], attention maps or None, beam search's (captions, scores)
+        [B, beam_width] each, best first, or None)."""
+        ids, log_prob, *extra = decode_features(captioner, features, decode, method, maps,
+                                                return_beams=method == "beam")
+        attention = extra.pop(0) if maps else None
+        beams = (ids_to_captions(extra[0], table), extra[1]) if extra else None
+        return ids_to_captions(ids, table), log_prob, attention, beams
 
     def from_images(image_bytes, method):
         images, errors = decode_batch(image_bytes)
@@ -37,15 +43,18 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
         features = tf.cond(tf.size(image_bytes) > 0,
                            lambda: tf.cast(encoder(images, training=False), tf.float32),
                            lambda: tf.zeros([0, *feature_shape]))
-        captions, log_prob, attention = caption(features, method, with_attention)
+        captions, log_prob, attention, beams = caption(features, method, with_attention)
         ok = tf.equal(errors, "")  # a bad image gets an empty caption, never a failed batch
         outputs = dict(zip(OUTPUTS, (tf.where(ok, captions, ""), tf.where(ok, log_prob, 0.0), errors)))
-        if attention:
-            outputs[ATTENTION] = tf.where(ok[:, None, None, None], attention[0], 0.0)
+        if attention is not None:
+            outputs[ATTENTION] = tf.where(ok[:, None, None, None], attention, 0.0)
+        if beams is not None:
+            outputs[ALTERNATIVES] = tf.where(ok[:, None], beams[0], "")
+            outputs[ALTERNATIVE_SCORES] = tf.where(ok[:, None], beams[1], 0.0)
         return outputs
 
     def from_features(features):
-        captions, log_prob, _ = caption(features, "greedy")
+        captions, log_prob, _, _ = caption(features, "greedy")
         return dict(zip(OUTPUTS, (captions, log_prob, tf.fill(tf.shape(captions), ""))))
 
     archive = keras.export.ExportArchive()

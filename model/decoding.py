@@ -182,7 +182,7 @@ def beam_search(step_fn, state, batch_size, max_new_tokens, beam_width=3, length
 
 
 def decode_features(model, features, config: DecodeConfig, method="greedy",
-                    return_attention=False, num_samples=1):
+                    return_attention=False, num_samples=1, return_beams=False):
     """Captioner + image features ([B, F] pooled, [B, H, W, F] for the attention model) ->
     (ids [B, L], log_prob [B]) by greedy or beam search; method "sample" draws num_samples
     captions per image instead (ids [B * num_samples, L], see sample_search).
@@ -190,9 +190,14 @@ def decode_features(model, features, config: DecodeConfig, method="greedy",
     return_attention (attention models only) adds the maps aligned to the caption's words,
     float32 [B, max_new_tokens, H, W] (see aligned_attention): the model's step records each
     step's weights in the decoder state, so beam search carries them along with its beams.
+    return_beams (beam search only) then adds every beam, best first: ids [B, beam_width, L]
+    and their length-normalised scores [B, beam_width] (beam 0 is the returned caption).
     """
     if method not in ("greedy", "beam", "sample"):
         raise ValueError(f"decoding method must be 'greedy', 'beam' or 'sample', got {method!r}")
+    if return_beams and method != "beam":
+        raise ValueError(f"return_beams needs method 'beam' (only beam search keeps several "
+                         f"captions), got {method!r}")
     batch_size = tf.shape(features)[0]
     state = model.initial_state(features)
     if method == "sample":
@@ -205,12 +210,12 @@ def decode_features(model, features, config: DecodeConfig, method="greedy",
     else:
         found = beam_search(model.step, state, batch_size, config.max_new_tokens,
                             config.beam_width, config.length_penalty,
-                            return_state=return_attention)
+                            return_state=return_attention, return_beams=return_beams)
     if not return_attention:
         return found
-    ids, log_prob, state = found
+    ids, log_prob, state, *beams = found
     grid = features.shape[1:3]
-    return ids, log_prob, aligned_attention(ids, state["attention"], grid)
+    return (ids, log_prob, aligned_attention(ids, state["attention"], grid), *beams)
 
 
 def aligned_attention(ids, attention, grid):
@@ -245,8 +250,11 @@ def words_table(tokens=None, vocab_file=None) -> tf.lookup.StaticHashTable:
 
 
 def ids_to_captions(ids, table):
-    """ids [B, L] -> captions [B]: special tokens (<pad>, <start>, <end>, <unk>) dropped, words
-    looked up, joined, and passed through the one cleaning rule."""
+    """ids [B, L] -> captions [B] (or beams [B, K, L] -> [B, K]): special tokens (<pad>, <start>,
+    <end>, <unk>) dropped, words looked up, joined, and passed through the one cleaning rule."""
     ids = tf.cast(ids, tf.int64)
-    words = tf.ragged.boolean_mask(table.lookup(ids), ids > UNK_ID)
-    return clean_caption_tensor(tf.strings.reduce_join(words, axis=-1, separator=" "))
+    shape = tf.shape(ids)
+    flat = tf.reshape(ids, [tf.reduce_prod(shape[:-1]), shape[-1]])  # one row per caption
+    words = tf.ragged.boolean_mask(table.lookup(flat), flat > UNK_ID)
+    captions = clean_caption_tensor(tf.strings.reduce_join(words, axis=-1, separator=" "))
+    return tf.reshape(captions, shape[:-1])

@@ -6,7 +6,8 @@ It talks ONLY to a model server (the TF Serving container or serving.model_serve
 serving.client, with its flags: no TensorFlow, no model code here. (--grpc makes serving.client
 import the tensorflow-serving-api protos, which pull in TensorFlow; the default REST path does not.)
 Binds 127.0.0.1, share=False, analytics off. gradio_client's endpoint is /caption_image (the
-caption text); for an attention model the page also shows each word's map over the first image.
+caption text); the page also lists beam search's other captions with their scores, and for an
+attention model shows each word's map over the first image.
 """
 import argparse
 import os
@@ -30,47 +31,54 @@ STRIP_COLUMNS = 4  # word tiles per row: fits the page's right column at a reada
 
 
 def example_images(folder: str | None) -> list[str]:
-    if not folder or not os.path.isdir(folder):
-        return []
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-    return [os.path.join(folder, name) for name in names[:MAX_EXAMPLES]]
+    names = sorted(os.listdir(folder)) if folder and os.path.isdir(folder) else []
+    return [os.path.join(folder, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)][:MAX_EXAMPLES]
 
 
 def word_strip(path: str, result: CaptionResult) -> tuple[Image.Image | None, str]:
-    """(the per-word attention strip of the image, "") or (None, why there is none to show)."""
+    """(the per-word attention strip of the image, "") or (None, a line on why there is none)."""
     if not result.ok or result.attention is None:
         return None, ""  # a pooled model, or nothing was captioned: nothing to explain
     strip, problem = strip_of_file(path, result.caption, result.attention, columns=STRIP_COLUMNS)
-    return strip, f"({problem})" if problem else ""
+    return strip, f"\n({problem})" if problem else ""
+
+
+def beam_list(captioned: list[tuple[str, CaptionResult]]) -> str:
+    """Beam search's captions of each (path, result), best first, with their length-normalised
+    log-probabilities; "" when there are none (greedy, or nothing was captioned)."""
+    named = len(captioned) > 1  # several images: each line names its image
+    return "\n".join((f"{os.path.basename(path)}: " if named else "") + f"{rank}. {caption}  ({score:.3f})"
+                     for path, result in captioned for rank, (caption, score) in enumerate(result.alternatives, 1))
 
 
 def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.Blocks:
     """The Gradio Blocks for a serving.client client (RestClient or GrpcClient)."""
 
-    def captions_and_strip(files, image, mode, want_strip: bool):
-        """(one caption line per image, the first image's attention strip or None)."""
+    def captions(files, image, mode) -> tuple[str, list]:
+        """(one caption line per image, [(path, CaptionResult)] or [] when nothing was captioned)."""
         paths = [f if isinstance(f, str) else f.name for f in (files or [])] + ([image] if image else [])
         if not paths:
-            return "Upload one or more images first.", None
+            return "Upload one or more images first.", []
         try:
             results = client.caption([Path(p).read_bytes() for p in paths], MODES.get(mode, SERVING_DEFAULT))
-        except UnavailableError as e:
-            return f"The model server at {server_label} is not reachable or not ready: {e.message}", None
-        except ServingError as e:
-            return f"The model server at {server_label} returned an error: {e}", None
-        texts = [r.caption if r.ok else f"ERROR: {r.error}" for r in results]
-        text = texts[0] if len(paths) == 1 else "\n".join(
-            f"{os.path.basename(path)}: {text}" for path, text in zip(paths, texts))
-        strip, problem = word_strip(paths[0], results[0]) if want_strip else (None, "")
-        return text + (f"\n{problem}" if problem else ""), strip
+        except ServingError as e:  # UnavailableError: down, or not ready yet
+            reply = f"is not reachable or not ready: {e.message}" if isinstance(e, UnavailableError) \
+                else f"returned an error: {e}"
+            return f"The model server at {server_label} {reply}", []
+        lines = [r.caption if r.ok else f"ERROR: {r.error}" for r in results]
+        if len(paths) > 1:
+            lines = [f"{os.path.basename(path)}: {line}" for path, line in zip(paths, lines)]
+        return "\n".join(lines), list(zip(paths, results))
 
     def caption_image(files, image, mode):
         """Captions for the uploaded files and/or the single image, one line per image."""
-        return captions_and_strip(files, image, mode, want_strip=False)[0]
+        return captions(files, image, mode)[0]
 
     def caption_page(files, image, mode):
-        text, strip = captions_and_strip(files, image, mode, want_strip=True)
-        return text, strip, gr.Column(visible=strip is not None)
+        text, captioned = captions(files, image, mode)
+        strip, problem = word_strip(*captioned[0]) if captioned else (None, "")
+        beams = beam_list(captioned)
+        return text + problem, gr.Textbox(beams, visible=bool(beams)), strip, gr.Column(visible=strip is not None)
 
     with gr.Blocks(title="Neural Storyteller") as app:
         gr.Markdown(f"# Neural Storyteller\nCaptions from the model server at `{server_label}`.")
@@ -82,7 +90,10 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
                 mode = gr.Radio(list(MODES), value="greedy", label="Decoding")
                 submit = gr.Button("Caption", variant="primary", elem_id="caption-button")
             with gr.Column():
-                captions = gr.Textbox(label="Caption", lines=6, interactive=False, elem_id="captions")
+                caption = gr.Textbox(label="Caption", lines=6, interactive=False, elem_id="captions")
+                beams = gr.Textbox(label="Beam search: every beam, best first (length-normalised "
+                                   "log-probability)", lines=3, interactive=False, visible=False,
+                                   elem_id="alternatives")
                 # Hidden until a model serves attention maps (pooled models never show it). No label
                 # or buttons on the image: Gradio floats them over it, hiding the words' titles.
                 with gr.Column(visible=False) as strip_box:
@@ -97,9 +108,9 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
         # /caption_image returns the caption text alone, as it always has; it hangs on a hidden
         # button because an endpoint needs a trigger (gr.State instead would keep a heartbeat
         # connection open on every page).
-        submit.click(caption_page, inputs=[files, image, mode], outputs=[captions, strip, strip_box],
+        submit.click(caption_page, inputs=[files, image, mode], outputs=[caption, beams, strip, strip_box],
                      api_name=False)
-        gr.Button(visible=False).click(caption_image, inputs=[files, image, mode], outputs=captions,
+        gr.Button(visible=False).click(caption_image, inputs=[files, image, mode], outputs=caption,
                                        api_name="caption_image")
     return app
 

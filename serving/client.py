@@ -1,7 +1,8 @@
 """REST and gRPC client for the captioner behind TF Serving (or serving.model_server), and its CLI:
 
     python -m serving.client --rest http://127.0.0.1:8501 photos/        # path<TAB>caption lines
-    python -m serving.client --grpc 127.0.0.1:8500 --signature beam_search dog.jpg
+    python -m serving.client --grpc 127.0.0.1:8500 --signature beam_search dog.jpg  # + every beam
+    python -m serving.client --json photos/     # one JSON object per image (JSON lines)
 
 REST never imports TensorFlow; gRPC's protos do (~3 s), on first use. Retries (exponential
 backoff) only where they can help: connection refused, HTTP 503, gRPC UNAVAILABLE.
@@ -50,17 +51,13 @@ class _Client:
     def caption(self, images: list[bytes], signature: str = SERVING_DEFAULT) -> list[CaptionResult]:
         """One CaptionResult per encoded image (JPEG/PNG/GIF/BMP/WebP), in order. A bad image gives a
         result with .error set; a failed request raises ServingError."""
-        results: list[CaptionResult | None] = [None] * len(images)
-        cap = self.settings.max_request_bytes
-        for indices in self._chunks(images):
-            chunk = [images[i] for i in indices]
+        results, cap = [], self.settings.max_request_bytes
+        for chunk in self._chunks(images):
             if len(chunk) == 1 and self._encoded_size(chunk[0]) > cap:  # alone and still too big
-                found = [CaptionResult("", 0.0, f"image of {len(chunk[0])} bytes is over the "
-                                       f"{cap}-byte request cap; not sent")]
+                results.append(CaptionResult("", 0.0, f"image of {len(chunk[0])} bytes is over the "
+                                             f"{cap}-byte request cap; not sent"))
             else:
-                found = self._caption_batch(signature, IMAGE_INPUT, chunk)
-            for i, result in zip(indices, found):
-                results[i] = result
+                results += self._caption_batch(signature, IMAGE_INPUT, chunk)
         return results
 
     def caption_features(self, features, signature: str = CAPTION_FEATURES) -> list[CaptionResult]:
@@ -93,15 +90,15 @@ class _Client:
         return int(len(image) * self._overhead_per_image) + 64
 
     def _chunks(self, images: list[bytes]):
-        """Index lists of at most batch_size images and max_request_bytes encoded bytes."""
+        """The images in order, in runs of at most batch_size images and max_request_bytes."""
         chunk, size = [], 0
-        for i, image in enumerate(images):
+        for image in images:
             cost = self._encoded_size(image)
             if chunk and (len(chunk) == self.settings.batch_size
                           or size + cost > self.settings.max_request_bytes):
                 yield chunk
                 chunk, size = [], 0
-            chunk.append(i)
+            chunk.append(image)
             size += cost
         if chunk:
             yield chunk
@@ -155,13 +152,10 @@ class RestClient(_Client):
         return body
 
     def _predict(self, signature: str, input_name: str, batch) -> dict:
-        if input_name == IMAGE_INPUT:
-            column = [{"b64": base64.b64encode(image).decode("ascii")} for image in batch]
-        else:
-            column = np.asarray(batch).tolist()
-        body = self._request("POST", f"{self.model_url}:predict",
-                             json={"signature_name": signature, "inputs": {input_name: column}})
-        return body.get("outputs")  # the serving contract checks it (_caption_batch)
+        column = ([{"b64": base64.b64encode(image).decode("ascii")} for image in batch]
+                  if input_name == IMAGE_INPUT else np.asarray(batch).tolist())
+        return self._request("POST", f"{self.model_url}:predict", json={  # _caption_batch checks them
+            "signature_name": signature, "inputs": {input_name: column}}).get("outputs")
 
     def _status(self) -> dict:
         return self._request("GET", self.model_url)
@@ -210,9 +204,8 @@ class GrpcClient(_Client):
     def _predict(self, signature: str, input_name: str, batch) -> dict:
         import tensorflow as tf  # tensorflow_serving.apis imports it anyway
         from tensorflow_serving.apis import predict_pb2
-        request = predict_pb2.PredictRequest()
-        request.model_spec.signature_name = signature
-        request.inputs[input_name].CopyFrom(tf.make_tensor_proto(batch))
+        request = predict_pb2.PredictRequest(model_spec={"signature_name": signature},
+                                             inputs={input_name: tf.make_tensor_proto(batch)})
         response = self._call(self._stubs()[0].Predict, request)
         return {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
 
@@ -245,15 +238,10 @@ def find_images(paths: list[str]) -> list[str]:
     """Files as given, plus image files (by extension) found recursively in folders, sorted."""
     found = []
     for path in paths:
-        if os.path.isdir(path):
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files)
-                          if f.lower().endswith(IMAGE_EXTENSIONS)]
-        elif os.path.isfile(path):
-            found.append(path)
-        else:
+        if not os.path.exists(path):
             raise FileNotFoundError(f"no such file or folder: {path}")
+        inside = sorted(str(p) for p in Path(path).rglob("*") if p.is_file()) if os.path.isdir(path) else None
+        found += [path] if inside is None else [p for p in inside if p.lower().endswith(IMAGE_EXTENSIONS)]
     return found
 
 
@@ -261,7 +249,8 @@ def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m serving.client",
         description="Caption images with the captioner served by TF Serving (or serving.model_server). "
-                    "Prints path<TAB>caption, or path<TAB>ERROR: reason, one line per image.")
+                    "Prints path<TAB>caption, or path<TAB>ERROR: reason, one line per image (beam_search: "
+                    "then each beam's score and caption, best first, indented).")
     add_server_arguments(parser)
     parser.add_argument("--version", type=int, help="model version (default: latest)")
     parser.add_argument("--signature", default=SERVING_DEFAULT, choices=IMAGE_SIGNATURES,
@@ -269,6 +258,8 @@ def _parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image: path, caption, "
+                        "log_prob, error, alternatives [{caption, score}] (beam_search; else [])")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--status", action="store_true", help="print the model status JSON")
     action.add_argument("--metadata", action="store_true", help="print the signature defs JSON")
@@ -290,7 +281,7 @@ def main(argv=None) -> int:
             if args.status or args.metadata:
                 print(json.dumps(client.status() if args.status else client.metadata(), indent=2))
                 return 0
-            return _caption_paths(client, find_images(args.paths), args.signature, args.batch_size)
+            return _caption_paths(client, find_images(args.paths), args.signature, args.batch_size, args.json)
     except (ServingError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -298,16 +289,20 @@ def main(argv=None) -> int:
         return 130
 
 
-def _caption_paths(client, paths: list[str], signature: str, batch_size: int) -> int:
+def _caption_paths(client, paths: list[str], signature: str, batch_size: int, as_json=False) -> int:
     if not paths:
         raise FileNotFoundError("no image files found (looked for " + ", ".join(IMAGE_EXTENSIONS) + ")")
     failures = 0
     for start in range(0, len(paths), batch_size):  # read only one batch of files at a time
         batch = paths[start:start + batch_size]
         images = [Path(path).read_bytes() for path in batch]
-        for path, result in zip(batch, client.caption(images, signature)):
-            print(f"{path}\t{result.caption}" if result.ok else f"{path}\tERROR: {result.error}", flush=True)
-            failures += not result.ok
+        for path, r in zip(batch, client.caption(images, signature)):
+            if as_json:
+                print(json.dumps({"path": path, **r.as_json()}), flush=True)
+            else:  # beam_search's beams, best first, under the caption
+                print(f"{path}\t{r.caption}" if r.ok else f"{path}\tERROR: {r.error}", *(
+                    f"  {score:8.3f}  {caption}" for caption, score in r.alternatives), sep="\n", flush=True)
+            failures += not r.ok
     return 1 if failures else 0
 
 

@@ -114,18 +114,13 @@ class Versions:
         return model
 
     def refresh(self) -> None:
-        """One poll: serve the newest loadable version; drop versions neither served, pinned nor on
-        disk. Dropped, not closed: a request still running holds its own reference to the session,
-        which is freed when the last such request returns."""
+        """One poll: serve the newest version that loads (tried newest first; None if none does);
+        drop versions neither served, pinned nor on disk. Dropped, not closed: a request still running
+        holds its own reference to the session, which is freed when the last such request returns."""
         with self._loading:
             on_disk = list_versions(self.base_path)
-            for version in sorted(on_disk, reverse=True):
-                model = self._load(version, on_disk[version])
-                if model is not None:
-                    self.current = (version, model)
-                    break
-            else:
-                self.current = None  # no loadable version left on disk
+            newest_first = ((v, self._load(v, on_disk[v])) for v in sorted(on_disk, reverse=True))
+            self.current = next(((v, model) for v, model in newest_first if model is not None), None)
             keep = self.pinned | {self.current and self.current[0]}  # pinned + the served one
             for version in [v for v in self.loaded if v not in on_disk or v not in keep]:
                 del self.loaded[version]

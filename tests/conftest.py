@@ -14,9 +14,10 @@ import pytest  # noqa: E402
 
 SMALL_BUILTIN_IMAGES = 300  # 240 / 30 / 30 images; extraction ~20-40 s on 2 cores
 TRAINED_EPOCHS = 25         # ~2.5 min with extraction: the model learns the data well
-# The fast tier (-m "not slow") trains a smaller run instead: every contract test (exports, C++
-# loader, servers, clients, the page) needs a trained model, not a good one. The tests that judge
-# caption quality are marked slow.
+# The fast tier (-m "not slow") trains a smaller run instead. The export and serving contract tests
+# (signatures, served == in-process, hostile batches, C++ loader, servers, clients, the page) need
+# no trained model at all: they run on untrained exports (`untrained_export`). Only what judges
+# caption quality (training, 16-bit agreement) uses the trained runs.
 FAST_TIER_IMAGES, FAST_TIER_EPOCHS = 80, 5  # ~20 s
 # The attention preset overfits 240 training images after ~3-4 epochs (validation loss rises from
 # there; README "Attention"), so its run stops early instead of training 25 epochs for nothing.
@@ -97,6 +98,37 @@ def untrained_run(untrained_run_factory) -> Path:
     return untrained_run_factory("pooled")
 
 
+@dataclasses.dataclass
+class UntrainedExport:
+    run: Path         # the untrained run folder (tests/conftest.py: write_untrained_run)
+    data: Path        # its dataset: the small built-in data
+    path: Path        # the version folder <base>/1 (the base TF Serving would be given: .parent)
+    family: str       # "pooled" | "attention"
+    precision: str    # the export's compute precision
+
+
+@pytest.fixture(scope="session")
+def untrained_export(untrained_run_factory, small_builtin, tmp_path_factory):
+    """untrained_export(family="pooled", precision="float32", **ExportConfig fields) -> an
+    UntrainedExport: the untrained run of that family exported (warmup records included), made
+    once per session and argument set. For tests of the serving contract, not of captions' quality:
+    an untrained model captions every image, only not well."""
+    from export.saved_model import ExportConfig, export_run
+    made = {}
+
+    def export(family: str = "pooled", precision: str = "float32", **settings) -> UntrainedExport:
+        key = (family, precision, *sorted(settings.items()))
+        if key not in made:
+            name = "-".join(["models-untrained", family, precision,
+                             *(f"{k}{v}" for k, v in sorted(settings.items()))])
+            base = tmp_path_factory.mktemp(name) / "captioner"
+            run = untrained_run_factory(family)
+            path = export_run(run, base, "auto", ExportConfig(precision=precision, **settings))
+            made[key] = UntrainedExport(run, small_builtin, path, family, precision)
+        return made[key]
+    return export
+
+
 @pytest.fixture(scope="session")
 def trained_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
     """The default preset trained on the small built-in data: enough to caption it well (in the
@@ -107,8 +139,9 @@ def trained_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
 
 @pytest.fixture(scope="session")
 def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
-    """The attention preset on the same small data (its own spatial feature cache): what the
-    attention export, its contract tests and the page's heatmaps need."""
+    """The attention preset on the same small data (its own spatial feature cache), for the tests
+    of what attention training learns (the attention export's contract tests use an untrained
+    run: untrained_export("attention"))."""
     fast = fast_tier(request.config)
     epochs, patience = ((FAST_TIER_EPOCHS, FAST_TIER_EPOCHS) if fast
                         else (ATTENTION_EPOCHS, ATTENTION_PATIENCE))
@@ -117,16 +150,9 @@ def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFi
 
 
 @pytest.fixture(scope="session")
-def exported_attention_model(trained_attention_run, tmp_path_factory) -> Path:
-    """The attention run exported as <base>/1."""
-    from export.saved_model import export_run
-    base = tmp_path_factory.mktemp("models-attention") / "captioner"
-    return export_run(trained_attention_run.run, base, "auto")
-
-
-@pytest.fixture(scope="session")
 def exported_model(trained_run, tmp_path_factory) -> Path:
-    """The trained run exported as <base>/1 (the folder TF Serving would be pointed at: .parent)."""
+    """The trained run exported as <base>/1 (the folder TF Serving would be pointed at: .parent):
+    for tests that judge the served captions' quality (contract tests: untrained_export)."""
     from export.saved_model import export_run
     base = tmp_path_factory.mktemp("models") / "captioner"
     return export_run(trained_run.run, base, "auto")

@@ -1,18 +1,20 @@
-"""The whole path with the real model: train (shared fixture) -> export -> the development server
-(TF Serving's API) -> REST client, gRPC client and the Gradio app (gradio_client
-and a real headless Chromium) all return the in-process model's captions."""
+"""The whole path with a real export: a run folder (an untrained one: what is checked is that every
+stage passes the model's answers on unchanged, not their quality) -> export -> the development
+server (TF Serving's API) -> REST client, gRPC client and the Gradio app (gradio_client and a real
+headless Chromium) all return the in-process model's captions."""
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from data.feature_cache import load_features
 from data.layouts import load_dataset
 from data.splits import split_dataset
 from model.evaluate import caption_features
 from model.run_dir import load_run
 from serving.client import GrpcClient, RestClient
-from tests.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, AppProcess, running_server
+from tests.helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, AppProcess, encoder_features,
+                           in_process_alternatives, running_server)
 
 # Full tier only: the whole path again through a server process and a browser (~25 s); the fast
 # tier covers each piece (export, C++ loader, client, page) on its own.
@@ -21,41 +23,52 @@ NUM_IMAGES = 12
 
 
 @pytest.fixture(scope="module")
-def expected(trained_run):
-    """Test-split image files and the in-process greedy/beam captions from cached features."""
-    images = split_dataset(load_dataset(trained_run.data))["test"][:NUM_IMAGES]
-    names, features = load_features(trained_run.cache, [i.name for i in images])
-    run = load_run(trained_run.run)
+def exported(untrained_export):
+    return untrained_export()
+
+
+@pytest.fixture(scope="module")
+def expected(exported):
+    """Test-split image files and the in-process greedy/beam captions (and beam search's
+    alternatives) from features computed in this process."""
+    images = split_dataset(load_dataset(exported.data))["test"][:NUM_IMAGES]
+    run = load_run(exported.run)
+    features = encoder_features(run, [i.path for i in images])
     captioner = run.load_captioner()
     greedy, _ = caption_features(captioner, run.vocabulary.tokens, features, run.decode_config,
                                  "greedy", progress=False)
     beam, _ = caption_features(captioner, run.vocabulary.tokens, features, run.decode_config,
                                "beam", progress=False)
-    return images, greedy, beam
+    return images, greedy, beam, in_process_alternatives(run, features)
 
 
 @pytest.fixture(scope="module")
-def server(exported_model, tmp_path_factory):
+def server(exported, tmp_path_factory):
     logs = tmp_path_factory.mktemp("e2e")
-    with running_server(str(logs / "server.log"), base=str(exported_model.parent)) as server:
+    with running_server(str(logs / "server.log"), base=str(exported.path.parent)) as server:
         yield server
 
 
 def test_rest_and_grpc_return_the_in_process_captions(server, expected):
-    images, greedy, beam = expected
+    images, greedy, beam, alternatives = expected
     payload = [image.path.read_bytes() for image in images]
     with RestClient(server.rest_url) as rest, GrpcClient(server.grpc_target) as grpc:
         for client in (rest, grpc):
             got = client.caption(payload)
             assert [r.error for r in got] == [""] * len(images)
             assert [r.caption for r in got] == greedy
-            assert [r.caption for r in client.caption(payload, "beam_search")] == beam
+            beams = client.caption(payload, "beam_search")
+            assert [r.caption for r in beams] == beam
+            assert [[c for c, _ in r.alternatives] for r in beams] == \
+                [[c for c, _ in a] for a in alternatives]
+            np.testing.assert_allclose([[s for _, s in r.alternatives] for r in beams],
+                                       [[s for _, s in a] for a in alternatives], atol=1e-4)
         assert rest.status() == grpc.status()
 
 
 def test_gradio_app_and_browser_show_the_model_caption(server, expected, tmp_path):
     from gradio_client import Client, handle_file
-    images, greedy, beam = expected
+    images, greedy, beam, _ = expected
     app = AppProcess(server.rest_url, str(tmp_path / "app.log"))
     try:
         client = Client(app.url, verbose=False)
@@ -86,22 +99,25 @@ def test_gradio_app_and_browser_show_the_model_caption(server, expected, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def attention_server(exported_attention_model, tmp_path_factory):
+def attention_export(untrained_export):
+    return untrained_export("attention")
+
+
+@pytest.fixture(scope="module")
+def attention_server(attention_export, tmp_path_factory):
     logs = tmp_path_factory.mktemp("e2e-attention")
-    with running_server(str(logs / "server.log"), base=str(exported_attention_model.parent)) as server:
+    with running_server(str(logs / "server.log"), base=str(attention_export.path.parent)) as server:
         yield server
 
 
-def test_attention_model_serves_maps_to_clients_and_the_page(attention_server,
-                                                             exported_attention_model,
-                                                             trained_attention_run, tmp_path):
-    """The real attention export: REST and gRPC return its per-word maps exactly as the model
+def test_attention_model_serves_maps_to_clients_and_the_page(attention_server, attention_export,
+                                                             tmp_path):
+    """A real attention export: REST and gRPC return its per-word maps exactly as the model
     computes them in TF Serving's session path, and the page draws them in a real browser."""
-    import numpy as np
     from export.artifact import SessionModel
-    images = split_dataset(load_dataset(trained_attention_run.data))["test"][:4]
+    images = split_dataset(load_dataset(attention_export.data))["test"][:4]
     payload = [image.path.read_bytes() for image in images]
-    with SessionModel(exported_attention_model) as session:
+    with SessionModel(attention_export.path) as session:
         direct = session.caption(payload)
     with RestClient(attention_server.rest_url) as rest, GrpcClient(attention_server.grpc_target) as grpc:
         for client in (rest, grpc):

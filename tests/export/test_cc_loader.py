@@ -1,7 +1,8 @@
 """Every kind of export, loaded by TensorFlow's C++ SavedModel loader (the one TF Serving calls)
 through the C API in a process without TensorFlow's Python package (export/cc_loader.py), gives
-the same per-image captions and errors as the in-process TF1 session; both loaders refuse the same
-mistakes with the same errors; and the export stores each weight once."""
+the same per-image captions, alternatives and errors as the in-process TF1 session; both loaders
+refuse the same mistakes with the same errors; and the export stores each weight once. Contract
+tests: untrained exports (tests/conftest.py: untrained_export) of every kind."""
 import io
 import json
 import os
@@ -18,45 +19,23 @@ from PIL import Image
 from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, ERROR_PIXELS
 from data.layouts import load_dataset
 from data.splits import split_dataset
-from export.artifact import SessionModel
-from export.saved_model import ExportConfig, export_run
+from export.artifact import SessionModel, export_settings
 from model.encoder import build_encoder
 from model.run_dir import load_run
-from tests.helpers import REPO, huge_png_header
+from model.decoding import DecodeConfig
+from tests.helpers import REPO, encoder_features, huge_png_header, in_process_alternatives
 
 IMAGE_SIGNATURES = ("serving_default", "beam_search")
 
-
-def shared_export(request, base: Path) -> Path:
-    return request.getfixturevalue("exported_model")
-
-
-def exported_with(config: ExportConfig):
-    def export(request, base: Path) -> Path:
-        run = request.getfixturevalue("trained_run").run
-        return export_run(run, base, "auto", config, warmup_images=[])
-    return export
-
-
-# Export kinds the C++ loader must run: name -> (pytest request, empty model base) -> version dir.
-# A new kind (a 16-bit precision export, an attention model from its own trained-run fixture) is one
-# more entry here, and every test taking `export_dir` covers it.
-def precision_export(precision: str):
-    def export(request, base: Path) -> Path:
-        return request.getfixturevalue("precision_export")(precision)
-    return export
-
-
-def attention_export(request, base: Path) -> Path:
-    return request.getfixturevalue("exported_attention_model")
-
-
+# Export kinds the C++ loader must run: name -> untrained_export's arguments. A new kind (another
+# precision, family or decode setting) is one more entry here, and every test taking `export_dir`
+# covers it.
 EXPORT_KINDS = {
-    "default": shared_export,
-    "attention": attention_export,
-    "beam2_max12": exported_with(ExportConfig(beam_width=2, max_new_tokens=12)),
-    "float16": precision_export("float16"),
-    "bfloat16": precision_export("bfloat16"),
+    "default": {},
+    "attention": {"family": "attention"},
+    "beam2_max12": {"beam_width": 2, "max_new_tokens": 12, "warmup_images": 0},
+    "float16": {"precision": "float16"},
+    "bfloat16": {"precision": "bfloat16"},
 }
 SLOW_KINDS = {"beam2_max12", "float16", "bfloat16", "attention"}  # the default export runs in the fast tier
 
@@ -64,9 +43,18 @@ SLOW_KINDS = {"beam2_max12", "float16", "bfloat16", "attention"}  # the default 
 @pytest.fixture(scope="module", params=[
     pytest.param(kind, marks=[pytest.mark.slow] if kind in SLOW_KINDS else [])
     for kind in sorted(EXPORT_KINDS)])
-def export_dir(request, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp(request.param) / "captioner"
-    return EXPORT_KINDS[request.param](request, base)
+def export_kind(request, untrained_export):
+    return untrained_export(**EXPORT_KINDS[request.param])
+
+
+@pytest.fixture(scope="module")
+def export_dir(export_kind) -> Path:
+    return export_kind.path
+
+
+@pytest.fixture(scope="module")
+def default_export(untrained_export) -> Path:
+    return untrained_export().path
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -80,8 +68,8 @@ HOSTILE_ERRORS = ["", ERROR_EMPTY, ERROR_FORMAT, ERROR_CORRUPT, "", ERROR_FORMAT
 
 
 @pytest.fixture(scope="module")
-def hostile_files(trained_run, tmp_path_factory) -> list[Path]:
-    good = [i.path for i in split_dataset(load_dataset(trained_run.data))["test"][:3]]
+def hostile_files(small_builtin, tmp_path_factory) -> list[Path]:
+    good = [i.path for i in split_dataset(load_dataset(small_builtin))["test"][:3]]
     png = encode(Image.open(good[0]).convert("RGB"), "PNG")
     contents = [good[0].read_bytes(), b"", b"plain text, not an image\n", png[: len(png) // 2],
                 png, encode(Image.new("RGB", (8, 8)), "TIFF"), huge_png_header(20000, 20000),
@@ -99,7 +87,7 @@ def cc_loader_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, hostile_files):
+def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, export_kind, hostile_files):
     result = cc_loader_cli(str(export_dir), "--image", *map(str, hostile_files),
                            "--signature", *IMAGE_SIGNATURES, "--json")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -114,6 +102,22 @@ def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, hostile_files):
             assert [r["caption"] for r in rows] == [e.caption for e in expected]
             np.testing.assert_allclose([r["log_prob"] for r in rows], [e.log_prob for e in expected],
                                        rtol=1e-5, atol=1e-5)
+            # beam_search's alternatives, every beam best first; none for a bad image or greedy
+            assert [[a["caption"] for a in r["alternatives"]] for r in rows] == \
+                [[c for c, _ in e.alternatives] for e in expected]
+            np.testing.assert_allclose([a["score"] for r in rows for a in r["alternatives"]],
+                                       [s for e in expected for _, s in e.alternatives],
+                                       rtol=1e-5, atol=1e-5)
+            width = export_settings(export_dir)["decode"]["beam_width"] if signature == "beam_search" else 0
+            assert [len(r["alternatives"]) for r in rows] == [0 if e else width for e in HOSTILE_ERRORS]
+            assert all(r["alternatives"][0]["caption"] == r["caption"] for r in rows if r["alternatives"])
+            if signature == "beam_search" and export_kind.precision == "float32":
+                # and they are what the decoder computes in process, from the same images
+                run, good = load_run(export_kind.run), [i for i, e in enumerate(HOSTILE_ERRORS) if not e]
+                decode = DecodeConfig(**export_settings(export_dir)["decode"])
+                features = encoder_features(run, [hostile_files[i] for i in good])
+                assert [[a["caption"] for a in rows[i]["alternatives"]] for i in good] == \
+                    [[c for c, _ in a] for a in in_process_alternatives(run, features, decode)]
             if expected[0].attention is not None:  # the attention export's per-word maps
                 np.testing.assert_allclose([r["attention"] for r in rows],
                                            [e.attention for e in expected], atol=1e-5)
@@ -123,10 +127,10 @@ def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, hostile_files):
             assert all(r["caption"] for r in rows if not r["error"])  # real captions
 
 
-def test_cc_loader_runs_without_tensorflow_python_and_reports_errors(exported_model, tmp_path):
+def test_cc_loader_runs_without_tensorflow_python_and_reports_errors(default_export, tmp_path):
     script = ("import sys, numpy as np\n"
               "from export.cc_loader import CcSavedModel\n"
-              f"with CcSavedModel({str(exported_model)!r}) as m:\n"
+              f"with CcSavedModel({str(default_export)!r}) as m:\n"
               "    out = m.run('caption_features', {'features': np.zeros([2, 2048], np.float32)})\n"
               "print(len(out['caption']), 'tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
@@ -181,15 +185,15 @@ if __name__ == "__main__":
 """
 
 
-def test_both_loaders_refuse_the_same_mistakes_alike(exported_model, tmp_path):
+def test_both_loaders_refuse_the_same_mistakes_alike(default_export, tmp_path):
     script = tmp_path / "mistakes.py"
     script.write_text(MISTAKES_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), str(exported_model)], cwd=REPO,
+    result = subprocess.run([sys.executable, str(script), str(default_export)], cwd=REPO,
                             capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr[-3000:]
     cc = json.loads(result.stdout)
-    session = json.loads(json.dumps(runpy.run_path(str(script))["attempt"](SessionModel, str(exported_model))))
+    session = json.loads(json.dumps(runpy.run_path(str(script))["attempt"](SessionModel, str(default_export))))
     assert cc == session
     assert cc["load"] == ["export.contract.ModelLoadError", True]
     assert {case: kind for case, (kind, _) in cc.items() if case != "load"} == {
@@ -207,9 +211,9 @@ def stored_arrays(export_dir: Path) -> dict[str, list[int]]:
         str(export_dir / "variables" / "variables")) if name.endswith("VARIABLE_VALUE")}
 
 
-def test_every_weight_is_stored_once(exported_model, trained_run):
-    run = load_run(trained_run.run)
+def test_every_weight_is_stored_once(untrained_export):
+    run = load_run(untrained_export().run)
     encoder, captioner = build_encoder(run.encoder_config), run.load_captioner()
     expected = encoder.count_params() + captioner.count_params()
-    arrays = stored_arrays(exported_model)
+    arrays = stored_arrays(untrained_export().path)
     assert sum(int(np.prod(shape)) for shape in arrays.values()) == expected

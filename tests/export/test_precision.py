@@ -1,5 +1,13 @@
 """16-bit arithmetic: the server's bfloat16 rewrite on the float32 export, float16/bfloat16 exports
-under the full export contract, and mixed_bfloat16 training. Real TensorFlow, real exports."""
+under the full export contract, and mixed_bfloat16 training. Real TensorFlow, real exports.
+
+The contract (signatures, per-item outputs, the rewrite served as computed, stock ops, warmup)
+is tested on untrained exports (tests/conftest.py: untrained_export). 16-bit captions mostly
+agreeing with float32's needs the trained run: an untrained model's next-word scores are so close
+that rounding changes many of its captions. Measured on the 8 test images of the fast tier's data,
+untrained runs: the server's bfloat16 mode agreed with float32 on 0 of 8 pooled captions (5 of 8
+attention), a bfloat16 export on 5 of 8 pooled (6 of 8 attention), a float16 export on 7 of 8
+(8 of 8): under MIN_AGREEMENT or next to it, so no test of quality."""
 import io
 import json
 import subprocess
@@ -15,6 +23,7 @@ from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT
 from data.layouts import load_dataset
 from data.splits import split_dataset
 from export.artifact import WARMUP, SessionModel, session_config
+from export.contract import ALTERNATIVE_SCORES, ALTERNATIVES
 from export.inspect import export_precision
 from export.precision import check_export_precision, mixed_policy
 from tests.helpers import REPO, SIGNATURES, graph_ops, running_server, unregistered_ops
@@ -27,8 +36,15 @@ MIN_AGREEMENT = 0.7
 
 
 @pytest.fixture(scope="module")
-def test_images(trained_run):
-    return split_dataset(load_dataset(trained_run.data))["test"]
+def test_images(small_builtin):
+    """The test split of the data every run here (trained or not) is made from."""
+    return split_dataset(load_dataset(small_builtin))["test"]
+
+
+@pytest.fixture(scope="module")
+def untrained_model(untrained_export):
+    """The float32 untrained export (pooled): what the contract tests of 16-bit arithmetic use."""
+    return untrained_export().path
 
 
 def greedy_captions(model: SessionModel, images) -> list[str]:
@@ -60,6 +76,10 @@ def assert_per_item_outputs(model: SessionModel, images):
         assert captions[0] and captions[0] == captions[4]
         assert captions[1:4] == ["", "", ""]
         assert out["log_prob"].dtype == np.float32 and np.all(np.isfinite(out["log_prob"]))
+        if signature == "beam_search":
+            assert (out[ALTERNATIVES][1:4] == b"").all() and not out[ALTERNATIVE_SCORES][1:4].any()
+            assert out[ALTERNATIVES][0, 0].decode() == captions[0]
+            assert np.all(np.isfinite(out[ALTERNATIVE_SCORES]))
 
 
 # ---- settings -----------------------------------------------------------------------------------
@@ -101,8 +121,8 @@ def test_deployment_files_have_the_bfloat16_variant():
 # ---- the server's bfloat16 mode on the float32 export -------------------------------------------
 
 @pytest.fixture(scope="module")
-def bfloat16_session(exported_model):
-    model = SessionModel(exported_model, session_config("bfloat16"))
+def bfloat16_session(untrained_model):
+    model = SessionModel(untrained_model, session_config("bfloat16"))
     yield model
     model.close()
 
@@ -113,12 +133,12 @@ def test_server_bfloat16_mode_gives_valid_per_item_outputs(bfloat16_session, tes
 
 
 @pytest.mark.slow
-def test_server_bfloat16_mode_captions_mostly_agree(bfloat16_session, exported_model,
-                                                    test_images):
-    plain = SessionModel(exported_model)
-    expected = greedy_captions(plain, test_images)
-    plain.close()
-    got = greedy_captions(bfloat16_session, test_images)
+def test_server_bfloat16_mode_captions_mostly_agree(exported_model, test_images):
+    """Judges captions: the trained run's export."""
+    with SessionModel(exported_model) as plain:
+        expected = greedy_captions(plain, test_images)
+    with SessionModel(exported_model, session_config("bfloat16")) as bfloat16:
+        got = greedy_captions(bfloat16, test_images)
     assert all(got)
     share = agreement(got, expected)
     print(f"server bfloat16 mode: {share:.2f} of greedy captions identical to float32")
@@ -126,7 +146,7 @@ def test_server_bfloat16_mode_captions_mostly_agree(bfloat16_session, exported_m
 
 
 @pytest.mark.slow
-def test_development_server_applies_the_same_bfloat16_rewrite(bfloat16_session, exported_model,
+def test_development_server_applies_the_same_bfloat16_rewrite(bfloat16_session, untrained_model,
                                                               test_images, tmp_path):
     """serving.model_server --mixed_precision=bfloat16 (the container's flag) serves what the
     rewritten session computes in process, image for image."""
@@ -134,21 +154,21 @@ def test_development_server_applies_the_same_bfloat16_rewrite(bfloat16_session, 
     images = test_images[:8]
     expected = greedy_captions(bfloat16_session, images)
     with running_server(str(tmp_path / "server.log"), "--mixed_precision=bfloat16",
-                        "--file_system_poll_wait_seconds=0", base=str(exported_model.parent)) as server:
+                        "--file_system_poll_wait_seconds=0", base=str(untrained_model.parent)) as server:
         with RestClient(server.rest_url, batch_size=8, timeout=120) as client:
             got = [r.caption for r in client.caption([i.path.read_bytes() for i in images])]
     assert got == expected
 
 
 @pytest.mark.slow
-def test_inspect_shows_precision_and_takes_the_server_flag(exported_model, test_images):
-    result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported_model),
+def test_inspect_shows_precision_and_takes_the_server_flag(untrained_model, test_images):
+    result = subprocess.run([sys.executable, "-m", "export.inspect", str(untrained_model),
                              "--image", str(test_images[0].path), "--mixed_precision", "bfloat16"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "precision: float32  session mixed_precision: bfloat16" in result.stdout
     assert "ERROR" not in result.stdout.strip().splitlines()[-1]
-    result = subprocess.run([sys.executable, "-m", "export.inspect", str(exported_model),
+    result = subprocess.run([sys.executable, "-m", "export.inspect", str(untrained_model),
                              "--mixed_precision", "float16"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and "invalid choice" in result.stderr
@@ -157,18 +177,18 @@ def test_inspect_shows_precision_and_takes_the_server_flag(exported_model, test_
 # ---- float16 / bfloat16 exports -----------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=["float16", "bfloat16"])
-def export_16bit(request, precision_export):
+def export_16bit(request, untrained_export):
     precision = request.param
-    version_dir = precision_export(precision)
+    version_dir = untrained_export(precision=precision).path
     model = SessionModel(version_dir)
     yield precision, version_dir, model
     model.close()
 
 
 @pytest.mark.slow
-def test_16bit_export_keeps_the_contract(export_16bit, exported_model, test_images):
+def test_16bit_export_keeps_the_contract(export_16bit, untrained_model, test_images):
     precision, version_dir, model = export_16bit
-    float32 = SessionModel(exported_model)
+    float32 = SessionModel(untrained_model)
     for name in SIGNATURES:  # same inputs and outputs, names and dtypes, as float32's
         for kind in ("inputs", "outputs"):
             ours, theirs = getattr(model.signatures[name], kind), getattr(float32.signatures[name], kind)
@@ -176,13 +196,21 @@ def test_16bit_export_keeps_the_contract(export_16bit, exported_model, test_imag
                    {k: (v.dtype, str(v.tensor_shape)) for k, v in theirs.items()}
     assert model.signatures["serving_default"].outputs["log_prob"].dtype == \
         tf.float32.as_datatype_enum
-    share = agreement(greedy_captions(model, test_images), greedy_captions(float32, test_images))
     float32.close()
-    print(f"{precision} export: {share:.2f} of greedy captions identical to float32's")
-    assert share >= MIN_AGREEMENT
     assert_per_item_outputs(model, test_images)
     settings = json.loads((version_dir / "assets" / "export_settings.json").read_text())
     assert settings["precision"] == precision == export_precision(version_dir)  # inspect shows it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_16bit_export_captions_mostly_agree(precision, precision_export, exported_model,
+                                            test_images):
+    """Judges captions: the trained run exported in 16 bits and in float32."""
+    with SessionModel(precision_export(precision)) as model, SessionModel(exported_model) as float32:
+        share = agreement(greedy_captions(model, test_images), greedy_captions(float32, test_images))
+    print(f"{precision} export: {share:.2f} of greedy captions identical to float32's")
+    assert share >= MIN_AGREEMENT
 
 
 @pytest.mark.slow

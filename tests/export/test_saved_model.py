@@ -1,5 +1,6 @@
 """The exported SavedModel, run as TF Serving runs it: the C++ loader into a TF1 session,
-signatures fed and fetched by tensor names."""
+signatures fed and fetched by tensor names. Contract tests, on untrained exports of both families
+(tests/conftest.py: untrained_export): what is served equals what the run computes in process."""
 import io
 import json
 import signal
@@ -14,34 +15,33 @@ import tensorflow as tf
 from PIL import Image
 
 from data.images import ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT, ERROR_PIXELS
-from data.feature_cache import load_features
 from data.layouts import load_dataset
 from data.splits import split_dataset
 from export.artifact import WARMUP, SessionModel
+from export.contract import ALTERNATIVE_SCORES, ALTERNATIVES
 from model.evaluate import caption_features
 from model.run_dir import load_run
-from tests.helpers import REPO, SIGNATURES, graph_ops, unregistered_ops
-
-
+from tests.helpers import (REPO, SIGNATURES, encoder_features, graph_ops, in_process_alternatives,
+                           unregistered_ops)
 
 # Both model families honour the whole contract; the attention export adds its `attention` output.
-FAMILIES = {"pooled": ("trained_run", "exported_model"),
-            "attention": ("trained_attention_run", "exported_attention_model")}
+FAMILIES = ("attention", "pooled")
+BEAM_WIDTH = 3  # the run's default decode setting, which the exports keep
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(scope="module", params=FAMILIES)
 def family(request) -> str:
     return request.param
 
 
 @pytest.fixture(scope="module")
-def trained(request, family):
-    return request.getfixturevalue(FAMILIES[family][0])
+def untrained(untrained_export, family):
+    return untrained_export(family)
 
 
 @pytest.fixture(scope="module")
-def exported(request, family) -> Path:
-    return request.getfixturevalue(FAMILIES[family][1])
+def exported(untrained) -> Path:
+    return untrained.path
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +52,10 @@ def session_model(exported):
 
 
 @pytest.fixture(scope="module")
-def test_split(trained):
-    images = split_dataset(load_dataset(trained.data))["test"]
-    names, features = load_features(trained.cache, [i.name for i in images])
-    assert names == [i.name for i in images]
-    return images, np.asarray(features, np.float32)  # the attention cache holds float16
+def test_split(untrained):
+    """The test images and their encoder features, computed in this process."""
+    images = split_dataset(load_dataset(untrained.data))["test"]
+    return images, encoder_features(load_run(untrained.run), [i.path for i in images])
 
 
 def encode(image, fmt, **kwargs):
@@ -72,7 +71,8 @@ def test_signatures_match_the_contract(session_model, family):
         sig = sigs[name]
         assert sig.method_name == "tensorflow/serving/predict"
         maps = family == "attention" and name != "caption_features"
-        assert set(sig.outputs) == {"caption", "log_prob", "error"} | ({"attention"} if maps else set())
+        beams = {ALTERNATIVES, ALTERNATIVE_SCORES} if name == "beam_search" else set()
+        assert set(sig.outputs) == {"caption", "log_prob", "error"} | ({"attention"} if maps else set()) | beams
         assert sig.outputs["caption"].dtype == tf.string.as_datatype_enum
         assert sig.outputs["log_prob"].dtype == tf.float32.as_datatype_enum
         for info in sig.outputs.values():
@@ -81,6 +81,11 @@ def test_signatures_match_the_contract(session_model, family):
             attention = sig.outputs["attention"]
             assert attention.dtype == tf.float32.as_datatype_enum
             assert [d.size for d in attention.tensor_shape.dim] == [-1, 30, 7, 7]
+        if beams:  # batch-major too: [batch, beam_width]
+            assert sig.outputs[ALTERNATIVES].dtype == tf.string.as_datatype_enum
+            assert sig.outputs[ALTERNATIVE_SCORES].dtype == tf.float32.as_datatype_enum
+            for output in beams:
+                assert [d.size for d in sig.outputs[output].tensor_shape.dim] == [-1, BEAM_WIDTH]
     image_input = sigs["serving_default"].inputs["image_bytes"]
     assert image_input.dtype == tf.string.as_datatype_enum
     assert [d.size for d in image_input.tensor_shape.dim] == [-1]
@@ -88,9 +93,9 @@ def test_signatures_match_the_contract(session_model, family):
     assert features == ([-1, 7, 7, 2048] if family == "attention" else [-1, 2048])
 
 
-def test_served_captions_equal_in_process_greedy(session_model, trained, test_split):
+def test_served_captions_equal_in_process_greedy(session_model, untrained, test_split):
     images, features = test_split
-    run = load_run(trained.run)
+    run = load_run(untrained.run)
     expected, expected_lp = caption_features(run.load_captioner(), run.vocabulary.tokens, features,
                                              run.decode_config, "greedy", progress=False)
     served = session_model.caption([i.path.read_bytes() for i in images])
@@ -100,36 +105,47 @@ def test_served_captions_equal_in_process_greedy(session_model, trained, test_sp
     from_features = session_model.run("caption_features", {"features": features})
     assert [c.decode() for c in from_features["caption"]] == expected
     assert all(c for c in expected)  # real, non-empty captions
+    assert all(r.alternatives == [] for r in served)  # greedy: one caption per image
 
 
-def test_beam_signature_equals_in_process_beam(session_model, trained, test_split):
+def test_beam_signature_equals_in_process_beam(session_model, untrained, test_split):
     images, features = test_split
-    run = load_run(trained.run)
+    run = load_run(untrained.run)
     expected, _ = caption_features(run.load_captioner(), run.vocabulary.tokens, features[:8],
                                    run.decode_config, "beam", progress=False)
     served = session_model.caption([i.path.read_bytes() for i in images[:8]], "beam_search")
     assert [r.caption for r in served] == expected
+    # Every beam, best first, with its length-normalised log-prob: the in-process decoder's.
+    alternatives = in_process_alternatives(run, features[:8])
+    assert [[c for c, _ in r.alternatives] for r in served] == [[c for c, _ in a] for a in alternatives]
+    np.testing.assert_allclose([[s for _, s in r.alternatives] for r in served],
+                               [[s for _, s in a] for a in alternatives], atol=1e-4)
+    for result in served:
+        assert len(result.alternatives) == BEAM_WIDTH and result.alternatives[0][0] == result.caption
+        scores = [s for _, s in result.alternatives]
+        assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
 
 
 @pytest.mark.parametrize("signature, method", [("serving_default", "greedy"),
                                                ("beam_search", "beam")])
-def test_served_attention_is_the_decoders_per_word_maps(exported_attention_model,
-                                                       trained_attention_run, signature, method):
-    images = split_dataset(load_dataset(trained_attention_run.data))["test"][:8]
-    _, features = load_features(trained_attention_run.cache, [i.name for i in images])
-    run = load_run(trained_attention_run.run)
-    captions, _, maps = caption_features(run.load_captioner(), run.vocabulary.tokens,
-                                         np.asarray(features, np.float32), run.decode_config,
-                                         method, progress=False, return_attention=True)
-    session = SessionModel(exported_attention_model)
+def test_served_attention_is_the_decoders_per_word_maps(untrained_export, signature, method):
+    attention = untrained_export("attention")
+    images = split_dataset(load_dataset(attention.data))["test"][:8]
+    run = load_run(attention.run)
+    features = encoder_features(run, [i.path for i in images])
+    captions, _, maps = caption_features(run.load_captioner(), run.vocabulary.tokens, features,
+                                         run.decode_config, method, progress=False,
+                                         return_attention=True)
+    session = SessionModel(attention.path)
     try:
         served = session.run(signature, {
             "image_bytes": np.array([i.path.read_bytes() for i in images], dtype=object)})
     finally:
         session.close()
     assert served["attention"].dtype == np.float32 and served["attention"].shape == (8, 30, 7, 7)
-    # In process the maps come from the float16 feature cache, served from the image itself:
-    # the rounding of the features (~1e-3 relative) moves the weights by up to ~1e-3.
+    assert [c.decode() for c in served["caption"]] == captions
+    # In process the features are computed in another graph (ResNet50's kernels may round
+    # differently for another batch layout), hence a tolerance.
     np.testing.assert_allclose(served["attention"], maps, atol=5e-3)
     for caption, rows in zip(served["caption"], served["attention"]):
         words = len(caption.split())
@@ -137,7 +153,7 @@ def test_served_attention_is_the_decoders_per_word_maps(exported_attention_model
         # one softmax per word and one for <end> (unless the caption hit the length limit)
         np.testing.assert_allclose(sums[:words], 1.0, rtol=1e-4)
         assert np.all(sums[words + 1:] == 0.0)
-        assert sums[words] == pytest.approx(1.0, rel=1e-4) or words == 30
+        assert words == 30 or sums[words] == pytest.approx(1.0, rel=1e-4)  # (row 30: none)
 
 
 def test_one_bad_image_never_fails_the_batch(session_model, test_split):
@@ -157,6 +173,14 @@ def test_one_bad_image_never_fails_the_batch(session_model, test_split):
         if "attention" in out:  # no maps for what was not captioned
             assert not out["attention"][1:6].any() and out["attention"][0].any()
             np.testing.assert_allclose(out["attention"][0], out["attention"][6], atol=1e-6)
+        if signature == "beam_search":  # the alternatives too: "" and 0 for what was not captioned
+            assert out[ALTERNATIVES].shape == out[ALTERNATIVE_SCORES].shape == (7, BEAM_WIDTH)
+            assert (out[ALTERNATIVES][1:6] == b"").all() and not out[ALTERNATIVE_SCORES][1:6].any()
+            assert out[ALTERNATIVES][0, 0].decode() == captions[0]
+            assert list(out[ALTERNATIVES][0]) == list(out[ALTERNATIVES][6])
+            results = session_model.caption(hostile, signature)
+            assert [len(r.alternatives) for r in results] == [BEAM_WIDTH, 0, 0, 0, 0, 0, BEAM_WIDTH]
+            assert [r.error for r in results] == errors
 
 
 def test_every_image_variant_is_captioned(session_model, test_split):
@@ -176,6 +200,9 @@ def test_every_image_variant_is_captioned(session_model, test_split):
 def test_empty_request(session_model):
     out = session_model.run("serving_default", {"image_bytes": np.array([], dtype=object)})
     assert out["caption"].shape == (0,) and out["error"].shape == (0,)
+    out = session_model.run("beam_search", {"image_bytes": np.array([], dtype=object)})
+    assert out["caption"].shape == (0,) and out[ALTERNATIVES].shape == (0, BEAM_WIDTH)
+    assert out[ALTERNATIVE_SCORES].shape == (0, BEAM_WIDTH)
 
 
 def test_every_op_is_a_stock_tensorflow_op(session_model):
@@ -209,12 +236,12 @@ def test_assets_and_warmup(exported, session_model, family):
 
 
 @pytest.mark.slow
-def test_version_auto_and_killed_export_leaves_no_version(trained_run, exported_model, tmp_path):
+def test_version_auto_and_killed_export_leaves_no_version(untrained_run, tmp_path):
     base = tmp_path / "captioner"
     base.mkdir()
     (base / "7").mkdir()  # an existing version: auto must take 8
     process = subprocess.Popen([sys.executable, "-m", "export.saved_model", "--run-dir",
-                                str(trained_run.run), "--model-base", str(base)], cwd=REPO,
+                                str(untrained_run), "--model-base", str(base)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not list(base.glob(".tmp-*/saved_model.pb")):
@@ -223,7 +250,7 @@ def test_version_auto_and_killed_export_leaves_no_version(trained_run, exported_
     process.wait()
     assert sorted(p.name for p in base.iterdir() if p.name.isdigit()) == ["7"]
     result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
-                             str(trained_run.run), "--model-base", str(base)], cwd=REPO,
+                             str(untrained_run), "--model-base", str(base)], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (base / "8" / "saved_model.pb").is_file()

@@ -15,6 +15,10 @@ softmax over the 7x7 cells of how close each cell's mean colour is to the named 
 lights up where that colour is); the other words' (and <end>'s) rows light up where it is not
 (uniform on a one-colour image). Computed in the graph, so tests can predict every map.
 
+beam_search also returns `alternatives` and `alternative_scores` [batch, BEAM_WIDTH], as every
+export does: the beam caption of the BEAM_WIDTH nearest palette colours, nearest first (so the
+first is `caption`), each with the log-softmax of its colour's score; "" and 0 for a bad image.
+
     python -m tests.serving.standin_model models/standin     # writes models/standin/1/
 """
 import argparse
@@ -25,8 +29,8 @@ import tensorflow as tf
 
 from data.images import decode_batch
 from export.artifact import publish_version
-from export.contract import (ATTENTION, BEAM_SEARCH, CAPTION_FEATURES, FEATURES_INPUT, IMAGE_INPUT,
-                             OUTPUTS, SERVING_DEFAULT)
+from export.contract import (ALTERNATIVE_SCORES, ALTERNATIVES, ATTENTION, BEAM_SEARCH,
+                             CAPTION_FEATURES, FEATURES_INPUT, IMAGE_INPUT, OUTPUTS, SERVING_DEFAULT)
 
 FEATURE_DIM = 2048
 # Palette the stand-in can name: (name, RGB).
@@ -41,6 +45,7 @@ _BGR_MEANS = (103.939, 116.779, 123.68)
 MAX_NEW_TOKENS = 30  # the attention output's rows, as an export's default decode setting
 GRID = 7  # attention cells per side, as ResNet50's last convolutional map at 224 px
 SHARPNESS = 20.0  # softmax logit per unit of squared RGB distance (0..1 scale): a clear peak
+BEAM_WIDTH = 3  # beam_search's alternatives per image, as an export's default decode setting
 
 
 def greedy_caption(colour: str) -> str:
@@ -83,19 +88,25 @@ class _StandIn:
         self.beam_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             keys, tf.constant([beam_caption(c) for c in COLOUR_NAMES])), default_value="")
 
-    def _caption_rgb(self, rgb01, table, errors):
-        """rgb01 [n, 3] in 0..1 -> contract outputs; failed items get caption "" and log_prob 0."""
-        logits = self.scorer(rgb01) * 20.0
-        best = tf.argmax(logits, axis=1)
-        log_prob = tf.reduce_max(tf.nn.log_softmax(logits, axis=1), axis=1)
+    def _caption_rgb(self, rgb01, table, errors, beams=False):
+        """rgb01 [n, 3] in 0..1 -> contract outputs; failed items get caption "" and log_prob 0.
+        beams: also the alternatives of the BEAM_WIDTH nearest colours."""
+        log_probs = tf.nn.log_softmax(self.scorer(rgb01) * 20.0, axis=1)
+        scores, nearest = tf.math.top_k(log_probs, BEAM_WIDTH)  # [n, BEAM_WIDTH], best first
         ok = tf.equal(errors, "")
-        return dict(zip(OUTPUTS, (tf.where(ok, table.lookup(best), ""), tf.where(ok, log_prob, 0.0), errors)))
+        captions = table.lookup(tf.cast(nearest, tf.int64))
+        outputs = dict(zip(OUTPUTS, (tf.where(ok, captions[:, 0], ""), tf.where(ok, scores[:, 0], 0.0),
+                                     errors)))
+        if beams:
+            outputs[ALTERNATIVES] = tf.where(ok[:, None], captions, "")
+            outputs[ALTERNATIVE_SCORES] = tf.where(ok[:, None], scores, 0.0)
+        return outputs
 
     def _caption_images(self, image_bytes, table, template):
         pixels, errors = decode_batch(image_bytes)  # [n, 224, 224, 3] BGR minus means
         bgr = tf.reduce_mean(pixels, axis=[1, 2]) + tf.constant(_BGR_MEANS)
         rgb01 = tf.reverse(bgr, axis=[1]) / 255.0
-        outputs = self._caption_rgb(rgb01, table, errors)
+        outputs = self._caption_rgb(rgb01, table, errors, beams=table is self.beam_table)
         if self.attention:
             outputs[ATTENTION] = self._attention(pixels, rgb01, errors, template)
         return outputs

@@ -1,7 +1,8 @@
 """The Gradio front end (serving.app) in a subprocess, talking to a real local model server: through
 gradio_client, and through a real headless Chromium (Debian's /usr/bin/chromium, driven by the
 playwright package) that uploads an image, clicks Caption, reads the caption and saves a screenshot
-to tests/artifacts/. With the attention stand-in, the page also shows the per-word heatmap strip."""
+to tests/artifacts/. With beam search the page lists every beam's caption and score under the
+caption; with the attention stand-in, it also shows the per-word heatmap strip."""
 import os
 
 import pytest
@@ -137,11 +138,44 @@ def test_browser_upload_and_caption(app, images, reference):
                 "() => document.querySelector('#captions textarea').value.length > 0", timeout=60000)
             caption = page.input_value("#captions textarea")
             strip_shown = page.locator("#attention-strip").is_visible()
+            beams_shown = page.locator("#alternatives").is_visible()
             page.screenshot(path=screenshot, full_page=True)
         finally:
             browser.close()
     assert caption == reference.caption([open(images["red"], "rb").read()])[0].caption
     assert not strip_shown  # pooled model: the page is as it always was
+    assert not beams_shown  # greedy: one caption, no list
+    assert os.path.getsize(screenshot) > 10000
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_browser_lists_beam_search_alternatives(app, images, reference):
+    from playwright.sync_api import sync_playwright
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    screenshot = os.path.join(ARTIFACTS, "serving_app_beams.png")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(app.url, wait_until="networkidle")
+            page.locator("#image input[type=file]").set_input_files(images["blue"])
+            page.locator("#image img").first.wait_for(timeout=30000)
+            page.get_by_label("beam search").check()
+            page.click("#caption-button")
+            page.locator("#alternatives textarea").wait_for(state="visible", timeout=60000)
+            page.wait_for_function(
+                "() => document.querySelector('#alternatives textarea').value.length > 0", timeout=30000)
+            caption = page.input_value("#captions textarea")
+            listed = page.input_value("#alternatives textarea").splitlines()
+            page.screenshot(path=screenshot, full_page=True)
+        finally:
+            browser.close()
+    expected = reference.caption([open(images["blue"], "rb").read()], "beam_search")[0]
+    assert caption == expected.caption and len(expected.alternatives) == 3
+    # under the caption, every beam best first with its score; the first is the caption
+    assert listed == [f"{rank}. {c}  ({s:.3f})" for rank, (c, s) in enumerate(expected.alternatives, 1)]
+    if IS_STANDIN:
+        assert listed[0].startswith("1. a picture that is mostly blue  (")
     assert os.path.getsize(screenshot) > 10000
 
 

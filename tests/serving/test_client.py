@@ -1,5 +1,6 @@
 """serving.client (library and CLI) against a real local server: same captions over REST and gRPC as
 in-process, clear exceptions, retries only where they make sense."""
+import json
 import signal
 import subprocess
 import sys
@@ -41,6 +42,13 @@ def test_captions_equal_in_process(client, reference):
         assert [(r.caption, r.error) for r in results] == [(e.caption, e.error) for e in expected]
         assert [r.log_prob for r in results] == pytest.approx([e.log_prob for e in expected], abs=1e-5)
         assert [r.ok for r in results] == [True, True, False]
+        # beam_search's beams, best first, as in process; none for greedy or for the bad image
+        assert [[c for c, _ in r.alternatives] for r in results] == [[c for c, _ in e.alternatives] for e in expected]
+        assert [s for r in results for _, s in r.alternatives] == \
+            pytest.approx([s for e in expected for _, s in e.alternatives], abs=1e-5)
+        widths = [len(r.alternatives) for r in results]
+        assert widths == ([3, 3, 0] if signature == "beam_search" else [0, 0, 0])
+        assert all(r.alternatives[0][0] == r.caption for r in results if r.alternatives)
 
 
 def test_pooled_results_have_no_attention(client):
@@ -206,12 +214,43 @@ def test_cli_captions_a_folder(server, reference, image_folder, transport):
 def test_cli_beam_search_status_and_metadata(server, image_folder):
     result = run_cli("--rest", server.rest_url, "--signature", "beam_search", str(image_folder / "red.png"))
     assert result.returncode == 0, result.stderr
-    if IS_STANDIN:
-        assert result.stdout.strip().endswith("\ta picture that is mostly red")
+    if IS_STANDIN:  # the caption's line (its beams follow: test_cli_lists_beam_search_alternatives)
+        assert result.stdout.splitlines()[0].endswith("\ta picture that is mostly red")
     status = run_cli("--rest", server.rest_url, "--status")
     assert status.returncode == 0 and '"AVAILABLE"' in status.stdout
     metadata = run_cli("--grpc", server.grpc_target, "--metadata")
     assert metadata.returncode == 0 and '"caption_features"' in metadata.stdout
+
+
+def test_cli_lists_beam_search_alternatives(server, reference, image_folder):
+    red, broken = str(image_folder / "red.png"), str(image_folder / "sub" / "broken.png")
+    result = run_cli("--rest", server.rest_url, "--signature", "beam_search", red, broken)
+    assert result.returncode == 1, result.stderr
+    good, bad = reference.caption([open(red, "rb").read(), open(broken, "rb").read()], "beam_search")
+    assert len(good.alternatives) == 3 and not bad.alternatives
+    assert result.stdout.splitlines() == [  # every beam under its caption, best first; none for an error
+        f"{red}\t{good.caption}", *(f"  {score:8.3f}  {caption}" for caption, score in good.alternatives),
+        f"{broken}\tERROR: {bad.error}"]
+
+
+@pytest.mark.parametrize("transport, signature", [("rest", "beam_search"), ("grpc", "beam_search"),
+                                                  pytest.param("rest", "serving_default", marks=pytest.mark.slow)])
+def test_cli_json_writes_one_object_per_image(server, reference, image_folder, transport, signature):
+    where = ["--rest", server.rest_url] if transport == "rest" else ["--grpc", server.grpc_target]
+    result = run_cli(*where, "--signature", signature, "--json", str(image_folder))
+    assert result.returncode == 1, result.stderr  # 1: one image could not be captioned
+    rows = [json.loads(line) for line in result.stdout.splitlines()]  # JSON lines
+    assert sorted(row["path"] for row in rows) == sorted(
+        str(image_folder / name) for name in ("red.png", "sub/blue.jpg", "sub/broken.png"))
+    for row in rows:
+        assert list(row) == ["path", "caption", "log_prob", "error", "alternatives"]
+        expected = reference.caption([open(row["path"], "rb").read()], signature)[0]
+        assert (row["caption"], row["error"]) == (expected.caption, expected.error)
+        assert row["log_prob"] == pytest.approx(expected.log_prob, abs=1e-5)
+        assert [(a["caption"], pytest.approx(a["score"], abs=1e-5)) for a in row["alternatives"]] == \
+            [(c, s) for c, s in expected.alternatives]
+        assert len(row["alternatives"]) == (3 if signature == "beam_search" and not row["error"] else 0)
+    assert [row["error"] != "" for row in rows].count(True) == 1
 
 
 @pytest.mark.parametrize("args, mentions", [

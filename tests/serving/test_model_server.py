@@ -71,8 +71,12 @@ def test_metadata_lists_the_contract_signatures(server):
         image_input = signatures[name]["inputs"]["image_bytes"]
         assert image_input["dtype"] == "DT_STRING"
         assert image_input["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
-        assert {k: v["dtype"] for k, v in signatures[name]["outputs"].items()} == {
-            "caption": "DT_STRING", "log_prob": "DT_FLOAT", "error": "DT_STRING"}
+        beams = {"alternatives": "DT_STRING", "alternative_scores": "DT_FLOAT"} if name == "beam_search" else {}
+        assert {k: v["dtype"] for k, v in signatures[name]["outputs"].items()
+                if k != "attention"} == {"caption": "DT_STRING", "log_prob": "DT_FLOAT", "error": "DT_STRING", **beams}
+        for output in beams:  # [batch, beam_width]
+            size = [int(d["size"]) for d in signatures[name]["outputs"][output]["tensor_shape"]["dim"]]
+            assert size[0] == -1 and len(size) == 2 and size[1] >= 1
     features = signatures["caption_features"]["inputs"]["features"]
     assert features["dtype"] == "DT_FLOAT"
     assert [d["size"] for d in features["tensor_shape"]["dim"]] == ["-1", "2048"]
@@ -110,6 +114,35 @@ def test_columnar_format_with_signature_name_and_version_path(server, reference)
     assert outputs["caption"] == [e.caption for e in expected]
     assert outputs["error"] == ["", ""]
     assert outputs["caption"] != [e.caption for e in reference.caption(images)]  # beam != greedy wording
+    assert outputs["alternatives"] == [[c for c, _ in e.alternatives] for e in expected]
+    assert np.allclose(outputs["alternative_scores"], [[s for _, s in e.alternatives] for e in expected], atol=1e-5)
+
+
+def test_beam_search_alternatives_in_rows_and_over_grpc(server, channel, reference):
+    """[batch, beam_width] outputs come back per row over REST and as [batch, beam_width] tensors
+    over gRPC; a bad image gets "" and 0 in every column (the client makes that [])."""
+    images = [image_bytes(RED), b"not an image", image_bytes(BLUE)]
+    expected = reference.run("beam_search", {"image_bytes": np.array(images, dtype=object)})
+    response = requests.post(model_url(server, ":predict"), timeout=30, json={
+        "signature_name": "beam_search", "instances": [b64(i) for i in images]})
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    assert [row["alternatives"] for row in rows] == [[c.decode() for c in r] for r in expected["alternatives"]]
+    assert np.allclose([row["alternative_scores"] for row in rows], expected["alternative_scores"], atol=1e-5)
+    assert rows[1]["alternatives"] == [""] * len(rows[0]["alternatives"]) and not any(rows[1]["alternative_scores"])
+    assert all(row["alternatives"][0] == row["caption"] for row in rows)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL_NAME
+    request.model_spec.signature_name = "beam_search"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    alternatives = tf.make_ndarray(response.outputs["alternatives"])
+    assert alternatives.shape == expected["alternatives"].shape and alternatives.shape[0] == 3
+    assert (alternatives == expected["alternatives"]).all()
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["alternative_scores"]),
+                               expected["alternative_scores"], atol=1e-5)
+    if IS_STANDIN:
+        assert rows[0]["alternatives"][:2] == ["a picture that is mostly red", "a picture that is mostly orange"]
 
 
 def test_columnar_unnamed_input_and_caption_features(server, reference):
