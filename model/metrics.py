@@ -181,6 +181,13 @@ def coco_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
     return _coco(*_prepare(references, predictions), meteor)
 
 
+def cider_d(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> float:
+    """pycocoevalcap's CIDEr-D alone (what validation during self-critical training watches)."""
+    clean_refs, clean_preds = _prepare(references, predictions)
+    gts = {i: refs for i, refs in enumerate(clean_refs)}
+    return float(Cider().compute_score(gts, {i: [p] for i, p in enumerate(clean_preds)})[0])
+
+
 def caption_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
                    meteor: MeteorScorer | None = None) -> dict:
     """All scores (NLTK BLEU and coco_scores) plus the number of images and references."""
