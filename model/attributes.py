@@ -172,11 +172,11 @@ def attribute_scores(scenes: Sequence, captions: Sequence[str]) -> dict:
 
 def attribute_line(label: str, scores: dict, label_width: int = 17) -> str:
     """One method's attribute scores as every command prints them:
-    `   greedy  right: colours 98.7%  shapes 76.0%  count 96.7%  size 99.3%  position 97.3%
-    (80 single shapes)  all 67.3% of 150 images`."""
+    `   greedy  states right: colours 98.7%  shapes 76.0%  count 96.7%  size 99.3%  position
+    97.3% of 75 single shapes  all 67.3% of 150 images`."""
     def share(name):
         return "-" if scores[name] is None else f"{100 * scores[name]:.1f}%"
     parts = [f"{name} {share(name)}" for name in ATTRIBUTES]
-    parts[-1] += f" ({scores['single_images']} single shapes)"
-    return (f"{label:>{label_width}}  right: " + "  ".join(parts)
+    parts[-1] += f" of {scores['single_images']} single shapes"
+    return (f"{label:>{label_width}}  states right: " + "  ".join(parts)
             + f"  all {share('all')} of {scores['images']} images")
