@@ -50,6 +50,10 @@ class CaptionDecoder:
             self._traced[key] = run
         return self._traced[key]
 
+    def tracing_counts(self) -> dict:
+        """{(method, return_attention): times traced}: once each, however often it is called."""
+        return {key: run.experimental_get_tracing_count() for key, run in self._traced.items()}
+
     def __call__(self, features: np.ndarray, method="greedy", batch_size=64, progress=True,
                  return_attention=False):
         """(captions list[str], log_probs np.ndarray [n]) for features [n, ...], plus with
@@ -138,10 +142,10 @@ def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), f
     return result
 
 
-def report_lines(result: dict) -> list[str]:
+def report_lines(result: dict, methods=("greedy", "beam", "majority_baseline")) -> list[str]:
     """What every command prints of an evaluation: a score line per method and the baseline,
     why METEOR was skipped if it was, and on the built-in data an attribute line per method."""
-    methods = [m for m in ("greedy", "beam", "majority_baseline") if m in result]
+    methods = [method for method in methods if method in result]
     lines = [score_line(method, result[method]) for method in methods]
     if result.get("meteor_skipped"):
         lines.append(f"METEOR skipped: {result['meteor_skipped']}")

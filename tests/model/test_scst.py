@@ -80,6 +80,8 @@ def test_fit_raises_the_reward_and_logs_like_cross_entropy_training(tmp_path):
         assert set(next(csv.reader(f))) == {"epoch", "loss", "reward", "val_cider_d"}
     fresh = small_captioner()  # the checkpoint is a plain captioner's weights: the best epoch's
     fresh.load_weights(weights)
+    # Validation decoded every epoch through one traced function, not one per epoch.
+    assert validation.decoder.tracing_counts() == {("greedy", False): 1}
     assert validation.score(fresh) == pytest.approx(max(history["val_cider_d"]), abs=1e-9)
 
 
