@@ -35,7 +35,9 @@ from model.train import train
 RUN_DIR = Path("runs/demo")
 SCST_DIR = Path("runs/demo-scst")
 MODEL_BASE = Path("models/captioner")
-SCST_EPOCHS = 2  # what fits the demo's time budget on 2 cores (docs/training.md)
+# One self-critical epoch at 4x the recipe's rate: in the demo's time budget on 2 cores it gains
+# more validation CIDEr-D than the recipe's 5e-5 does in one epoch (docs/training.md).
+SCST_EPOCHS, SCST_LEARNING_RATE = 1, 2e-4
 
 
 def later_stages(args) -> list[tuple[Path, dict]]:
@@ -44,7 +46,8 @@ def later_stages(args) -> list[tuple[Path, dict]]:
         (Path("runs/demo-fine-tune"), {"fine_tune_encoder": True}),"""
     stages = []
     if args.scst_epochs:
-        stages.append((SCST_DIR, {"scst": True, "epochs": args.scst_epochs}))
+        stages.append((SCST_DIR, {"scst": True, "epochs": args.scst_epochs,
+                                  "learning_rate": SCST_LEARNING_RATE}))
     return stages
 
 
