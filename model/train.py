@@ -453,15 +453,9 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
     write_json(paths.settings, settings)
 
     with strategy.scope():
-        captioner = build_captioner(model_config)
-        if init is not None:  # its standardiser's statistics come with its weights
-            captioner.load_weights(init.paths.weights)
-        elif captioner.feature_norm is not None:  # training images' statistics only
-            train_rows = sorted({row_of[i.name] for i in splits["train"] if i.name in row_of})
-            if spatial:  # reads the rows in chunks instead of copying 49 x 2048 values each
-                captioner.feature_norm.adapt(features, rows=train_rows)
-            else:
-                captioner.feature_norm.adapt(features[train_rows])
+        captioner = initial_captioner(model_config, init, features,
+                                      sorted({row_of[i.name] for i in splits["train"]
+                                              if i.name in row_of}))
         compile_for(captioner, config, fit, steps_per_epoch)
     start_score = starting_score(captioner, fit, paths) if init is not None else None
     log.info("%s training on %d replica(s), %d %s/epoch", recipe.stage,
@@ -488,6 +482,22 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
                                        dataset=dataset)
     write_json(paths.summary, summary)
     return summary
+
+
+def initial_captioner(model_config: ModelConfig, init: TrainedRun | None, features,
+                      train_rows: list[int]):
+    """The captioner a run starts with: the best weights of the run it starts from (its
+    standardiser's statistics come with them), or new weights whose standardiser holds the
+    training images' statistics."""
+    captioner = build_captioner(model_config)
+    if init is not None:
+        captioner.load_weights(init.paths.weights)
+    elif captioner.feature_norm is not None:
+        if model_config.attention:  # reads the rows in chunks, not 49 x 2048 values each at once
+            captioner.feature_norm.adapt(features, rows=train_rows)
+        else:
+            captioner.feature_norm.adapt(features[train_rows])
+    return captioner
 
 
 def compile_for(captioner, config: RunConfig, fit: Fit, steps_per_epoch: int) -> None:
