@@ -123,7 +123,8 @@ def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), f
         result["majority_baseline"] = majority_baseline(train_captions, references, meteor)
     if meteor.skipped:
         result["meteor_skipped"] = meteor.skipped
-    predictions["majority_baseline"] = [result["majority_baseline"]["majority_caption"]] * len(images)
+    majority = result["majority_baseline"]["majority_caption"]
+    predictions["majority_baseline"] = [majority] * len(images)
     scenes = builtin_scenes(dataset.root, [image.name for image in images])
     if scenes is not None:
         for method, captions in predictions.items():

@@ -51,10 +51,10 @@ def loss_curve_png(history_csv, out_png) -> None:
     """
     history = read_history(history_csv)
     has_val = "val_loss" in history and not np.all(np.isnan(history["val_loss"]))
+    title = ("Training and validation loss" if has_val
+             else "Training loss (no validation logged)")
     _curve_png(history, [("loss", "training loss"), ("val_loss", "validation loss")],
-               "val_loss" if has_val else "loss", "min", "loss",
-               "Training and validation loss" if has_val else "Training loss (no validation logged)",
-               out_png)
+               "val_loss" if has_val else "loss", "min", "loss", title, out_png)
 
 
 def reward_curve_png(history_csv, out_png) -> None:

@@ -37,7 +37,6 @@ from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig, EncoderWeightsError
 from model.features import default_cache_dir, ensure_features
 from model.history import best_logged, history_summary
-from model.metrics import score_line
 from model.plots import loss_curve_png, reward_curve_png
 from model.cider import CiderReferences, cider_references
 from model.presets import PRESETS, build_captioner, preset as chosen_preset

@@ -291,15 +291,11 @@ def test_weights_digest_names_the_file_content(tmp_path):
 
 
 
-@pytest.mark.slow
-def test_resume_after_kill(small_builtin, tmp_path):
-    """SIGKILL a run after its first epoch; the same command resumes from the backup."""
-    args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"), "--encoder-weights",
-            "random", "--cache-dir", str(tmp_path / "cache"), "--epochs", "6", "--patience", "6",
-            "--min-count", "2", "--batch-size", "64", "--no-eval"]
+def kill_after_two_epochs(args, history) -> int:
+    """Starts `python -m model.train *args`, SIGKILLs it once two epochs are in `history`;
+    returns how many epochs were logged by then."""
     process = subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    history = tmp_path / "run" / "history.csv"
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
         if history.is_file() and len(history.read_text().strip().splitlines()) >= 3:
@@ -308,18 +304,43 @@ def test_resume_after_kill(small_builtin, tmp_path):
     assert process.poll() is None, "training ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = len(history.read_text().strip().splitlines()) - 1
-    assert 2 <= killed_at < 6
-    assert (tmp_path / "run" / "backup").exists()
+    return len(history.read_text().strip().splitlines()) - 1
 
+
+def assert_resumed(history, epochs: int) -> None:
+    """Resumed where it was: epochs are never repeated from 0 and end at the last."""
+    with history.open() as f:
+        logged = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert logged[-1] == epochs - 1 and logged[0] == 0
+    assert sorted(set(logged)) == list(range(epochs))
+    assert len(logged) <= epochs + 1  # at most the interrupted epoch logged twice
+
+
+@pytest.mark.slow
+def test_resume_after_kill(small_builtin, tmp_path):
+    """SIGKILL a run after its first epoch; the same command resumes from the backup."""
+    args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"), "--encoder-weights",
+            "random", "--cache-dir", str(tmp_path / "cache"), "--epochs", "6", "--patience", "6",
+            "--min-count", "2", "--batch-size", "64", "--no-eval"]
+    history = tmp_path / "run" / "history.csv"
+    assert 2 <= kill_after_two_epochs(args, history) < 6
+    assert (tmp_path / "run" / "backup").exists()
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    with history.open() as f:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    # Resumed where it was: epochs are never repeated from 0 and end at the 6th.
-    assert epochs[-1] == 5 and epochs[0] == 0
-    assert sorted(set(epochs)) == list(range(6))
-    assert len(epochs) <= 6 + 1  # at most the interrupted epoch logged twice
+    assert_resumed(history, 6)
+
+
+@pytest.mark.slow
+def test_self_critical_stage_resumes_after_kill(trained_run, tmp_path):
+    args = ["--init-from", str(trained_run.run), "--scst", "--run-dir", str(tmp_path / "scst"),
+            "--epochs", "4", "--patience", "4", "--batch-size", "16", "--no-eval"]
+    history = tmp_path / "scst" / "history.csv"
+    assert 2 <= kill_after_two_epochs(args, history) < 4
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_resumed(history, 4)
+    assert "self-critical  epochs: " in result.stdout
+    assert not (tmp_path / "scst" / "backup").exists()
 
 
 MIRRORED = """
