@@ -41,10 +41,12 @@ SCST_EPOCHS, SCST_LEARNING_RATE = 1, 2e-4
 
 
 def later_stages(args) -> list[tuple[Path, dict]]:
-    """The stages after the cross-entropy run, each started from the one before it. The encoder
-    fine-tuning stage (--fine-tune-encoder) is switched on HERE, before the self-critical one:
-        (Path("runs/demo-fine-tune"), {"fine_tune_encoder": True}),"""
+    """(run folder, train() overrides) of the stages after the cross-entropy run, each started
+    from the one before it (init_from)."""
     stages = []
+    # FINE-TUNE: the one place the encoder fine-tuning stage is switched on, before the
+    # self-critical one, once --fine-tune-encoder exists and fits the time budget:
+    #     stages.append((Path("runs/demo-fine-tune"), {"fine_tune_encoder": True}))
     if args.scst_epochs:
         stages.append((SCST_DIR, {"scst": True, "epochs": args.scst_epochs,
                                   "learning_rate": SCST_LEARNING_RATE}))
