@@ -4,7 +4,7 @@
     python -m model.train --data ~/flickr30k --encoder-weights imagenet --run-dir runs/f30k
     python -m model.train --preset seed                     # the original project's exact model
     python -m model.train --preset attention --run-dir runs/attention   # Show, Attend and Tell
-    python -m model.train --init-from runs/builtin --scst --run-dir runs/builtin-scst  # CIDEr-D
+    python -m model.train --init-from runs/builtin --scst   # -> runs/builtin-self-critical
     TF_CONFIG=... python -m model.train --distribute multiworker --run-dir /shared/run  # per machine
 
 Kill it at any time and run the same command again: BackupAndRestore resumes at the last finished
@@ -536,8 +536,8 @@ def presets_text(width: int = 96) -> str:
                   "settings; --scst then sets:"]
     lines += textwrap.wrap(" ".join(f"{k}={v}" for k, v in SCST_RECIPE.items()), width,
                            initial_indent=" " * 12, subsequent_indent=" " * 12)
-    lines += ["  e.g. python -m model.train --init-from runs/builtin --scst "
-              "--run-dir runs/builtin-scst"]
+    lines += ["  e.g. python -m model.train --init-from runs/builtin --scst   "
+              "(writes runs/builtin-self-critical)"]
     return "\n".join(lines)
 
 
@@ -552,7 +552,9 @@ def parse_args(argv=None) -> dict:
     run = p.add_argument_group("run")
     run.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout) or a prepared "
                                     "TFDS data dir; omit for the built-in generated dataset")
-    run.add_argument("--run-dir", default="runs/builtin", help="where checkpoints and logs go")
+    run.add_argument("--run-dir", help="where checkpoints and logs go (default: runs/builtin; "
+                                       "a later stage: the run it starts from + -<stage>, e.g. "
+                                       "runs/builtin-self-critical)")
     run.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>, "
                                          "with -spatial for the attention family)")
     run.add_argument("--no-eval", dest="evaluate", action="store_false",
@@ -561,7 +563,19 @@ def parse_args(argv=None) -> dict:
     for section, (cls, prefix) in SECTIONS.items():
         add_flags(p.add_argument_group(f"{section} settings ({cls.__name__})"), cls,
                   prefix=prefix, shown=shown)
-    return vars(p.parse_args(argv))
+    args = vars(p.parse_args(argv))
+    if args["run_dir"] is None:
+        args["run_dir"] = default_run_dir(args.get("init_from"), args.get("scst", False))
+    return args
+
+
+def default_run_dir(init_from: str | None, scst: bool) -> str:
+    """runs/builtin; a later stage's own folder beside the run it starts from, named by its
+    stage (runs/builtin -> runs/builtin-self-critical), so it never writes into another run."""
+    if not init_from:
+        return "runs/builtin"
+    stage = TrainConfig(init_from=init_from, scst=scst).stage
+    return f"{str(init_from).rstrip('/')}-{stage}"
 
 
 def _worker_error_cause(message: str) -> str:

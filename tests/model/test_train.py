@@ -117,6 +117,9 @@ def test_flags_given_and_only_those_become_overrides():
     assert parse_args(["--clipnorm", "none"])["clipnorm"] is None
     assert parse_args(["--image-init-cell"])["image_init_cell"] is True
     assert parse_args(["--family", "attention"])["family"] == "attention"
+    # A later stage's own folder, beside the run it starts from: never runs/builtin.
+    assert parse_args(["--init-from", "runs/x/", "--scst"])["run_dir"] == "runs/x-self-critical"
+    assert parse_args(["--init-from", "runs/x"])["run_dir"] == "runs/x-cross-entropy"
 
 
 # --- a later stage: --init-from RUN [--scst] ---------------------------------------------------
