@@ -602,11 +602,11 @@ def main(argv=None):
         return WORKER_LOST_EXIT_CODE
     from model.evaluate import report_lines
     monitor = "val_cider_d" if summary["settings"]["train"]["scst"] else "val_loss"
+    best, start = summary.get("best_" + monitor), summary.get("start_" + monitor)
     print(f"run folder: {args['run_dir']}  {summary['settings']['stage']['name']}  epochs: "
           f"{summary['epochs']}  best epoch: {summary.get('best_epoch')}  best {monitor}: "
-          f"{summary.get('best_' + monitor)}"
-          + (f" (start {summary['start_' + monitor]:.4f})" if 'start_' + monitor in summary
-             else ""))
+          + ("-" if best is None else f"{best:.4f}")
+          + ("" if start is None else f" (the weights it started from: {start:.4f})"))
     if "test" in summary:
         print("\n".join(report_lines(summary["test"])))
     return 0
