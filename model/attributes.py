@@ -113,14 +113,14 @@ def _mentions(items) -> tuple[list[dict], list]:
         if kind not in ("noun", "generic"):
             continue
         plural = value[1] if kind == "noun" else value
-        j, colours = k - 1, []
+        j = k - 1
         while j >= 0 and items[j][0] in ("colour", "size"):
-            colours += [items[j][1]] if items[j][0] == "colour" else []
             j -= 1
+        colours = [word for category, word in items[j + 1:k] if category == "colour"]
         count = items[j][1] if j >= 0 and items[j][0] == "count" else (None if plural else 1)
-        if items[k + 1:k + 3] and [i[0] for i in items[k + 1:k + 3]] == ["word", "colour"] \
-                and items[k + 1][1] == "in":
-            colours.append(items[k + 2][1])
+        after = items[k + 1:k + 3]
+        if len(after) == 2 and after[0] == ("word", "in") and after[1][0] == "colour":
+            colours.append(after[1][1])
         if kind == "noun":
             mentions.append({"kind": value[0], "count": count, "colours": colours})
         else:
@@ -136,8 +136,8 @@ def check_caption(scene, caption: str) -> dict:
 def _check(scene, cleaned: str) -> dict:
     items = _items(cleaned.split())
     mentions, generic_counts = _mentions(items)
-    named = {kind: {value for k, value in items if k == kind} for kind in ("colour", "size",
-                                                                              "place")}
+    named = {category: {value for kind, value in items if kind == category}
+             for category in ("colour", "size", "place")}
     counts = [m["count"] for m in mentions]
     shapes = len(scene.shapes)
     result = {
