@@ -117,6 +117,12 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     return Scene(kind, size, None, (left, right))
 
 
+def scene_of(index: int, seed: int = 0) -> Scene:
+    """Image `index`'s scene (image_name(index)): the first draw of its generator, as
+    generate_builtin draws it."""
+    return sample_scene(np.random.default_rng([seed, index]))
+
+
 def _outline(item: Shape) -> list[tuple[float, float]]:
     """Polygon (or circle bounding box) of equal area, kept inside the image."""
     x, y, r = item.x, item.y, item.radius

@@ -1,6 +1,7 @@
-"""Evaluate a trained run on a split: corpus BLEU-1..4 over all references (NLTK), BLEU and CIDEr-D
-(pycocoevalcap), greedy and beam search, a JSON report and a PNG grid of samples (with each word's
-attention map for the attention model).
+"""Evaluate a trained run on a split, greedy and beam search against the majority baseline: the
+scores papers report (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D; model/metrics.py), on the built-in data
+the share of captions stating each attribute right (model/attributes.py), a JSON report, COCO
+results files and a PNG grid of samples (with each word's attention map for the attention model).
 
     python -m model.evaluate --run-dir runs/builtin [--data DIR] [--split test] [--methods greedy beam]
 """
@@ -17,7 +18,9 @@ from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset
 from model.decoding import DecodeConfig, decode_features, ids_to_captions, words_table
-from model.metrics import caption_scores, evaluation_report, majority_baseline, score_line
+from model.attributes import attribute_line, attribute_scores, builtin_scenes
+from model.metrics import (MeteorScorer, caption_scores, coco_results, evaluation_report,
+                           majority_baseline, score_line)
 from model.plots import sample_grid_png
 from model.run_dir import load_run
 
@@ -25,38 +28,68 @@ log = logging.getLogger("evaluate")
 NUM_SAMPLES = 9
 
 
+class CaptionDecoder:
+    """In-process captions of image features through the one in-graph decoder, traced once per
+    method for a captioner: evaluation and each epoch's validation reuse it (a tf.function made
+    per call would trace the decoding loops again every time)."""
+
+    def __init__(self, captioner, tokens, decode: DecodeConfig, feature_shape):
+        self.captioner, self.decode = captioner, decode
+        self.table = words_table(tokens=tokens)
+        self.spec = tf.TensorSpec([None, *feature_shape], tf.float32)
+        self._traced = {}
+
+    def _function(self, method: str, return_attention: bool):
+        key = (method, return_attention)
+        if key not in self._traced:
+            @tf.function(input_signature=[self.spec])
+            def run(batch):
+                ids, log_prob, *maps = decode_features(self.captioner, batch, self.decode,
+                                                       method, return_attention)
+                return (ids_to_captions(ids, self.table), log_prob, *maps)
+            self._traced[key] = run
+        return self._traced[key]
+
+    def tracing_counts(self) -> dict:
+        """{(method, return_attention): times traced}: once each, however often it is called."""
+        return {key: run.experimental_get_tracing_count() for key, run in self._traced.items()}
+
+    def __call__(self, features: np.ndarray, method="greedy", batch_size=64, progress=True,
+                 return_attention=False):
+        """(captions list[str], log_probs np.ndarray [n]) for features [n, ...], plus with
+        return_attention the per-word maps [n, max_new_tokens, 7, 7] (attention models)."""
+        run = self._function(method, return_attention)
+        captions, log_probs, attention = [], [], []
+        starts = range(0, len(features), batch_size)
+        for start in tqdm(starts, desc=f"{method} decoding", unit="batch", disable=not progress):
+            batch = np.asarray(features[start:start + batch_size], np.float32)  # float16 caches
+            text, log_prob, *maps = run(tf.constant(batch))
+            captions += [t.decode("utf-8") for t in text.numpy()]
+            log_probs.append(log_prob.numpy())
+            attention += [m.numpy() for m in maps]
+        log_probs = np.concatenate(log_probs) if log_probs else np.zeros([0], np.float32)
+        if not return_attention:
+            return captions, log_probs
+        grid = tuple(self.spec.shape[1:3])
+        empty = np.zeros([0, self.decode.max_new_tokens, *grid], np.float32)
+        return captions, log_probs, (np.concatenate(attention) if attention else empty)
+
+
 def caption_features(captioner, tokens, features: np.ndarray, decode: DecodeConfig,
                      method="greedy", batch_size=64, progress=True, return_attention=False):
-    """In-process captions for features [n, F] (or [n, 7, 7, F] for the attention model),
-    through the one in-graph decoder. Returns (captions list[str], log_probs np.ndarray [n]),
-    plus with return_attention the per-word maps [n, max_new_tokens, 7, 7] (attention models)."""
-    table = words_table(tokens=tokens)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, *features.shape[1:]], tf.float32)])
-    def run(batch):
-        ids, log_prob, *maps = decode_features(captioner, batch, decode, method, return_attention)
-        return (ids_to_captions(ids, table), log_prob, *maps)
-
-    captions, log_probs, attention = [], [], []
-    starts = range(0, len(features), batch_size)
-    for start in tqdm(starts, desc=f"{method} decoding", unit="batch", disable=not progress):
-        batch = np.asarray(features[start:start + batch_size], np.float32)  # float16 caches
-        text, log_prob, *maps = run(tf.constant(batch))
-        captions += [t.decode("utf-8") for t in text.numpy()]
-        log_probs.append(log_prob.numpy())
-        attention += [m.numpy() for m in maps]
-    log_probs = np.concatenate(log_probs) if log_probs else np.zeros([0], np.float32)
-    if not return_attention:
-        return captions, log_probs
-    grid = tuple(features.shape[1:3])
-    empty = np.zeros([0, decode.max_new_tokens, *grid], np.float32)
-    return captions, log_probs, (np.concatenate(attention) if attention else empty)
+    """One call of a CaptionDecoder made for it: captions of features [n, F] (or [n, 7, 7, F]
+    for the attention model). Returns (captions, log_probs [n]), plus with return_attention the
+    per-word maps [n, max_new_tokens, 7, 7]."""
+    decoder = CaptionDecoder(captioner, tokens, decode, features.shape[1:])
+    return decoder(features, method, batch_size, progress, return_attention)
 
 
 def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), features=None,
                  dataset=None) -> dict:
-    """Scores of every method on `split`, plus the caption-the-majority baseline; writes
-    evaluation/report.json and evaluation/samples.png in the run folder."""
+    """Scores of every method on `split`, plus the caption-the-majority baseline, with one METEOR
+    process for all of them, and on the built-in data the share of captions stating each
+    attribute right (model/attributes.py). Writes evaluation/report.json, one COCO results file
+    per method (evaluation/captions_<method>.json) and evaluation/samples.png."""
     run = load_run(run_dir)
     dataset = dataset or open_dataset(data)
     splits = split_dataset(dataset)
@@ -68,27 +101,39 @@ def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), f
         raise DatasetError(f"no {split} images with features in {run.settings['data']['feature_cache']}")
     split_features = matrix[[row_of[image.name] for image in images]]
     references = [list(image.captions) for image in images]
-
-    captioner = run.load_captioner()
-    result = {"split": split, "images": len(images)}
-    predictions, attention = {}, None
-    for method in methods:
-        # The attention model's maps of the first method's captions go into samples.png.
-        maps = run.model_config.attention and method == methods[0]
-        predictions[method], _, *found = caption_features(
-            captioner, run.vocabulary.tokens, split_features, run.decode_config, method,
-            return_attention=maps)
-        attention = found[0] if found else attention
-        result[method] = caption_scores(references, predictions[method])
     train_captions = [c for image in splits["train"] for c in image.captions]
-    result["majority_baseline"] = majority_baseline(train_captions, references)
+    out = run.paths.evaluation
+    out.mkdir(parents=True, exist_ok=True)
+
+    decoder = CaptionDecoder(run.load_captioner(), run.vocabulary.tokens, run.decode_config,
+                             split_features.shape[1:])
+    result = {"split": split, "images": len(images), "results_files": {}}
+    predictions, attention = {}, None
+    with MeteorScorer() as meteor:  # one Java process for every score of this evaluation
+        for method in methods:
+            # The attention model's maps of the first method's captions go into samples.png.
+            maps = run.model_config.attention and method == methods[0]
+            predictions[method], _, *found = decoder(split_features, method,
+                                                     return_attention=maps)
+            attention = found[0] if found else attention
+            result[method] = caption_scores(references, predictions[method], meteor)
+            results_file = out / f"captions_{method}.json"
+            coco_results([image.name for image in images], predictions[method], results_file)
+            result["results_files"][method] = str(results_file)
+        result["majority_baseline"] = majority_baseline(train_captions, references, meteor)
+    if meteor.skipped:
+        result["meteor_skipped"] = meteor.skipped
+    majority = result["majority_baseline"]["majority_caption"]
+    predictions["majority_baseline"] = [majority] * len(images)
+    scenes = builtin_scenes(dataset.root, [image.name for image in images])
+    if scenes is not None:
+        for method, captions in predictions.items():
+            result[method]["attributes"] = attribute_scores(scenes, captions)
 
     samples = [{"image_path": str(image.path), "references": list(image.captions),
                 "prediction": predictions[methods[0]][i],
                 **({"beam": predictions["beam"][i]} if "beam" in predictions else {})}
                for i, image in enumerate(images[:NUM_SAMPLES])]
-    out = run.paths.evaluation
-    out.mkdir(parents=True, exist_ok=True)
     evaluation_report(result, samples, run.settings, out / "report.json")
     if attention is not None:  # drawn as per-word heatmaps; not written to report.json
         samples = [dict(sample, attention=attention[i]) for i, sample in enumerate(samples)]
@@ -96,6 +141,18 @@ def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), f
     result["report"] = str(out / "report.json")
     result["samples_png"] = str(out / "samples.png")
     return result
+
+
+def report_lines(result: dict, methods=("greedy", "beam", "majority_baseline")) -> list[str]:
+    """What every command prints of an evaluation: a score line per method and the baseline,
+    why METEOR was skipped if it was, and on the built-in data an attribute line per method."""
+    methods = [method for method in methods if method in result]
+    lines = [score_line(method, result[method]) for method in methods]
+    if result.get("meteor_skipped"):
+        lines.append(f"METEOR skipped: {result['meteor_skipped']}")
+    lines += [attribute_line(method, result[method]["attributes"]) for method in methods
+              if "attributes" in result[method]]
+    return lines
 
 
 def main(argv=None):
@@ -112,9 +169,9 @@ def main(argv=None):
     except (DatasetError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for method in (*args.methods, "majority_baseline"):
-        print(score_line(method, result[method]))
-    print(f"report: {result['report']}\nsamples: {result['samples_png']}")
+    print("\n".join(report_lines(result)))
+    print(f"report: {result['report']}\nsamples: {result['samples_png']}\nCOCO results: "
+          + " ".join(result["results_files"].values()))
     return 0
 
 

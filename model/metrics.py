@@ -149,11 +149,16 @@ def _nltk_bleu(clean_refs: list[list[str]], clean_preds: list[str]) -> dict:
     return {f"bleu{n}": float(s) for n, s in enumerate(scores, start=1)}
 
 
+def _coco_inputs(clean_refs: list[list[str]], clean_preds: list[str]) -> tuple[dict, dict]:
+    """pycocoevalcap's (gts, res) dicts by image index. It splits on whitespace, which is exactly
+    caption_words on a cleaned caption."""
+    return ({i: refs for i, refs in enumerate(clean_refs)},
+            {i: [pred] for i, pred in enumerate(clean_preds)})
+
+
 def _coco(clean_refs: list[list[str]], clean_preds: list[str],
           meteor: MeteorScorer | None = None) -> dict:
-    # pycocoevalcap splits on whitespace, which is exactly caption_words on a cleaned caption.
-    gts = {i: refs for i, refs in enumerate(clean_refs)}
-    res = {i: [pred] for i, pred in enumerate(clean_preds)}
+    gts, res = _coco_inputs(clean_refs, clean_preds)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
     scores = {f"coco_bleu{n}": float(s) for n, s in enumerate(bleu, start=1)}
@@ -179,6 +184,12 @@ def coco_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
     """pycocoevalcap BLEU-1..4 ("coco_bleu1".."coco_bleu4"), ROUGE-L ("rouge_l"), CIDEr-D
     ("cider_d") and, with a MeteorScorer, METEOR ("meteor"; else None and "meteor_skipped")."""
     return _coco(*_prepare(references, predictions), meteor)
+
+
+def cider_d(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> float:
+    """pycocoevalcap's CIDEr-D alone (what validation during self-critical training watches)."""
+    gts, res = _coco_inputs(*_prepare(references, predictions))
+    return float(Cider().compute_score(gts, res)[0])
 
 
 def caption_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],

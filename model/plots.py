@@ -1,4 +1,5 @@
-"""PNG pictures of a run: the loss curve and a grid of sample captions.
+"""PNG pictures of a run: the loss curve (a self-critical run's reward curve) and a grid of sample
+captions.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot): nothing touches a display or
 the global backend, so this works on headless training machines and inside tests.
@@ -49,16 +50,36 @@ def loss_curve_png(history_csv, out_png) -> None:
     column, the lowest training loss. Raises ValueError if the CSV has no 'loss' column or no rows.
     """
     history = read_history(history_csv)
-    epochs = history["epoch"]
     has_val = "val_loss" in history and not np.all(np.isnan(history["val_loss"]))
-    best_on = "val_loss" if has_val else "loss"
-    best = int(np.nanargmin(history[best_on]))
+    title = ("Training and validation loss" if has_val
+             else "Training loss (no validation logged)")
+    _curve_png(history, [("loss", "training loss"), ("val_loss", "validation loss")],
+               "val_loss" if has_val else "loss", "min", "loss", title, out_png)
 
+
+def reward_curve_png(history_csv, out_png) -> None:
+    """A self-critical run's curves: the mean CIDEr-D reward of the sampled training captions and
+    the validation CIDEr-D of the greedy captions, best epoch (highest validation CIDEr-D)
+    marked."""
+    history = read_history(history_csv)
+    for name in ("reward", "val_cider_d"):
+        if name not in history:
+            raise ValueError(f"{history_csv} has no {name!r} column: not a self-critical run")
+    _curve_png(history, [("reward", "training reward (sampled captions)"),
+                         ("val_cider_d", "validation CIDEr-D (greedy)")],
+               "val_cider_d", "max", "CIDEr-D", "Self-critical training", out_png)
+
+
+def _curve_png(history, series, best_on, mode, ylabel, title, out_png) -> None:
+    """One line per (column, label) of `series` that was logged, the best epoch by `best_on`
+    ringed."""
+    epochs = history["epoch"]
+    best = int(np.nanargmin(history[best_on]) if mode == "min" else np.nanargmax(history[best_on]))
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    ax.plot(epochs, history["loss"], "o-", label="training loss", color="tab:blue")
-    if has_val:
-        ax.plot(epochs, history["val_loss"], "s-", label="validation loss", color="tab:orange")
+    for (name, label), style, colour in zip(series, ("o-", "s-"), ("tab:blue", "tab:orange")):
+        if name in history and not np.all(np.isnan(history[name])):
+            ax.plot(epochs, history[name], style, label=label, color=colour)
     ax.axvline(epochs[best], color="grey", linestyle="--", linewidth=1)
     # A ring, not a filled marker, so the point it marks stays visible.
     ax.plot(epochs[best], history[best_on][best], "o", markersize=16, markerfacecolor="none",
@@ -70,8 +91,8 @@ def loss_curve_png(history_csv, out_png) -> None:
         ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
         ax.set_xticks(epochs)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("Training and validation loss" if has_val else "Training loss (no validation logged)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -3,12 +3,14 @@
     runs/<name>/
       settings.json       every setting of the run (data, encoder, model, training, decoding)
       vocab.txt, vocab.json
-      best.weights.h5     ModelCheckpoint: best epoch by validation loss
+      best.weights.h5     ModelCheckpoint: best epoch by validation loss (a self-critical run:
+                          by validation CIDEr-D; it starts as the weights of the run it began from)
       backup/             BackupAndRestore: lets a killed run resume (removed when it finishes)
       history.csv         CSVLogger, appended across resumes
-      loss_curve.png      train vs validation loss
+      loss_curve.png      train vs validation loss (reward_curve.png: a self-critical run's
+                          training reward and validation CIDEr-D)
       tensorboard/
-      evaluation/         report.json, samples.png
+      evaluation/         report.json, captions_<method>.json (COCO results), samples.png
       summary.json        settings, epochs, best epoch, losses, optimizer steps, BLEU
       workers/worker-<i>/ multi-worker runs only: worker i's own copies (weights, history, backup);
                           the chief (worker 0) alone writes everything above
@@ -40,6 +42,8 @@ class RunPaths:
     def history(self): return self.root / "history.csv"
     @property
     def loss_curve(self): return self.root / "loss_curve.png"
+    @property
+    def reward_curve(self): return self.root / "reward_curve.png"
     @property
     def tensorboard(self): return self.root / "tensorboard"
     @property

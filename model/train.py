@@ -4,10 +4,14 @@
     python -m model.train --data ~/flickr30k --encoder-weights imagenet --run-dir runs/f30k
     python -m model.train --preset seed                     # the original project's exact model
     python -m model.train --preset attention --run-dir runs/attention   # Show, Attend and Tell
+    python -m model.train --init-from runs/builtin --scst   # -> runs/builtin-self-critical
     TF_CONFIG=... python -m model.train --distribute multiworker --run-dir /shared/run  # per machine
 
 Kill it at any time and run the same command again: BackupAndRestore resumes at the last finished
-epoch. At the end it writes the loss curve, evaluates BLEU on the test split and writes a summary.
+epoch. At the end it writes the loss curve, scores the test split (model/evaluate.py) and writes a
+summary. --init-from starts a later stage from a trained run's best weights and settings; --scst
+makes that stage self-critical (model/scst.py): it optimises CIDEr-D, and its checkpoints and early
+stopping watch validation CIDEr-D.
 Several machines: README "Several machines" (tests/model/test_multiworker.py runs it on one).
 """
 import argparse
@@ -17,13 +21,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Callable
 
 import keras
 import tensorflow as tf
 
 from data.flags import add_flags, check_choices, setting, settings_fields
 from data.layouts import DatasetError
-from data.pipeline import PipelineConfig, evaluation_dataset, training_dataset
+from data.pipeline import PipelineConfig, evaluation_dataset, image_batches, training_dataset
 from data.sources import open_dataset
 from data.splits import split_dataset
 from data.vocabulary import Vocabulary
@@ -31,11 +36,12 @@ from model.base import MIXED_POLICIES, MaskedCaptionLoss, ModelConfig
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig, EncoderWeightsError
 from model.features import default_cache_dir, ensure_features
-from model.history import best_val_loss, history_summary
-from model.metrics import score_line
-from model.plots import loss_curve_png
+from model.history import best_logged, history_summary
+from model.plots import loss_curve_png, reward_curve_png
+from model.cider import CiderReferences, cider_references
 from model.presets import PRESETS, build_captioner, preset as chosen_preset
-from model.run_dir import RunPaths, write_json
+from model.run_dir import RunPaths, TrainedRun, load_run, weights_digest, write_json
+from model.scst import RECIPE as SCST_RECIPE, ScstConfig, ValidationCider, enable as enable_scst
 
 log = logging.getLogger("train")
 # How long a worker waits for another one extracting into the same feature cache (Flickr30k's
@@ -80,6 +86,13 @@ class TrainConfig:
         300.0, "multiworker: seconds an all-reduce waits for the other workers before failing; "
         "keep it above their skew at the first step (tracing: ~30 s on 2 busy cores)",
         flag="worker-timeout")
+    # A later stage: a run that starts where another one ended.
+    init_from: str | None = setting(
+        None, "start from this run's best weights, with its data, vocabulary, model, encoder, "
+        "feature cache and recipe (flags still override the recipe)", metavar="RUN_DIR")
+    scst: bool = setting(False, "self-critical stage (needs --init-from): optimise the CIDEr-D "
+                         "of sampled captions; checkpoints and early stopping watch validation "
+                         "CIDEr-D (model/scst.py RECIPE sets the recipe)")
 
     def __post_init__(self):
         check_choices(self)
@@ -93,15 +106,27 @@ class TrainConfig:
                              f"got {self.worker_timeout_seconds}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.scst and not self.init_from:
+            raise ValueError("scst: a self-critical stage starts from a trained run; name it "
+                             "with init_from (--init-from RUN_DIR)")
+
+    @property
+    def stage(self) -> str:
+        return "self-critical" if self.scst else "cross-entropy"
 
 
 # A run's settings dataclasses by section (of presets and settings.json), with the prefix their
 # fields take as train()'s overrides and as flags (EncoderConfig.seed is not TrainConfig.seed).
 SECTIONS = {"train": (TrainConfig, ""), "model": (ModelConfig, ""),
-            "decode": (DecodeConfig, ""), "encoder": (EncoderConfig, "encoder_")}
+            "decode": (DecodeConfig, ""), "encoder": (EncoderConfig, "encoder_"),
+            "scst": (ScstConfig, "scst_")}
 # {setting's name as an override and a flag: (section, field)}
 OVERRIDES = {prefix + field.name: (section, field.name)
              for section, (cls, prefix) in SECTIONS.items() for field in settings_fields(cls)}
+# What a run started from another one keeps from it: these decide its vocabulary and the shapes
+# of the weights it starts from.
+KEPT_FROM_INIT_RUN = ("preset", "min_count", "family", "embed_dim", "units", "attention_units",
+                      "image_init_cell", "normalize_features")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +136,7 @@ class RunConfig:
     model: dict          # every ModelConfig setting
     decode: DecodeConfig
     encoder: EncoderConfig
+    scst: ScstConfig
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, **self.model)
@@ -122,25 +148,77 @@ class RunConfig:
         return {name: sections[section][field] for name, (section, field) in OVERRIDES.items()}
 
 
-def run_config(preset: str = TrainConfig.preset, *, data=None, **overrides) -> RunConfig:
-    """The preset's settings with `overrides` over them: field names of TrainConfig, ModelConfig
-    and DecodeConfig, and EncoderConfig's with "encoder_" before them (OVERRIDES). Without
-    encoder_weights, the built-in data gets random weights (no ImageNet weights offline), any
-    other data ImageNet's."""
+def run_config(preset: str | None = None, *, data=None, **overrides) -> RunConfig:
+    """The preset's settings (default: TrainConfig.preset's) with `overrides` over them: field
+    names of TrainConfig, ModelConfig, DecodeConfig, and EncoderConfig's and ScstConfig's with
+    "encoder_" and "scst_" before them (OVERRIDES). Without encoder_weights, the built-in data gets
+    random weights (no ImageNet weights offline), any other data ImageNet's.
+
+    With init_from, the settings of that run instead of a preset's (its data too), then for a
+    self-critical stage (scst) model.scst.RECIPE, then the overrides."""
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; expected any of {sorted(OVERRIDES)}")
+    init_from = overrides.get("init_from")
+    if init_from:
+        fields = init_run_fields(load_run(init_from), preset, data, overrides)
+    else:
+        fields = preset_fields(preset or TrainConfig.preset, data)
+    if overrides.get("scst"):
+        fields["train"].update(SCST_RECIPE)
+    for name, value in overrides.items():
+        section, field = OVERRIDES[name]
+        fields[section][field] = value
+    return RunConfig(train=TrainConfig(**fields["train"]), model=fields["model"],
+                     decode=DecodeConfig(**fields["decode"]),
+                     encoder=EncoderConfig(**fields["encoder"]),
+                     scst=ScstConfig(**fields["scst"]))
+
+
+def preset_fields(preset: str, data) -> dict:
+    """{section: {field: value}} of a preset, over the dataclasses' defaults."""
     fields = {section: {} for section in SECTIONS}
     fields["model"] = {field.name: field.default for field in settings_fields(ModelConfig)}
     fields["encoder"]["weights"] = "imagenet" if data else "random"
     for section, values in chosen_preset(preset).items():
         fields[section].update(values)
-    for name, value in overrides.items():
+    fields["train"]["preset"] = preset
+    return fields
+
+
+def init_run_fields(init: TrainedRun, preset, data, overrides: dict) -> dict:
+    """{section: {field: value}} of the run a new one starts from, but its stage (init_from,
+    scst). Refuses a preset, data or override that would change what the new run keeps from it
+    (KEPT_FROM_INIT_RUN)."""
+    saved = init.settings
+    fields = {}
+    for section, (cls, _) in SECTIONS.items():
+        known = {field.name for field in settings_fields(cls)}
+        values = saved.get(section, {})
+        fields[section] = {name: values[name] for name in known if name in values}
+    fields["train"].update(init_from=None, scst=False)
+    if data and not same_data(data, saved["data"]["source"]):
+        raise ValueError(f"data {data}: a run started from {init.paths.root} trains on its data "
+                         f"({saved['data']['source']}); leave --data out")
+    given = dict(overrides, **({"preset": preset} if preset else {}))
+    for name in KEPT_FROM_INIT_RUN:
         section, field = OVERRIDES[name]
-        fields[section][field] = value
-    return RunConfig(train=TrainConfig(**{**fields["train"], "preset": preset}),
-                     model=fields["model"], decode=DecodeConfig(**fields["decode"]),
-                     encoder=EncoderConfig(**fields["encoder"]))
+        if name in given and given[name] != fields[section].get(field):
+            raise ValueError(f"{name}={given[name]!r}: a run started from {init.paths.root} "
+                             f"keeps its {name} ({fields[section].get(field)!r})")
+    return fields
+
+
+def same_data(data, source: str) -> bool:
+    """Whether `data` (given now) names the dataset a run recorded as its source."""
+    if source == "builtin":
+        return not data
+    return bool(data) and Path(data).expanduser().resolve() == Path(source).expanduser().resolve()
+
+
+def init_run_data(source: str):
+    """train()'s `data` for the source a run recorded: None for the built-in data."""
+    return None if source == "builtin" else source
 
 
 def choose_strategy(mode: str, worker_timeout_seconds: float | None = None
@@ -216,26 +294,79 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._started
 
 
-def callbacks(paths: RunPaths, config: TrainConfig):
+@dataclasses.dataclass
+class Fit:
+    """What keras fit gets in one stage, and what its checkpoints and early stopping watch."""
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    examples: int          # per epoch: captions (cross-entropy) or images (self-critical)
+    monitor: str           # the logged value checkpoints and early stopping watch ...
+    mode: str              # ... and whether higher ("max") or lower ("min") is better
+    score: Callable        # score(captioner) -> the monitored value of its current weights
+    first_callbacks: list = dataclasses.field(default_factory=list)  # they log `monitor`
+    rewards: CiderReferences | None = None  # self-critical: the reward's training references
+
+
+def cross_entropy_fit(features, splits, vocabulary, row_of, recipe: TrainConfig) -> Fit:
+    """Teacher forcing on every training caption; validation loss on the validation captions."""
+    pipeline = PipelineConfig(batch_size=recipe.batch_size, seed=recipe.seed,
+                              max_caption_tokens=recipe.max_caption_tokens)
+    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of)
+    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of)
+    validation = shard_by_data(evaluation_dataset(features, val_rows, val_tokens, pipeline))
+
+    def val_loss(captioner) -> float:
+        return captioner.evaluate(validation, verbose=0, return_dict=True)["loss"]
+    return Fit(shard_by_data(training_dataset(features, train_rows, train_tokens, pipeline)),
+               validation, len(train_tokens), "val_loss", "min", val_loss)
+
+
+def self_critical_fit(features, splits, vocabulary, row_of, config: RunConfig) -> Fit:
+    """Batches of training images with their references (the reward's); validation CIDEr-D of
+    the validation images' greedy captions."""
+    train_images = [image for image in splits["train"] if image.name in row_of]
+    val_images = [image for image in splits["val"] if image.name in row_of]
+    references = cider_references([image.captions for image in train_images], vocabulary.tokens)
+    batches = image_batches(features, [row_of[image.name] for image in train_images],
+                            references.tokens, config.train.batch_size, config.train.seed)
+    validation = ValidationCider(features[[row_of[image.name] for image in val_images]],
+                                 [list(image.captions) for image in val_images],
+                                 vocabulary.tokens, config.decode)
+    return Fit(shard_by_data(batches), None, len(train_images), "val_cider_d", "max",
+               validation.score, [validation], references)
+
+
+def callbacks(paths: RunPaths, config: TrainConfig, fit: Fit, start_score: float | None):
+    """The same callbacks for every stage; the best so far is the better of the history's and
+    the starting weights' (a run started from another)."""
+    logged = best_logged(paths.history, fit.monitor, fit.mode)
+    scores = [score for score in (logged, start_score) if score is not None]
+    best = (min if fit.mode == "min" else max)(scores) if scores else None
     return [
-        EpochTimer(),  # first: the callbacks after it see its entry in the same logs
+        *fit.first_callbacks,
+        EpochTimer(),  # the callbacks after it see its entry in the same logs
         keras.callbacks.BackupAndRestore(str(paths.backup)),
-        keras.callbacks.ModelCheckpoint(str(paths.weights), monitor="val_loss", save_best_only=True,
-                                        save_weights_only=True,
-                                        initial_value_threshold=best_val_loss(paths.history)),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        keras.callbacks.ModelCheckpoint(str(paths.weights), monitor=fit.monitor, mode=fit.mode,
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best),
+        keras.callbacks.EarlyStopping(monitor=fit.monitor, mode=fit.mode,
+                                      patience=config.patience),
         keras.callbacks.CSVLogger(str(paths.history), append=True),
         keras.callbacks.TensorBoard(str(paths.tensorboard)),
     ]
 
 
-def start_run(root: Path, config: RunConfig, data=None):
-    """A run's first step, before any features: (dataset, its splits, the training split's
-    vocabulary, saved in `root`, and the model config that vocabulary sizes)."""
+def start_run(root: Path, config: RunConfig, data=None, init: TrainedRun | None = None):
+    """A run's first step, before any features: (dataset, its splits, the vocabulary, saved in
+    `root`, and the model config that vocabulary sizes). The vocabulary is the training split's,
+    or the run's it starts from."""
     dataset = open_dataset(data)
     splits = split_dataset(dataset)
-    train_captions = [c for image in splits["train"] for c in image.captions]
-    vocabulary = Vocabulary.build(train_captions, min_count=config.train.min_count)
+    if init is not None:
+        vocabulary = init.vocabulary
+    else:
+        train_captions = [c for image in splits["train"] for c in image.captions]
+        vocabulary = Vocabulary.build(train_captions, min_count=config.train.min_count)
     vocabulary.save(root)
     log.info("vocabulary: %d tokens, %.1f%% of training tokens covered",
              len(vocabulary), 100 * vocabulary.coverage)
@@ -243,26 +374,44 @@ def start_run(root: Path, config: RunConfig, data=None):
 
 
 def run_settings(config: RunConfig, model_config: ModelConfig, vocabulary: Vocabulary, *, data,
-                 dataset, splits, cache_dir) -> dict:
-    """settings.json: what the run was trained on and every setting, by section."""
+                 dataset, splits, cache_dir, init: TrainedRun | None = None) -> dict:
+    """settings.json: what the run was trained on, every setting by section, and its stage
+    (where it started from: the run, its stage and the digest of the weights taken)."""
+    stage = {"name": config.train.stage}
+    if init is not None:
+        stage["init_from"] = {"run": str(init.paths.root.resolve()),
+                              "stage": init.settings.get("stage", {}).get("name", "cross-entropy"),
+                              "weights_digest": weights_digest(init.paths.weights)}
     return {
         "data": {"source": str(data) if data else "builtin", "layout": dataset.layout,
                  "images": len(dataset.images), "captions": dataset.num_captions,
                  "split_images": {k: len(v) for k, v in splits.items()},
                  "skipped": dataset.skipped.as_dict(), "feature_cache": str(cache_dir)},
+        "stage": stage,
         "encoder": dataclasses.asdict(config.encoder),
         "model": dataclasses.asdict(model_config),
         "train": dataclasses.asdict(config.train),
+        "scst": dataclasses.asdict(config.scst),
         "decode": dataclasses.asdict(config.decode),
         "vocabulary": vocabulary.settings(),
     }
 
 
-def train(run_dir, preset: str = TrainConfig.preset, *, data=None, cache_dir=None, evaluate=True,
+def feature_cache_dir(cache_dir, data, config: RunConfig, init: TrainedRun | None,
+                      spatial: bool) -> Path:
+    """--cache-dir, else the cache of the run it starts from (same encoder), else the default."""
+    if cache_dir:
+        return Path(cache_dir)
+    if init is not None and init.encoder_config == config.encoder:
+        return Path(init.settings["data"]["feature_cache"])
+    return default_cache_dir(data, config.encoder, spatial=spatial)
+
+
+def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, evaluate=True,
           verbose=1, **overrides) -> dict:
-    """The whole run: data -> vocabulary -> features -> fit -> loss curve -> test BLEU -> summary.
-    `overrides` set single settings over the preset's (run_config). Returns the summary dict
-    (also written to summary.json)."""
+    """The whole run: data -> vocabulary -> features -> fit -> curve -> test scores -> summary.
+    `overrides` set single settings over the preset's, or over those of the run named by
+    init_from (run_config). Returns the summary dict (also written to summary.json)."""
     config = run_config(preset, data=data, **overrides)
     recipe = config.train
     # First TensorFlow work: see choose_strategy.
@@ -276,10 +425,16 @@ def train(run_dir, preset: str = TrainConfig.preset, *, data=None, cache_dir=Non
     if recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(MIXED_POLICIES[recipe.mixed_precision])
 
-    dataset, splits, vocabulary, model_config = start_run(paths.root, config, data)
+    init = load_run(recipe.init_from) if recipe.init_from else None
+    if init is not None:
+        if paths.root.resolve() == init.paths.root.resolve():
+            raise ValueError(f"run_dir {run_dir} is the run it starts from: a later stage writes "
+                             "a run folder of its own (--run-dir)")
+        data = init_run_data(init.settings["data"]["source"])
+    dataset, splits, vocabulary, model_config = start_run(paths.root, config, data, init)
     # The attention family reads ResNet50's 7x7 maps (float16 on disk), the other pooled vectors.
     spatial = model_config.attention
-    cache_dir = Path(cache_dir or default_cache_dir(data, config.encoder, spatial=spatial))
+    cache_dir = feature_cache_dir(cache_dir, data, config, init, spatial)
     # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
     lock_wait = CACHE_LOCK_WAIT_SECONDS if recipe.distribute == "multiworker" else 0
     extraction = ensure_features(dataset.images, cache_dir, config.encoder, spatial=spatial,
@@ -287,42 +442,39 @@ def train(run_dir, preset: str = TrainConfig.preset, *, data=None, cache_dir=Non
     dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
     names, features = extraction.names, extraction.features
     row_of = {name: i for i, name in enumerate(names)}
-
-    pipeline = PipelineConfig(batch_size=recipe.batch_size, seed=recipe.seed,
-                              max_caption_tokens=recipe.max_caption_tokens)
-    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of)
-    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of)
-    train_ds = shard_by_data(training_dataset(features, train_rows, train_tokens, pipeline))
-    val_ds = shard_by_data(evaluation_dataset(features, val_rows, val_tokens, pipeline))
+    fit = (self_critical_fit(features, splits, vocabulary, row_of, config) if recipe.scst
+           else cross_entropy_fit(features, splits, vocabulary, row_of, recipe))
     # Counted by the pipeline: length buckets add partial batches to ceil(captions / batch).
-    steps_per_epoch = int(train_ds.cardinality())
+    steps_per_epoch = int(fit.train.cardinality())
 
     settings = run_settings(config, model_config, vocabulary, data=data, dataset=dataset,
-                            splits=splits, cache_dir=cache_dir)
+                            splits=splits, cache_dir=cache_dir, init=init)
     write_json(paths.settings, settings)
 
     with strategy.scope():
-        captioner = build_captioner(model_config)
-        if captioner.feature_norm is not None:  # training images' statistics only
-            if spatial:  # reads the rows in chunks instead of copying 49 x 2048 values each
-                captioner.feature_norm.adapt(features, rows=sorted(set(train_rows)))
-            else:
-                captioner.feature_norm.adapt(features[sorted(set(train_rows))])
-        captioner.compile(optimizer=make_optimizer(recipe, steps_per_epoch),
-                          loss=MaskedCaptionLoss(recipe.label_smoothing),
-                          jit_compile=recipe.jit_compile)
-    log.info("training on %d replica(s), %d captions/epoch", strategy.num_replicas_in_sync,
-             len(train_tokens))
-    captioner.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs,
-                  callbacks=callbacks(paths, recipe), verbose=verbose)
+        captioner = initial_captioner(model_config, init, features,
+                                      sorted({row_of[i.name] for i in splits["train"]
+                                              if i.name in row_of}))
+        compile_for(captioner, config, fit, steps_per_epoch)
+    start_score = starting_score(captioner, fit, paths) if init is not None else None
+    log.info("%s training on %d replica(s), %d %s/epoch", recipe.stage,
+             strategy.num_replicas_in_sync, fit.examples,
+             "images" if recipe.scst else "captions")
+    captioner.fit(fit.train, validation_data=fit.validation, epochs=recipe.epochs,
+                  callbacks=callbacks(paths, recipe, fit, start_score), verbose=verbose)
 
-    loss_curve_png(paths.history, paths.loss_curve)
+    if recipe.scst:
+        reward_curve_png(paths.history, paths.reward_curve)
+    else:
+        loss_curve_png(paths.history, paths.loss_curve)
     summary = {"settings": settings, "replicas": strategy.num_replicas_in_sync,
                "global_batch_size": recipe.batch_size,
-               "train_captions": len(train_tokens),
+               ("train_images" if recipe.scst else "train_captions"): fit.examples,
                "steps_per_epoch": steps_per_epoch,
                "optimizer_steps": int(captioner.optimizer.iterations.numpy()),
-               **history_summary(paths.history)}
+               **history_summary(paths.history, fit.monitor, fit.mode)}
+    if start_score is not None:
+        summary[f"start_{fit.monitor}"] = start_score
     if evaluate and is_chief:  # one evaluation per run, not one per worker
         from model.evaluate import evaluate_run
         summary["test"] = evaluate_run(paths.root, data=data, features=(names, features),
@@ -331,8 +483,47 @@ def train(run_dir, preset: str = TrainConfig.preset, *, data=None, cache_dir=Non
     return summary
 
 
+def initial_captioner(model_config: ModelConfig, init: TrainedRun | None, features,
+                      train_rows: list[int]):
+    """The captioner a run starts with: the best weights of the run it starts from (its
+    standardiser's statistics come with them), or new weights whose standardiser holds the
+    training images' statistics."""
+    captioner = build_captioner(model_config)
+    if init is not None:
+        captioner.load_weights(init.paths.weights)
+    elif captioner.feature_norm is not None:
+        if model_config.attention:  # reads the rows in chunks, not 49 x 2048 values each at once
+            captioner.feature_norm.adapt(features, rows=train_rows)
+        else:
+            captioner.feature_norm.adapt(features[train_rows])
+    return captioner
+
+
+def compile_for(captioner, config: RunConfig, fit: Fit, steps_per_epoch: int) -> None:
+    """Cross-entropy: the masked caption loss. Self-critical: CaptionerBase.train_step runs the
+    policy-gradient step (model/scst.py) instead, so fit needs no loss."""
+    recipe = config.train
+    optimizer = make_optimizer(recipe, steps_per_epoch)
+    if recipe.scst:
+        enable_scst(captioner, fit.rewards, config.decode, config.scst)
+        captioner.compile(optimizer=optimizer, jit_compile=recipe.jit_compile)
+    else:
+        captioner.compile(optimizer=optimizer, loss=MaskedCaptionLoss(recipe.label_smoothing),
+                          jit_compile=recipe.jit_compile)
+
+
+def starting_score(captioner, fit: Fit, paths: RunPaths) -> float:
+    """The monitored value of the weights a run starts from. On a first start they are saved as
+    its best weights, so its checkpoint is never worse on validation than where it began."""
+    score = fit.score(captioner)
+    if not paths.weights.is_file():
+        captioner.save_weights(paths.weights)
+    log.info("starting weights: %s %.4f", fit.monitor, score)
+    return float(score)
+
+
 def presets_text(width: int = 96) -> str:
-    """Every preset's settings, for --help."""
+    """Every preset's settings, and what a self-critical stage changes, for --help."""
     lines = ["The defaults shown are the default preset's, on the built-in data. Presets (a "
              "setting flag",
              "given sets its field over the preset's value):"]
@@ -341,6 +532,12 @@ def presets_text(width: int = 96) -> str:
                           for field, value in fields.items())
         lines += textwrap.wrap(values, width, initial_indent=f"  {name:<10}",
                                subsequent_indent=" " * 12)
+    lines += ["", "A later stage starts from a trained run (--init-from RUN_DIR) with its "
+                  "settings; --scst then sets:"]
+    lines += textwrap.wrap(" ".join(f"{k}={v}" for k, v in SCST_RECIPE.items()), width,
+                           initial_indent=" " * 12, subsequent_indent=" " * 12)
+    lines += ["  e.g. python -m model.train --init-from runs/builtin --scst   "
+              "(writes runs/builtin-self-critical)"]
     return "\n".join(lines)
 
 
@@ -355,7 +552,9 @@ def parse_args(argv=None) -> dict:
     run = p.add_argument_group("run")
     run.add_argument("--data", help="Flickr30k/Flickr8k folder (any known layout) or a prepared "
                                     "TFDS data dir; omit for the built-in generated dataset")
-    run.add_argument("--run-dir", default="runs/builtin", help="where checkpoints and logs go")
+    run.add_argument("--run-dir", help="where checkpoints and logs go (default: runs/builtin; "
+                                       "a later stage: the run it starts from + -<stage>, e.g. "
+                                       "runs/builtin-self-critical)")
     run.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>, "
                                          "with -spatial for the attention family)")
     run.add_argument("--no-eval", dest="evaluate", action="store_false",
@@ -364,7 +563,19 @@ def parse_args(argv=None) -> dict:
     for section, (cls, prefix) in SECTIONS.items():
         add_flags(p.add_argument_group(f"{section} settings ({cls.__name__})"), cls,
                   prefix=prefix, shown=shown)
-    return vars(p.parse_args(argv))
+    args = vars(p.parse_args(argv))
+    if args["run_dir"] is None:
+        args["run_dir"] = default_run_dir(args.get("init_from"), args.get("scst", False))
+    return args
+
+
+def default_run_dir(init_from: str | None, scst: bool) -> str:
+    """runs/builtin; a later stage's own folder beside the run it starts from, named by its
+    stage (runs/builtin -> runs/builtin-self-critical), so it never writes into another run."""
+    if not init_from:
+        return "runs/builtin"
+    stage = TrainConfig(init_from=init_from, scst=scst).stage
+    return f"{str(init_from).rstrip('/')}-{stage}"
 
 
 def _worker_error_cause(message: str) -> str:
@@ -389,11 +600,15 @@ def main(argv=None):
         print(f"error: {WORKER_LOST}\n  cause: {_worker_error_cause(error.message)}",
               file=sys.stderr)
         return WORKER_LOST_EXIT_CODE
-    print(f"run folder: {args['run_dir']}  epochs: {summary['epochs']}  "
-          f"best epoch: {summary.get('best_epoch')}  best val_loss: {summary.get('best_val_loss')}")
-    for method in ("greedy", "beam", "majority_baseline"):
-        if method in summary.get("test", {}):
-            print(score_line(method, summary["test"][method]))
+    from model.evaluate import report_lines
+    monitor = "val_cider_d" if summary["settings"]["train"]["scst"] else "val_loss"
+    best, start = summary.get("best_" + monitor), summary.get("start_" + monitor)
+    print(f"run folder: {args['run_dir']}  {summary['settings']['stage']['name']}  epochs: "
+          f"{summary['epochs']}  best epoch: {summary.get('best_epoch')}  best {monitor}: "
+          + ("-" if best is None else f"{best:.4f}")
+          + ("" if start is None else f" (the weights it started from: {start:.4f})"))
+    if "test" in summary:
+        print("\n".join(report_lines(summary["test"])))
     return 0
 
 

@@ -130,7 +130,11 @@ def test_notebook_shows_loss_curve_samples_and_scores(executed):
     assert has_png(cell_tagged(nb, "samples")), "the sample grid PNG was not displayed"
     table = stream_text(cell_tagged(nb, "scores"))
     for row in ("greedy", "beam search", "majority baseline"):
-        assert re.search(rf"^{row}\s+(\d\.\d{{3}}\s+){{4}}\d+\.\d{{3}}$", table, re.MULTILINE), table
+        # BLEU-1..4, METEOR ("-" without Java), ROUGE-L, CIDEr-D
+        assert re.search(rf"^{row}\s+(\d\.\d{{3}}\s+){{4}}(\d\.\d{{3}}|-)\s+\d\.\d{{3}}\s+\d+\.\d{{3}}$",
+                         table, re.MULTILINE), table
+        assert re.search(rf"^\s*{row}  states right: colours .* all [\d.]+% of \d+ images$", table,
+                         re.MULTILINE), table
     session = cell_tagged(nb, "session-model")
     assert len(re.findall(r"^  greedy: \S", stream_text(session), re.MULTILINE)) == 2, stream_text(session)
 

@@ -13,7 +13,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from data.captions import clean_captions
 from data.vocabulary import SPECIAL_TOKENS
 from model import metrics
-from model.metrics import (MeteorScorer, caption_scores, coco_results, coco_scores,
+from model.metrics import (MeteorScorer, caption_scores, cider_d, coco_results, coco_scores,
                            corpus_bleu_scores, evaluation_report, majority_baseline, score_line)
 
 # Two images; raw captions (capitals, punctuation, special tokens) to exercise cleaning too.
@@ -172,6 +172,8 @@ def test_cider_d_prefers_the_right_image():
     assert good > 1.0 > bad >= 0.0
     # Its idf comes from the scored images' references: over a single image every weight is 0.
     assert coco_scores(REAL_REFS[:1], perfect[:1])["cider_d"] == 0.0
+    # Alone (what self-critical validation watches): the same number.
+    assert cider_d(REAL_REFS, REAL_PREDS) == coco_scores(REAL_REFS, REAL_PREDS)["cider_d"] > 0
 
 
 # The 3-word majority caption has no 4-grams: NLTK warns that BLEU-4 is 0, as a baseline's should be.

@@ -5,7 +5,7 @@ from PIL import Image
 
 from data.files import TEMP_SUFFIX
 from model.plots import (IMAGE_HEIGHT, MAX_TILES, PLACEHOLDER_GREY, STRIP_HEIGHT, TITLE_HEIGHT,
-                         loss_curve_png, sample_grid_png)
+                         loss_curve_png, reward_curve_png, sample_grid_png)
 
 REFERENCES = ["A black dog is running through the grass.",
               "A dog runs across a grassy field.",
@@ -54,6 +54,16 @@ def test_loss_curve_without_validation_values(tmp_path):
     some_val = _write_csv(tmp_path / "some_val.csv", "epoch,loss,val_loss\n0,3.9,NA\n1,3.2,3.3\n")
     loss_curve_png(some_val, tmp_path / "some_val.png")
     _open_png(tmp_path / "some_val.png")
+
+
+def test_reward_curve_of_a_self_critical_run(tmp_path):
+    history = _write_csv(tmp_path / "history.csv", "epoch,epoch_seconds,loss,reward,val_cider_d\n"
+                         "0,60.1,-0.38,1.80,2.45\n1,55.0,-0.35,1.95,2.51\n2,54.2,-0.30,2.02,2.49\n")
+    reward_curve_png(history, tmp_path / "reward_curve.png")
+    _open_png(tmp_path / "reward_curve.png")
+    cross_entropy = _write_csv(tmp_path / "ce.csv", "epoch,loss,val_loss\n0,3.9,3.5\n")
+    with pytest.raises(ValueError, match="no 'reward' column: not a self-critical run"):
+        reward_curve_png(cross_entropy, tmp_path / "ce.png")
 
 
 def test_loss_curve_errors_are_clear(tmp_path):

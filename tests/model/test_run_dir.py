@@ -15,7 +15,9 @@ def test_load_run_reads_an_untrained_run(untrained_run_factory, family):
     settings = run.settings
     assert settings["model"]["family"] == family and run.model_config.family == family
     assert settings["train"]["preset"] == ("attention" if family == "attention" else "default")
-    assert set(settings) == {"data", "encoder", "model", "train", "decode", "vocabulary"}
+    assert set(settings) == {"data", "stage", "encoder", "model", "train", "scst", "decode",
+                             "vocabulary"}
+    assert settings["stage"] == {"name": "cross-entropy"}  # started from no other run
     assert run.encoder_config.weights == "random"
     assert settings["vocabulary"]["size"] == len(run.vocabulary) == run.model_config.vocab_size
     assert settings["vocabulary"]["min_count"] == 2

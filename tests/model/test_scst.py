@@ -10,7 +10,7 @@ import tensorflow as tf
 from data.pipeline import image_batches
 from data.vocabulary import SPECIAL_TOKENS
 from model import scst
-from model.base import ModelConfig
+from model.base import FAMILIES, ModelConfig
 from model.cider import CiderD, cider_references
 from model.decoding import DecodeConfig, decode_features
 from model.presets import build_captioner
@@ -45,10 +45,18 @@ def test_needs_two_samples():
         scst.ScstConfig(samples=1)
 
 
-def small_captioner():
+def small_captioner(family="pooled"):
     keras.utils.set_random_seed(0)
-    config = ModelConfig(vocab_size=len(TOKENS), feature_dim=4, embed_dim=16, units=32)
+    config = ModelConfig(vocab_size=len(TOKENS), feature_dim=4, embed_dim=16, units=32,
+                         family=family, feature_grid=2, attention_units=16)
     return build_captioner(config)
+
+
+def image_features(family) -> np.ndarray:
+    """One-hot features per image: [4, 4] pooled, the same vector at each of 2x2 locations for
+    the attention family."""
+    features = np.eye(4, dtype=np.float32)
+    return features if family == "pooled" else np.tile(features[:, None, None], (1, 2, 2, 1))
 
 
 def greedy_cider(model, features, references) -> float:
@@ -56,10 +64,11 @@ def greedy_cider(model, features, references) -> float:
     return float(tf.reduce_mean(CiderD(references)(ids, references.tokens)))
 
 
-def test_fit_raises_the_reward_and_logs_like_cross_entropy_training(tmp_path):
-    features = np.eye(4, dtype=np.float32)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fit_raises_the_reward_and_logs_like_cross_entropy_training(tmp_path, family):
+    features = image_features(family)
     references = cider_references(CAPTIONS, TOKENS)
-    model = small_captioner()
+    model = small_captioner(family)
     before = greedy_cider(model, features, references)
     decode = DecodeConfig(max_new_tokens=6)
     scst.enable(model, references, decode, scst.ScstConfig(samples=6))
@@ -78,8 +87,10 @@ def test_fit_raises_the_reward_and_logs_like_cross_entropy_training(tmp_path):
     assert after > before + 2.0 and max(history["val_cider_d"]) > 2.0
     with open(history_file) as f:
         assert set(next(csv.reader(f))) == {"epoch", "loss", "reward", "val_cider_d"}
-    fresh = small_captioner()  # the checkpoint is a plain captioner's weights: the best epoch's
+    fresh = small_captioner(family)  # the checkpoint is a plain captioner's weights: the best epoch's
     fresh.load_weights(weights)
+    # Validation decoded every epoch through one traced function, not one per epoch.
+    assert validation.decoder.tracing_counts() == {("greedy", False): 1}
     assert validation.score(fresh) == pytest.approx(max(history["val_cider_d"]), abs=1e-9)
 
 

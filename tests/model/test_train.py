@@ -17,8 +17,12 @@ from model.base import FAMILIES, ModelConfig
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig
 from model.presets import FAMILY_CLASSES, PRESETS
-from model.run_dir import weights_digest
-from model.train import OVERRIDES, SECTIONS, TrainConfig, parse_args, run_config
+from model.run_dir import load_run, weights_digest
+from model.scst import RECIPE as SCST_RECIPE, ScstConfig, ValidationCider
+from model.train import OVERRIDES, SECTIONS, TrainConfig, parse_args, run_config, train
+from data.feature_cache import load_features
+from data.sources import open_dataset
+from data.splits import split_dataset
 from tests.helpers import REPO
 
 
@@ -93,7 +97,8 @@ def test_flags_given_and_only_those_become_overrides():
         "--no-image-init-cell", "--attention-regularizer", "1", "--min-count", "2",
         "--patience", "3", "--seed", "5", "--encoder-weights", "random", "--mixed-precision",
         "--xla", "--distribute", "none", "--deterministic", "--worker-timeout", "60",
-        "--max-caption-tokens", "20", "--max-new-tokens", "12", "--no-eval"])
+        "--max-caption-tokens", "20", "--max-new-tokens", "12", "--no-eval",
+        "--init-from", "runs/x", "--scst", "--scst-samples", "4"])
     assert args == {
         "data": "d", "run_dir": "r", "cache_dir": "c", "evaluate": False, "preset": "seed",
         "epochs": 3, "batch_size": 16, "learning_rate": 0.01, "lr_schedule": "cosine",
@@ -101,8 +106,10 @@ def test_flags_given_and_only_those_become_overrides():
         "attention_regularizer": 1.0, "min_count": 2, "patience": 3, "seed": 5,
         "encoder_weights": "random", "mixed_precision": "float16", "jit_compile": True,
         "distribute": "none", "deterministic": True, "worker_timeout_seconds": 60.0,
-        "max_caption_tokens": 20, "max_new_tokens": 12}
-    overrides = {k: v for k, v in args.items() if k not in RUN_ARGUMENTS and k != "preset"}
+        "max_caption_tokens": 20, "max_new_tokens": 12, "init_from": "runs/x", "scst": True,
+        "scst_samples": 4}
+    overrides = {k: v for k, v in args.items()
+                 if k not in RUN_ARGUMENTS and k not in ("preset", "init_from", "scst")}
     config = run_config(args["preset"], data=args["data"], **overrides)
     assert config.train.jit_compile and config.train.mixed_precision == "float16"
     assert config.model["image_init_cell"] is False and config.decode.max_new_tokens == 12
@@ -110,6 +117,85 @@ def test_flags_given_and_only_those_become_overrides():
     assert parse_args(["--clipnorm", "none"])["clipnorm"] is None
     assert parse_args(["--image-init-cell"])["image_init_cell"] is True
     assert parse_args(["--family", "attention"])["family"] == "attention"
+    # A later stage's own folder, beside the run it starts from: never runs/builtin.
+    assert parse_args(["--init-from", "runs/x/", "--scst"])["run_dir"] == "runs/x-self-critical"
+    assert parse_args(["--init-from", "runs/x"])["run_dir"] == "runs/x-cross-entropy"
+
+
+# --- a later stage: --init-from RUN [--scst] ---------------------------------------------------
+
+def test_a_later_stage_starts_from_the_runs_settings(untrained_run):
+    saved = json.loads((untrained_run / "settings.json").read_text())
+    config = run_config(init_from=str(untrained_run), scst=True, epochs=2, scst_samples=3)
+    assert config.train.scst and config.train.init_from == str(untrained_run)
+    assert config.train.stage == "self-critical"
+    assert (config.train.preset, config.train.min_count) == ("default", 2)  # the run's
+    assert config.train.epochs == 2 and config.scst == ScstConfig(samples=3)  # the overrides
+    assert config.train.learning_rate == SCST_RECIPE["learning_rate"] == 5e-5  # the stage's
+    assert config.train.batch_size == SCST_RECIPE["batch_size"]
+    assert config.model == {name: saved["model"][name] for name in config.model}
+    assert config.encoder == EncoderConfig(**saved["encoder"])
+    # Cross-entropy from a run: the run's own recipe.
+    again = run_config(init_from=str(untrained_run))
+    assert not again.train.scst and again.train.stage == "cross-entropy"
+    assert again.train.learning_rate == saved["train"]["learning_rate"]
+
+
+def test_a_later_stage_refuses_to_change_what_it_keeps(untrained_run, small_builtin, tmp_path):
+    with pytest.raises(ValueError, match=r"units=256: a run started from .* keeps its units "
+                                         r"\(512\)"):
+        run_config(init_from=str(untrained_run), units=256)
+    with pytest.raises(ValueError, match=r"preset='attention': .* keeps its preset \('default'\)"):
+        run_config("attention", init_from=str(untrained_run))
+    with pytest.raises(ValueError, match=r"trains on its data \(.*\); leave --data out"):
+        run_config(init_from=str(untrained_run), data=str(tmp_path))
+    assert run_config(init_from=str(untrained_run), data=str(small_builtin), units=512,
+                      dropout=0.1).model["dropout"] == 0.1  # the same data and size: fine
+    with pytest.raises(ValueError, match="scst: a self-critical stage starts from a trained run"):
+        run_config(scst=True)
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        run_config(init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="is the run it starts from"):
+        train(untrained_run, init_from=str(untrained_run), scst=True, verbose=0)
+
+
+@pytest.mark.slow
+def test_self_critical_stage_writes_a_normal_run(trained_run, tmp_path):
+    from export.artifact import export_settings
+    from export.saved_model import export_run
+    summary = train(tmp_path / "scst", init_from=str(trained_run.run), scst=True, epochs=2,
+                    batch_size=32, verbose=0)
+    run = tmp_path / "scst"
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["stage"] == {
+        "name": "self-critical", "init_from": {
+            "run": str(trained_run.run.resolve()), "stage": "cross-entropy",
+            "weights_digest": weights_digest(trained_run.run / "best.weights.h5")}}
+    assert settings["train"]["scst"] and settings["train"]["learning_rate"] == 5e-5
+    assert settings["data"]["feature_cache"] == str(trained_run.cache)  # the run's features
+    assert (run / "vocab.txt").read_text() == (trained_run.run / "vocab.txt").read_text()
+    with (run / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == {"epoch", "epoch_seconds", "loss", "reward", "val_cider_d"}
+    assert len(rows) == summary["epochs"] == 2
+    for name in ("reward_curve.png", "summary.json", "evaluation/report.json",
+                 "evaluation/captions_greedy.json", "evaluation/captions_beam.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()
+    # The checkpoint holds the best validation CIDEr-D: an epoch's, or the starting weights'.
+    epochs = [float(row["val_cider_d"]) for row in rows]
+    assert summary["best_val_cider_d"] == max(epochs)
+    best = max(summary["start_val_cider_d"], *epochs)
+    finished = load_run(run)
+    val = split_dataset(open_dataset(trained_run.data))["val"]
+    names, matrix = load_features(trained_run.cache, [image.name for image in val])
+    validation = ValidationCider(matrix, [list(image.captions) for image in val],
+                                 finished.vocabulary.tokens, finished.decode_config)
+    assert validation.score(finished.load_captioner()) == pytest.approx(best, abs=1e-6)
+    assert summary["test"]["greedy"]["meteor"] > 0 and "attributes" in summary["test"]["beam"]
+    # Exported as any run is.
+    version = export_run(run, tmp_path / "models", "auto")
+    assert export_settings(version)["weights_digest"] == weights_digest(run / "best.weights.h5")
 
 
 def test_bad_flags_are_refused_by_argparse(capsys):
@@ -132,11 +218,13 @@ def test_help_lists_every_flag_and_preset(capsys):
                  "--min-count", "--patience", "--seed", "--encoder-weights",
                  "--mixed-precision [{float16,bfloat16}]", "--xla", "--distribute",
                  "--deterministic", "--worker-timeout", "--max-caption-tokens",
-                 "--max-new-tokens", "--no-eval", "--family"):
+                 "--max-new-tokens", "--no-eval", "--family", "--init-from RUN_DIR",
+                 "--scst, --no-scst", "--scst-samples"):
         assert flag in text, flag
     assert "(default: 0.002)" in text  # the default preset's learning rate, not the dataclass's
     for name in PRESETS:
         assert f"\n  {name} " in text, name
+    assert "--scst then sets:" in text and "learning_rate=5e-05" in text
 
 
 @pytest.mark.slow
@@ -213,15 +301,11 @@ def test_weights_digest_names_the_file_content(tmp_path):
 
 
 
-@pytest.mark.slow
-def test_resume_after_kill(small_builtin, tmp_path):
-    """SIGKILL a run after its first epoch; the same command resumes from the backup."""
-    args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"), "--encoder-weights",
-            "random", "--cache-dir", str(tmp_path / "cache"), "--epochs", "6", "--patience", "6",
-            "--min-count", "2", "--batch-size", "64", "--no-eval"]
+def kill_after_two_epochs(args, history) -> int:
+    """Starts `python -m model.train *args`, SIGKILLs it once two epochs are in `history`;
+    returns how many epochs were logged by then."""
     process = subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    history = tmp_path / "run" / "history.csv"
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
         if history.is_file() and len(history.read_text().strip().splitlines()) >= 3:
@@ -230,18 +314,43 @@ def test_resume_after_kill(small_builtin, tmp_path):
     assert process.poll() is None, "training ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = len(history.read_text().strip().splitlines()) - 1
-    assert 2 <= killed_at < 6
-    assert (tmp_path / "run" / "backup").exists()
+    return len(history.read_text().strip().splitlines()) - 1
 
+
+def assert_resumed(history, epochs: int) -> None:
+    """Resumed where it was: epochs are never repeated from 0 and end at the last."""
+    with history.open() as f:
+        logged = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert logged[-1] == epochs - 1 and logged[0] == 0
+    assert sorted(set(logged)) == list(range(epochs))
+    assert len(logged) <= epochs + 1  # at most the interrupted epoch logged twice
+
+
+@pytest.mark.slow
+def test_resume_after_kill(small_builtin, tmp_path):
+    """SIGKILL a run after its first epoch; the same command resumes from the backup."""
+    args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"), "--encoder-weights",
+            "random", "--cache-dir", str(tmp_path / "cache"), "--epochs", "6", "--patience", "6",
+            "--min-count", "2", "--batch-size", "64", "--no-eval"]
+    history = tmp_path / "run" / "history.csv"
+    assert 2 <= kill_after_two_epochs(args, history) < 6
+    assert (tmp_path / "run" / "backup").exists()
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    with history.open() as f:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    # Resumed where it was: epochs are never repeated from 0 and end at the 6th.
-    assert epochs[-1] == 5 and epochs[0] == 0
-    assert sorted(set(epochs)) == list(range(6))
-    assert len(epochs) <= 6 + 1  # at most the interrupted epoch logged twice
+    assert_resumed(history, 6)
+
+
+@pytest.mark.slow
+def test_self_critical_stage_resumes_after_kill(trained_run, tmp_path):
+    args = ["--init-from", str(trained_run.run), "--scst", "--run-dir", str(tmp_path / "scst"),
+            "--epochs", "4", "--patience", "4", "--batch-size", "16", "--no-eval"]
+    history = tmp_path / "scst" / "history.csv"
+    assert 2 <= kill_after_two_epochs(args, history) < 4
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_resumed(history, 4)
+    assert "self-critical  epochs: " in result.stdout
+    assert not (tmp_path / "scst" / "backup").exists()
 
 
 MIRRORED = """
