@@ -23,19 +23,20 @@ import tensorflow as tf
 
 from data.flags import add_flags, check_choices, setting, settings_fields
 from data.layouts import DatasetError
-from data.pipeline import PipelineConfig, evaluation_dataset, training_dataset
+from data.pipeline import PipelineConfig
 from data.sources import open_dataset
 from data.splits import split_dataset
 from data.vocabulary import Vocabulary
 from model.base import MIXED_POLICIES, MaskedCaptionLoss, ModelConfig
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig, EncoderWeightsError
-from model.features import default_cache_dir, ensure_features
+from model.features import TrainingFeed, default_cache_dir, ensure_features
 from model.history import best_val_loss, history_summary
 from model.metrics import score_line
 from model.plots import loss_curve_png
 from model.presets import PRESETS, build_captioner, preset as chosen_preset
 from model.run_dir import RunPaths, write_json
+from model.top import init_from_run, resolve_encoder_top
 
 log = logging.getLogger("train")
 # How long a worker waits for another one extracting into the same feature cache (Flickr30k's
@@ -74,6 +75,8 @@ class TrainConfig:
                               "TF_CONFIG (README)",
                               choices=("auto", "mirrored", "multiworker", "none"))
     deterministic: bool = setting(False, "also turn on TensorFlow's op determinism")
+    init_from: str = setting("", "a finished run folder whose best weights start this run "
+                             "(those its model shares, by layer name)")
     # A frozen or unreachable worker then stops the others instead of hanging them (a killed
     # one is noticed at once: its port refuses).
     worker_timeout_seconds: float = setting(
@@ -138,6 +141,8 @@ def run_config(preset: str = TrainConfig.preset, *, data=None, **overrides) -> R
     for name, value in overrides.items():
         section, field = OVERRIDES[name]
         fields[section][field] = value
+    fields["model"]["encoder_top"] = resolve_encoder_top(fields["model"]["encoder_top"],
+                                                         fields["encoder"]["weights"])
     return RunConfig(train=TrainConfig(**{**fields["train"], "preset": preset}),
                      model=fields["model"], decode=DecodeConfig(**fields["decode"]),
                      encoder=EncoderConfig(**fields["encoder"]))
@@ -277,25 +282,27 @@ def train(run_dir, preset: str = TrainConfig.preset, *, data=None, cache_dir=Non
         keras.mixed_precision.set_global_policy(MIXED_POLICIES[recipe.mixed_precision])
 
     dataset, splits, vocabulary, model_config = start_run(paths.root, config, data)
-    # The attention family reads ResNet50's 7x7 maps (float16 on disk), the other pooled vectors.
-    spatial = model_config.attention
-    cache_dir = Path(cache_dir or default_cache_dir(data, config.encoder, spatial=spatial))
+    # Pooled vectors, ResNet50's 7x7 maps (attention) or conv4 maps (a trainable top).
+    kind = model_config.feature_kind
+    cache_dir = Path(cache_dir or default_cache_dir(data, config.encoder, kind=kind))
     # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
     lock_wait = CACHE_LOCK_WAIT_SECONDS if recipe.distribute == "multiworker" else 0
-    extraction = ensure_features(dataset.images, cache_dir, config.encoder, spatial=spatial,
+    # Training from images caches only the test split's features, for the evaluation.
+    cached = splits["test"] if config.encoder.train_from_images else dataset.images
+    extraction = ensure_features(cached, cache_dir, config.encoder, kind=kind,
                                  lock_wait_seconds=lock_wait)
     dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
     names, features = extraction.names, extraction.features
-    row_of = {name: i for i, name in enumerate(names)}
+    feed = TrainingFeed(model_config, config.encoder, dataset.images, names, features)
 
     pipeline = PipelineConfig(batch_size=recipe.batch_size, seed=recipe.seed,
                               max_caption_tokens=recipe.max_caption_tokens)
-    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of)
-    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of)
-    train_ds = shard_by_data(training_dataset(features, train_rows, train_tokens, pipeline))
-    val_ds = shard_by_data(evaluation_dataset(features, val_rows, val_tokens, pipeline))
+    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, feed.row_of)
+    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, feed.row_of)
+    train_ds = shard_by_data(feed.training(train_rows, train_tokens, pipeline))
+    val_ds = shard_by_data(feed.evaluation(val_rows, val_tokens, pipeline))
     # Counted by the pipeline: length buckets add partial batches to ceil(captions / batch).
-    steps_per_epoch = int(train_ds.cardinality())
+    steps_per_epoch = feed.steps_per_epoch(train_ds, train_rows, pipeline)
 
     settings = run_settings(config, model_config, vocabulary, data=data, dataset=dataset,
                             splits=splits, cache_dir=cache_dir)
@@ -303,11 +310,9 @@ def train(run_dir, preset: str = TrainConfig.preset, *, data=None, cache_dir=Non
 
     with strategy.scope():
         captioner = build_captioner(model_config)
-        if captioner.feature_norm is not None:  # training images' statistics only
-            if spatial:  # reads the rows in chunks instead of copying 49 x 2048 values each
-                captioner.feature_norm.adapt(features, rows=sorted(set(train_rows)))
-            else:
-                captioner.feature_norm.adapt(features[sorted(set(train_rows))])
+        feed.prepare(captioner, train_rows)  # training images' statistics only
+        if recipe.init_from:
+            init_from_run(captioner, recipe.init_from)
         captioner.compile(optimizer=make_optimizer(recipe, steps_per_epoch),
                           loss=MaskedCaptionLoss(recipe.label_smoothing),
                           jit_compile=recipe.jit_compile)
@@ -357,7 +362,8 @@ def parse_args(argv=None) -> dict:
                                     "TFDS data dir; omit for the built-in generated dataset")
     run.add_argument("--run-dir", default="runs/builtin", help="where checkpoints and logs go")
     run.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>, "
-                                         "with -spatial for the attention family)")
+                                         "with -spatial for the attention family, -conv4 with "
+                                         "--fine-tune-encoder)")
     run.add_argument("--no-eval", dest="evaluate", action="store_false",
                      help="skip the test-split evaluation")
     shown = run_config().by_name()  # the default preset's, on the built-in data
