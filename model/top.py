@@ -118,8 +118,9 @@ def init_from_run(captioner, run_dir) -> list[str]:
     from model.run_dir import load_run  # run_dir imports this stage's modules
     source = load_run(run_dir).load_captioner()
     if source.config.family != captioner.config.family:
-        raise ValueError(f"--init-from {run_dir}: a {source.config.family} run cannot start a "
-                         f"{captioner.config.family} one")
+        raise ValueError(f"--init-from {run_dir}: that run's captioner is of the "
+                         f"{source.config.family} family, this one of the "
+                         f"{captioner.config.family} family")
     copied = []
     for layer in captioner.layers:
         match = next((other for other in source.layers if other.name == layer.name), None)
