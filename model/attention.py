@@ -70,11 +70,11 @@ class AttentionCaptioner(CaptionerBase):
                                             name="to_logits")
 
     # --- the pieces --------------------------------------------------------------------------
-    def initial_state(self, features, training=False):
+    def initial_state(self, features, training=False, words=None):
         """Feature maps [B, H, W, F] (or conv4 maps, through the top) -> the decoder state: LSTM
         (h, c) from the mean annotation, plus the annotations and their attention keys, computed
         once per image."""
-        features = self.top_output(features, training)
+        features = self.top_output(features, training, words)
         grid = self.config.feature_grid
         features = keras.ops.reshape(features, [-1, grid * grid, features.shape[-1]])
         if self.feature_norm is not None:
@@ -100,7 +100,8 @@ class AttentionCaptioner(CaptionerBase):
 
     # --- training ------------------------------------------------------------------------------
     def call(self, inputs, training=False):
-        state = self.initial_state(self.input_features(inputs), training=training)
+        words = (inputs["tokens"], inputs.get("image_index"))  # for the word loss
+        state = self.initial_state(self.input_features(inputs), training=training, words=words)
         state = self.per_caption(state, inputs.get("image_index"))
         tokens = inputs["tokens"]
         embedded = self.dropout(self.embedding(tokens), training=training)

@@ -46,6 +46,10 @@ class ModelConfig:
     attention_regularizer: float = setting(
         0.0, "attention family: weight (lambda) of the doubly stochastic regulariser; "
         "Xu et al. use 1; 0 = off")
+    word_loss: float = setting(
+        0.0, "with an encoder top: weight of an auxiliary loss, which words an image's captions "
+        "use, predicted from the top's pooled map (a direct signal for every visual word that "
+        "the captioning loss gives the top slowly); 0 = off")
     encoder_top: str = setting(
         "", "train the encoder's top with the decoder, from the frozen trunk's conv4_x maps "
         "(14x14x1024, cached): head = a small conv head (what random weights need), conv5 = "
@@ -65,6 +69,8 @@ class ModelConfig:
         if self.attention_regularizer < 0:
             raise ValueError("ModelConfig.attention_regularizer must be >= 0, "
                              f"got {self.attention_regularizer!r}")
+        if self.word_loss < 0:
+            raise ValueError(f"ModelConfig.word_loss must be >= 0, got {self.word_loss!r}")
         if self.encoder_top == "auto":
             raise ValueError("ModelConfig.encoder_top 'auto' is chosen by the encoder weights "
                              "first (model.top.resolve_encoder_top)")
@@ -153,9 +159,10 @@ class CaptionerBase(keras.Model):
     image_trunk = None  # set by train_from_images: the frozen trunk run inside the step
 
     def set_config(self, config: ModelConfig) -> None:
-        from model.top import build_top  # model/top.py builds on this module
+        from model.top import build_top, word_head  # model/top.py builds on this module
         self.config = config
         self.top = build_top(config.encoder_top)
+        self.word_head = word_head(config) if self.top is not None and config.word_loss else None
 
     def input_features(self, inputs):
         """inputs["features"], or the frozen trunk's conv4 maps of inputs["images"] (decoded
@@ -167,16 +174,19 @@ class CaptionerBase(keras.Model):
                              "(model.features.TrainingFeed.prepare with train_from_images)")
         return tf.stop_gradient(keras.ops.cast(self.image_trunk(inputs["images"]), "float32"))
 
-    def top_output(self, features, training=False):
+    def top_output(self, features, training=False, words=None):
         """What the decoder reads of an image: its features, or for a run with a top that
         top's map of its conv4 features (averaged over the grid, in float32, for the pooled
-        family)."""
+        family). words: (tokens [N, T], image_index [N] or None) of a training batch, for the
+        word loss (ModelConfig.word_loss)."""
         if self.top is None:
             return features
         maps = self.top(features, training=training)
-        if self.config.attention:
-            return maps
-        return keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
+        pooled = keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
+        if training and words is not None and self.word_head is not None:
+            from model.top import word_presence_loss
+            self.add_loss(self.config.word_loss * word_presence_loss(self.word_head(pooled), *words))
+        return maps if self.config.attention else pooled
 
     @staticmethod
     def per_caption(state, image_index):

@@ -42,9 +42,9 @@ class Captioner(CaptionerBase):
         self.to_logits = keras.layers.Dense(config.vocab_size, dtype=logits_dtype(),
                                             name="to_logits")
 
-    def initial_state(self, features, training=False):
+    def initial_state(self, features, training=False, words=None):
         """Image features [B, F] (or conv4 maps) -> LSTM state (h0, c0), each [B, units]."""
-        features = self.top_output(features, training)
+        features = self.top_output(features, training, words)
         if self.feature_norm is not None:
             features = self.feature_norm(features)
         h = self.image_to_h(features)
@@ -52,7 +52,8 @@ class Captioner(CaptionerBase):
         return h, c
 
     def call(self, inputs, training=False):
-        state = self.initial_state(self.input_features(inputs), training=training)
+        words = (inputs["tokens"], inputs.get("image_index"))  # for the word loss
+        state = self.initial_state(self.input_features(inputs), training=training, words=words)
         h, c = self.per_caption(state, inputs.get("image_index"))
         embedded = self.dropout(self.embedding(inputs["tokens"]), training=training)
         outputs = self.lstm(embedded, initial_state=[h, c], training=training)

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from data.vocabulary import UNK_ID
 from model.base import FeatureStandardizer, chunked_moments
 from model.encoder import EncoderConfig, build_conv5
 
@@ -88,6 +89,31 @@ class Conv5Top(keras.layers.Layer):
 
     def adapt(self, features, rows=None):
         pass  # nothing learnt from the data before training
+
+
+TOP_CHANNELS = {"head": HEAD_FILTERS, "conv5": 2048}
+
+
+def word_head(config) -> keras.layers.Layer:
+    """Dense(vocabulary) on the top's pooled map: the word loss's logits."""
+    head = keras.layers.Dense(config.vocab_size, name="word_head", dtype="float32")
+    head.build((None, TOP_CHANNELS[config.encoder_top]))
+    return head
+
+
+def word_presence_loss(logits, tokens, image_index=None):
+    """Mean binary cross-entropy of which words (no special tokens) any caption of each image
+    uses: logits [B, V]; tokens [N, T] of N captions; image_index [N], the image of each caption
+    (None: caption i is image i's only one)."""
+    count, steps = tf.shape(logits)[0], tf.shape(tokens)[1]
+    if image_index is None:
+        image_index = tf.range(tf.shape(tokens)[0])
+    ids = tf.reshape(tf.cast(tokens, tf.int32), [-1])
+    where = tf.stack([tf.repeat(tf.cast(image_index, tf.int32), steps), ids], axis=1)
+    present = tf.tensor_scatter_nd_max(tf.zeros([count, tf.shape(logits)[1]]), where,
+                                       tf.cast(ids > UNK_ID, tf.float32))
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(present,
+                                                                  tf.cast(logits, tf.float32)))
 
 
 def build_top(top: str):

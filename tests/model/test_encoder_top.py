@@ -226,3 +226,32 @@ def test_init_from_refuses_another_family(trained_run):
     captioner = build_captioner(small_config(family="attention", encoder_top="head"))
     with pytest.raises(ValueError, match="of the pooled family, this one of the attention family"):
         init_from_run(captioner, trained_run.run)
+
+
+def test_word_presence_loss_targets_the_words_of_each_images_captions():
+    from model.top import word_presence_loss
+    logits = np.random.default_rng(4).normal(size=[2, 9]).astype(np.float32)
+    tokens = np.array([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 5, 8, 8, 2]], np.int32)
+    present = np.zeros([2, 9], np.float32)
+    present[0, [5, 6]] = 1  # caption 0 -> image 0; captions 1 and 2 -> image 1
+    present[1, [5, 7, 8]] = 1  # <pad>, <start>, <end> are no words
+    expected = np.mean(np.maximum(logits, 0) - logits * present + np.log1p(np.exp(-abs(logits))))
+    got = word_presence_loss(tf.constant(logits), tf.constant(tokens), tf.constant([0, 1, 1]))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+def test_word_loss_adds_to_the_training_loss_only():
+    from model.base import MaskedCaptionLoss
+    inputs = {"features": np.random.default_rng(5).normal(size=[2, *CONV4_SHAPE]).astype("float32"),
+              "tokens": np.full([3, 4], 5, np.int32), "image_index": np.array([0, 1, 1], np.int32)}
+    targets = np.full([3, 4], 6, np.int32)
+    losses = {}
+    for weight in (0.0, 1.0):
+        tf.keras.utils.set_random_seed(0)
+        model = build_captioner(small_config(encoder_top="head", word_loss=weight))
+        model.compile(optimizer="adam", loss=MaskedCaptionLoss())
+        losses[weight] = model.test_on_batch(inputs, targets), model.train_on_batch(inputs, targets)
+    assert losses[1.0][0] == pytest.approx(losses[0.0][0])  # evaluation: the captions' loss alone
+    assert losses[1.0][1] > losses[0.0][1] + 0.3  # + about log 2 at the start
+    assert build_captioner(small_config(encoder_top="head", word_loss=1.0)).word_head is not None
+    assert build_captioner(small_config(word_loss=1.0)).word_head is None  # frozen features
