@@ -46,10 +46,11 @@ class ModelConfig:
     attention_regularizer: float = setting(
         0.0, "attention family: weight (lambda) of the doubly stochastic regulariser; "
         "Xu et al. use 1; 0 = off")
-    word_loss: float = setting(
-        0.0, "with an encoder top: weight of an auxiliary loss, which words an image's captions "
-        "use, predicted from the top's pooled map (a direct signal for every visual word that "
-        "the captioning loss gives the top slowly); 0 = off")
+    word_loss: float | None = setting(
+        None, "with an encoder top: weight of an auxiliary loss, which words an image's "
+        "captions use, predicted from the top's pooled map (a direct signal for every visual "
+        "word, which the captioning loss gives the top slowly); none = 1 for the head (what "
+        "taught it shape), 0 for conv5 (not measured there); 0 = off")
     encoder_top: str = setting(
         "", "train the encoder's top with the decoder, from the frozen trunk's conv4_x maps "
         "(14x14x1024, cached): head = a small conv head (what random weights need), conv5 = "
@@ -69,7 +70,7 @@ class ModelConfig:
         if self.attention_regularizer < 0:
             raise ValueError("ModelConfig.attention_regularizer must be >= 0, "
                              f"got {self.attention_regularizer!r}")
-        if self.word_loss < 0:
+        if self.word_loss is not None and self.word_loss < 0:
             raise ValueError(f"ModelConfig.word_loss must be >= 0, got {self.word_loss!r}")
         if self.encoder_top == "auto":
             raise ValueError("ModelConfig.encoder_top 'auto' is chosen by the encoder weights "
@@ -79,6 +80,13 @@ class ModelConfig:
     def attention(self) -> bool:
         """Whether this is the attention family (what export/ asks)."""
         return self.family == "attention"
+
+    @property
+    def word_loss_weight(self) -> float:
+        """word_loss, or its default for the top (the field's help)."""
+        if self.word_loss is not None:
+            return float(self.word_loss) if self.encoder_top else 0.0
+        return 1.0 if self.encoder_top == "head" else 0.0
 
     @property
     def standardizes_decoder_input(self) -> bool:
@@ -162,7 +170,7 @@ class CaptionerBase(keras.Model):
         from model.top import build_top, word_head  # model/top.py builds on this module
         self.config = config
         self.top = build_top(config.encoder_top)
-        self.word_head = word_head(config) if self.top is not None and config.word_loss else None
+        self.word_head = word_head(config) if config.word_loss_weight else None
 
     def input_features(self, inputs):
         """inputs["features"], or the frozen trunk's conv4 maps of inputs["images"] (decoded
@@ -185,7 +193,8 @@ class CaptionerBase(keras.Model):
         pooled = keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
         if training and words is not None and self.word_head is not None:
             from model.top import word_presence_loss
-            self.add_loss(self.config.word_loss * word_presence_loss(self.word_head(pooled), *words))
+            loss = word_presence_loss(self.word_head(pooled), *words)
+            self.add_loss(self.config.word_loss_weight * loss)
         return maps if self.config.attention else pooled
 
     @staticmethod

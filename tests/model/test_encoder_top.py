@@ -256,5 +256,7 @@ def test_word_loss_adds_to_the_training_loss_only():
         losses[weight] = model.test_on_batch(inputs, targets), model.train_on_batch(inputs, targets)
     assert losses[1.0][0] == pytest.approx(losses[0.0][0])  # evaluation: the captions' loss alone
     assert losses[1.0][1] > losses[0.0][1] + 0.3  # + about log 2 at the start
-    assert build_captioner(small_config(encoder_top="head", word_loss=1.0)).word_head is not None
+    assert build_captioner(small_config(encoder_top="head")).word_head is not None  # default
+    assert small_config(encoder_top="conv5").word_loss_weight == 0.0  # not measured there
+    assert small_config(encoder_top="conv5", word_loss=0.5).word_loss_weight == 0.5
     assert build_captioner(small_config(word_loss=1.0)).word_head is None  # frozen features
