@@ -20,6 +20,16 @@ as a variable (a resource handle) rather than a graph constant, so its 238 MB (F
 2048 floats) are not copied into each traced function.
 A float16 matrix (the spatial maps of the feature cache: 29k x 7 x 7 x 2048 is 5.8 GB) stays
 float16 in the variable, half the memory of float32; each gathered batch is cast to float32.
+
+Image-major batches (image_major_dataset, image_file_dataset) hold whole images instead: B images
+with all their N captions,
+
+    ({"features": float32 [B, ...], "tokens": int32 [N, T], "image_index": int32 [N]}, targets)
+
+where image_index says which of the B images each caption describes ("images": float32
+[B, 224, 224, 3] instead of "features" when the images are decoded in the pipeline). A captioner
+that trains the encoder's top runs it once per image instead of once per caption: about 1.9x
+cheaper steps measured with the conv4 head.
 """
 from __future__ import annotations
 
@@ -29,6 +39,8 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from data.images import decode_one
 
 
 @dataclass
@@ -213,3 +225,87 @@ def image_batches(features: np.ndarray, image_rows: Sequence[int], references: n
             .shuffle(len(image_rows), seed=seed, reshuffle_each_iteration=True)
             .batch(batch_size).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def images_per_batch(config: PipelineConfig, num_images: int, num_captions: int) -> int:
+    """Images per image-major batch: about config.batch_size captions' worth."""
+    return max(1, round(config.batch_size * num_images / max(1, num_captions)))
+
+
+def image_major_dataset(features: np.ndarray, image_rows, token_lists, config: PipelineConfig,
+                        shuffle: bool = True) -> tf.data.Dataset:
+    """Image-major batches (module docstring) of the cached features: images shuffled (seeded,
+    reshuffled every epoch) unless shuffle=False, then in row order."""
+    examples, table = _prepare(features, image_rows, token_lists, config)
+    images, captions_of = _captions_by_image(examples)
+    rows = tf.constant(images, tf.int32)
+
+    def make_batch(positions):
+        batch = tf.cast(tf.gather(table, tf.gather(rows, positions)), tf.float32)
+        return _with_captions("features", batch, positions, captions_of, examples.tokens,
+                              config.pad_to)
+
+    per_batch = images_per_batch(config, len(images), len(examples))
+    return (_image_positions(len(images), config, shuffle).batch(per_batch)
+            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def image_file_dataset(files: Sequence[str], image_rows, token_lists, config: PipelineConfig,
+                       shuffle: bool = True) -> tf.data.Dataset:
+    """Image-major batches of decoded images (data.images.decode_one, the one preprocessing
+    path), for training that runs the frozen encoder in its step: files[row] is the image of
+    feature row `row`. An image that fails to decode is left out with its captions, so the
+    number of batches is not known in advance."""
+    examples = caption_examples(image_rows, token_lists, config.max_caption_tokens)
+    images, captions_of = _captions_by_image(examples)
+    if len(images) and images.max() >= len(files):
+        raise ValueError(f"a caption refers to image row {images.max()}, but there are "
+                         f"{len(files)} image files")
+    paths = tf.constant([str(files[row]) for row in images])
+
+    def load(position):
+        image, error = decode_one(tf.io.read_file(tf.gather(paths, position)))
+        return position, image, error
+
+    def make_batch(positions, batch, errors):
+        return _with_captions("images", batch, positions, captions_of, examples.tokens,
+                              config.pad_to)
+
+    per_batch = images_per_batch(config, len(images), len(examples))
+    return (_image_positions(len(images), config, shuffle)
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .ignore_errors()  # a decoder that raised: a corrupt image
+            .filter(lambda position, image, error: tf.equal(error, ""))
+            .batch(per_batch).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _captions_by_image(examples: CaptionExamples):
+    """(the distinct image rows, sorted, int64 [M]; ragged [M, None] of the caption indices of
+    each)."""
+    rows = examples.image_rows.numpy()
+    images, image_of_caption = np.unique(rows, return_inverse=True)
+    order = np.argsort(image_of_caption, kind="stable")
+    counts = np.bincount(image_of_caption, minlength=len(images))
+    return images, tf.RaggedTensor.from_row_lengths(tf.constant(order, tf.int64),
+                                                    tf.constant(counts, tf.int64))
+
+
+def _image_positions(count: int, config: PipelineConfig, shuffle: bool) -> tf.data.Dataset:
+    positions = tf.data.Dataset.range(count)
+    if shuffle:
+        positions = positions.shuffle(max(1, count), seed=config.seed,
+                                      reshuffle_each_iteration=True)
+    return positions
+
+
+def _with_captions(key: str, batch, positions, captions_of, tokens, pad_to):
+    """One image-major element: the images' `batch` under `key`, all their captions after it."""
+    captions = tf.gather(captions_of, positions)  # ragged [B, None] caption indices
+    chosen = tf.gather(tokens, captions.flat_values)
+    pad_shape = None if pad_to is None else [None, pad_to]
+    inputs = {key: batch, "tokens": chosen[:, :-1].to_tensor(0, shape=pad_shape),
+              "image_index": tf.cast(captions.value_rowids(), tf.int32)}
+    return inputs, chosen[:, 1:].to_tensor(0, shape=pad_shape)

@@ -52,8 +52,9 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
     chosen = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
     decode = dataclasses.replace(run.decode_config, **{
         k: v for k, v in chosen.items() if k in ("max_new_tokens", "beam_width", "length_penalty")})
+    # A run with a trainable top serves the frozen trunk (conv4); its captioner holds the top.
     encoder = build_export_encoder(run.encoder_config, config.precision,
-                                   spatial=run.model_config.attention)
+                                   kind=run.model_config.feature_kind)
     captioner = load_export_captioner(run, config.precision)
     archive = build_archive(encoder, captioner, str(run.paths.vocab_file), decode)
     images = warmup_images if warmup_images is not None else _warmup_images(run, config)
@@ -66,6 +67,8 @@ def export_run(run_dir, model_base, version="auto", config: ExportConfig | None 
             "encoder": dataclasses.asdict(run.encoder_config),
             "encoder_id": encoder_id(run.encoder_config),
             "model": run.settings["model"], "signatures": list(SIGNATURES),
+            "feature_kind": run.model_config.feature_kind,
+            "features_input": [-1, *run.model_config.feature_shape],
             "outputs": list(OUTPUTS) + ([ATTENTION] if run.model_config.attention else []),
             "run_dir": str(run.paths.root.resolve()),
             "weights_digest": weights_digest(run.paths.weights),

@@ -17,9 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.base import CaptionerBase, FeatureStandardizer, ModelConfig, logits_dtype
-
-ADAPT_ROWS_PER_CHUNK = 256  # images per chunk when computing feature statistics
+from model.base import (CaptionerBase, FeatureStandardizer, ModelConfig, chunked_moments,
+                        logits_dtype)
 
 
 class SpatialStandardizer(FeatureStandardizer):
@@ -29,8 +28,7 @@ class SpatialStandardizer(FeatureStandardizer):
     pooled over locations would leave in; over images only, each cell keeps what tells images
     apart, as the pooled model's standardisation does for its vector.
 
-    adapt() reads the images in chunks (a float64 copy of Flickr30k's training maps would not fit
-    in memory) and combines the chunks' means and variances exactly (Chan)."""
+    adapt() reads the images in chunks (model.base.chunked_moments)."""
 
     def build(self, input_shape):
         shape = tuple(input_shape[1:])  # (locations, channels)
@@ -38,22 +36,12 @@ class SpatialStandardizer(FeatureStandardizer):
         self.std = self.add_weight(shape=shape, initializer="ones", trainable=False, name="std")
 
     def adapt(self, features, rows=None):
-        rows = np.arange(len(features)) if rows is None else np.asarray(rows)
-        shape = (int(np.prod(features.shape[1:-1])), features.shape[-1])  # (locations, channels)
-        count, mean, squares = 0, np.zeros(shape), np.zeros(shape)
-        for start in range(0, len(rows), ADAPT_ROWS_PER_CHUNK):
-            chunk = np.asarray(features[rows[start:start + ADAPT_ROWS_PER_CHUNK]], np.float64)
-            chunk = chunk.reshape(-1, *shape)
-            n, chunk_mean = len(chunk), chunk.mean(0)
-            delta = chunk_mean - mean
-            total = count + n
-            squares += ((chunk - chunk_mean) ** 2).sum(0) + delta ** 2 * count * n / total
-            mean += delta * n / total
-            count = total
+        shape = (int(np.prod(features.shape[1:-1])), int(features.shape[-1]))  # (locations, C)
+        mean, std = chunked_moments(features, rows, shape)
         if not self.built:
             self.build((None, *shape))
-        self.mean.assign(mean.astype("float32"))
-        self.std.assign(np.maximum(np.sqrt(squares / max(count, 1)), 1e-6).astype("float32"))
+        self.mean.assign(mean)
+        self.std.assign(std)
 
 
 class AttentionCaptioner(CaptionerBase):
@@ -62,10 +50,10 @@ class AttentionCaptioner(CaptionerBase):
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        self.config = config
+        self.set_config(config)
         # float32 for the reason given in Captioner.
         self.feature_norm = (SpatialStandardizer(name="feature_norm", dtype="float32")
-                             if config.normalize_features else None)
+                             if config.standardizes_decoder_input else None)
         self.annotate = keras.layers.Dense(config.units, activation="relu", name="annotate")
         self.init_h = keras.layers.Dense(config.units, activation="tanh", name="init_h")
         self.init_c = keras.layers.Dense(config.units, activation="tanh", name="init_c")
@@ -82,11 +70,13 @@ class AttentionCaptioner(CaptionerBase):
                                             name="to_logits")
 
     # --- the pieces --------------------------------------------------------------------------
-    def initial_state(self, features, training=False):
-        """Feature maps [B, H, W, F] -> the decoder state: LSTM (h, c) from the mean annotation,
-        plus the annotations and their attention keys, computed once per image."""
-        grid, dim = self.config.feature_grid, self.config.feature_dim
-        features = keras.ops.reshape(features, [-1, grid * grid, dim])
+    def initial_state(self, features, training=False, words=None):
+        """Feature maps [B, H, W, F] (or conv4 maps, through the top) -> the decoder state: LSTM
+        (h, c) from the mean annotation, plus the annotations and their attention keys, computed
+        once per image."""
+        features = self.top_output(features, training, words)
+        grid = self.config.feature_grid
+        features = keras.ops.reshape(features, [-1, grid * grid, features.shape[-1]])
         if self.feature_norm is not None:
             features = self.feature_norm(features)
         annotations = self.annotate(features)
@@ -110,7 +100,9 @@ class AttentionCaptioner(CaptionerBase):
 
     # --- training ------------------------------------------------------------------------------
     def call(self, inputs, training=False):
-        state = self.initial_state(inputs["features"], training=training)
+        words = (inputs["tokens"], inputs.get("image_index"))  # for the word loss
+        state = self.initial_state(self.input_features(inputs), training=training, words=words)
+        state = self.per_caption(state, inputs.get("image_index"))
         tokens = inputs["tokens"]
         embedded = self.dropout(self.embedding(tokens), training=training)
 

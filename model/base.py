@@ -1,7 +1,7 @@
 """What every captioner shares: its settings (ModelConfig), the feature standardiser, the
-training loss, the logits' dtype under mixed precision, and CaptionerBase (Keras workarounds and
-build_for). Both model families (model/captioner.py, model/attention.py) build on this module;
-model/presets.py picks the family.
+training loss, the logits' dtype under mixed precision, and CaptionerBase (the encoder's
+trainable top, image-major batches, Keras workarounds, build_for). Both model families
+(model/captioner.py, model/attention.py) build on this module; model/presets.py picks the family.
 """
 import dataclasses
 
@@ -10,13 +10,16 @@ import numpy as np
 import tensorflow as tf
 
 from data.flags import check_choices, setting
-from model.encoder import FEATURE_DIM, GRID
+from model.encoder import CONV4_SHAPE, FEATURE_DIM, GRID
 from model.scst import self_critical_step
 
 # Training's Keras dtype policies by precision name; logits and loss stay float32 under both
 # 16-bit policies (logits_dtype, MaskedCaptionLoss).
 MIXED_POLICIES = {"": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 FAMILIES = ("pooled", "attention")  # model/captioner.py, model/attention.py
+ENCODER_TOPS = ("", "head", "conv5", "auto")  # model/top.py; "auto" is resolved by the weights
+ADAPT_ROWS_PER_CHUNK = 256  # images per chunk when computing feature statistics
+ADAPT_VALUES_PER_CHUNK = 256 * 49 * 2048  # and at most this many values (float64) per chunk
 
 
 @dataclasses.dataclass
@@ -43,6 +46,17 @@ class ModelConfig:
     attention_regularizer: float = setting(
         0.0, "attention family: weight (lambda) of the doubly stochastic regulariser; "
         "Xu et al. use 1; 0 = off")
+    word_loss: float | None = setting(
+        None, "with an encoder top: weight of an auxiliary loss, which words an image's "
+        "captions use, predicted from the top's pooled map (a direct signal for every visual "
+        "word, which the captioning loss gives the top slowly); none = 1 for the head (what "
+        "taught it shape), 0 for conv5 (not measured there); 0 = off")
+    encoder_top: str = setting(
+        "", "train the encoder's top with the decoder, from the frozen trunk's conv4_x maps "
+        "(14x14x1024, cached): head = a small conv head (what random weights need), conv5 = "
+        "ResNet50's conv5_x stage, BatchNorm frozen (ImageNet weights or a file; with "
+        "--init-from a run on frozen features and a lower --learning-rate); the bare flag picks "
+        "by --encoder-weights", choices=ENCODER_TOPS, flag="fine-tune-encoder", const="auto")
 
     def __post_init__(self):
         check_choices(self)
@@ -56,6 +70,11 @@ class ModelConfig:
         if self.attention_regularizer < 0:
             raise ValueError("ModelConfig.attention_regularizer must be >= 0, "
                              f"got {self.attention_regularizer!r}")
+        if self.word_loss is not None and self.word_loss < 0:
+            raise ValueError(f"ModelConfig.word_loss must be >= 0, got {self.word_loss!r}")
+        if self.encoder_top == "auto":
+            raise ValueError("ModelConfig.encoder_top 'auto' is chosen by the encoder weights "
+                             "first (model.top.resolve_encoder_top)")
 
     @property
     def attention(self) -> bool:
@@ -63,11 +82,54 @@ class ModelConfig:
         return self.family == "attention"
 
     @property
+    def word_loss_weight(self) -> float:
+        """word_loss, or its default for the top (the field's help)."""
+        if self.word_loss is not None:
+            return float(self.word_loss) if self.encoder_top else 0.0
+        return 1.0 if self.encoder_top == "head" else 0.0
+
+    @property
+    def standardizes_decoder_input(self) -> bool:
+        """normalize_features standardises what the decoder reads, but after the head: that
+        standardises its own conv4 input and ends in BatchNorm, and statistics fixed before
+        training would go stale as it learns."""
+        return self.normalize_features and self.encoder_top != "head"
+
+    @property
+    def feature_kind(self) -> str:
+        """The encoder features the model reads (model.encoder.FEATURE_KINDS)."""
+        if self.encoder_top:
+            return "conv4"
+        return "spatial" if self.attention else "pooled"
+
+    @property
     def feature_shape(self) -> tuple:
         """One image's features as the model takes them."""
+        if self.encoder_top:
+            return CONV4_SHAPE
         if self.attention:
             return (self.feature_grid, self.feature_grid, self.feature_dim)
         return (self.feature_dim,)
+
+
+def chunked_moments(features, rows, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (mean, std) of features[rows] viewed as [-1, *shape], read in chunks (a float64
+    copy of Flickr30k's training maps would not fit in memory), the chunks' means and variances
+    combined exactly (Chan et al.). std is at least 1e-6."""
+    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+    count, mean, squares = 0, np.zeros(shape), np.zeros(shape)
+    step = max(1, min(ADAPT_ROWS_PER_CHUNK,
+                      ADAPT_VALUES_PER_CHUNK // max(1, int(np.prod(features.shape[1:])))))
+    for start in range(0, len(rows), step):
+        chunk = np.asarray(features[rows[start:start + step]], np.float64).reshape(-1, *shape)
+        n, chunk_mean = len(chunk), chunk.mean(0)
+        delta = chunk_mean - mean
+        total = count + n
+        squares += ((chunk - chunk_mean) ** 2).sum(0) + delta ** 2 * count * n / total
+        mean += delta * n / total
+        count = total
+    std = np.maximum(np.sqrt(squares / max(count, 1)), 1e-6)
+    return mean.astype("float32"), std.astype("float32")
 
 
 class FeatureStandardizer(keras.layers.Layer):
@@ -97,11 +159,66 @@ def logits_dtype() -> str | None:
 
 
 class CaptionerBase(keras.Model):
-    """What both model families share: self-critical training (model/scst.py), Keras 3.15
-    workarounds for multi-worker fit, and build_for. Subclasses set self.config and define
-    initial_state, call and step."""
+    """What both model families share: the encoder's trainable top (model/top.py), image-major
+    batches, self-critical training (model/scst.py), Keras 3.15 workarounds for multi-worker fit,
+    and build_for. Subclasses call set_config and define initial_state, call and step."""
 
     self_critical = None  # a model.scst.SelfCritical once model.scst.enable() was called
+    image_trunk = None  # set by train_from_images: the frozen trunk run inside the step
+
+    def set_config(self, config: ModelConfig) -> None:
+        from model.top import build_top, word_head  # model/top.py builds on this module
+        self.config = config
+        self.top = build_top(config.encoder_top)
+        self.word_head = word_head(config) if config.word_loss_weight else None
+
+    def input_features(self, inputs):
+        """inputs["features"], or the frozen trunk's conv4 maps of inputs["images"] (decoded
+        images: model.features.TrainingFeed with train_from_images)."""
+        if "images" not in inputs:
+            return inputs["features"]
+        if self.image_trunk is None:
+            raise ValueError("this captioner reads features; images need the frozen trunk "
+                             "(model.features.TrainingFeed.prepare with train_from_images)")
+        return tf.stop_gradient(keras.ops.cast(self.image_trunk(inputs["images"]), "float32"))
+
+    def top_output(self, features, training=False, words=None):
+        """What the decoder reads of an image: its features, or for a run with a top that
+        top's map of its conv4 features (averaged over the grid, in float32, for the pooled
+        family). words: (tokens [N, T], image_index [N] or None) of a training batch, for the
+        word loss (ModelConfig.word_loss)."""
+        if self.top is None:
+            return features
+        maps = self.top(features, training=training)
+        pooled = keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
+        if training and words is not None and self.word_head is not None:
+            from model.top import word_presence_loss
+            loss = word_presence_loss(self.word_head(pooled), *words)
+            self.add_loss(self.config.word_loss_weight * loss)
+        return maps if self.config.attention else pooled
+
+    @staticmethod
+    def per_caption(state, image_index):
+        """The decoder state of each caption of an image-major batch (data.pipeline), where
+        the image part ran once per image; unchanged for a batch of one row per caption."""
+        if image_index is None:
+            return state
+        return tf.nest.map_structure(lambda value: tf.gather(value, image_index), state)
+
+    def adapt(self, features, rows) -> None:
+        """Sets what is learnt from the training images' features[rows] before training: the
+        top's statistics, then the decoder's standardiser, on what it reads."""
+        if self.top is not None:
+            self.top.adapt(features, rows)
+        if self.feature_norm is None:
+            return
+        if self.top is not None:
+            from model.top import top_features
+            features, rows = top_features(self, features, rows), None
+        if features.ndim > 2:  # maps: per location and channel, read in chunks
+            self.feature_norm.adapt(features, rows=rows)
+        else:
+            self.feature_norm.adapt(features if rows is None else features[rows])
 
     @property
     def metrics(self):

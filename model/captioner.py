@@ -16,15 +16,18 @@ from model.base import CaptionerBase, FeatureStandardizer, ModelConfig, logits_d
 
 
 class Captioner(CaptionerBase):
-    """inputs {"features": [B, F] float, "tokens": [B, T] int (0 = <pad>)} -> logits [B, T, V]."""
+    """inputs {"features": [B, F] float, "tokens": [B, T] int (0 = <pad>)} -> logits [B, T, V].
+    With an encoder top, features are conv4 maps [B, 14, 14, 1024] and the decoder reads the
+    top's map averaged over its grid; an image-major batch adds "image_index" [N] (the image of
+    each of N captions) and B counts images."""
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        self.config = config
+        self.set_config(config)
         # float32 under mixed precision too: features differ little between images, so rounding
         # them to 16 bits before the mean is subtracted would drown that difference, for no speed.
         self.feature_norm = (FeatureStandardizer(name="feature_norm", dtype="float32")
-                             if config.normalize_features else None)
+                             if config.standardizes_decoder_input else None)
         self.image_to_h = keras.layers.Dense(config.units, activation="relu", name="image_to_h")
         self.image_to_c = (keras.layers.Dense(config.units, activation="tanh", name="image_to_c")
                            if config.image_init_cell else None)
@@ -39,8 +42,9 @@ class Captioner(CaptionerBase):
         self.to_logits = keras.layers.Dense(config.vocab_size, dtype=logits_dtype(),
                                             name="to_logits")
 
-    def initial_state(self, features, training=False):
-        """Image features [B, F] -> LSTM state (h0, c0), each [B, units]."""
+    def initial_state(self, features, training=False, words=None):
+        """Image features [B, F] (or conv4 maps) -> LSTM state (h0, c0), each [B, units]."""
+        features = self.top_output(features, training, words)
         if self.feature_norm is not None:
             features = self.feature_norm(features)
         h = self.image_to_h(features)
@@ -48,7 +52,9 @@ class Captioner(CaptionerBase):
         return h, c
 
     def call(self, inputs, training=False):
-        h, c = self.initial_state(inputs["features"], training=training)
+        words = (inputs["tokens"], inputs.get("image_index"))  # for the word loss
+        state = self.initial_state(self.input_features(inputs), training=training, words=words)
+        h, c = self.per_caption(state, inputs.get("image_index"))
         embedded = self.dropout(self.embedding(inputs["tokens"]), training=training)
         outputs = self.lstm(embedded, initial_state=[h, c], training=training)
         return tf.cast(self.to_logits(self.dropout(outputs, training=training)), tf.float32)

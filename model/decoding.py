@@ -214,7 +214,7 @@ def decode_features(model, features, config: DecodeConfig, method="greedy",
     if not return_attention:
         return found
     ids, log_prob, state, *beams = found
-    grid = features.shape[1:3]
+    grid = (model.config.feature_grid,) * 2  # the attended map's, not the input's (conv4: 14x14)
     return (ids, log_prob, aligned_attention(ids, state["attention"], grid), *beams)
 
 

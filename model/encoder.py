@@ -1,9 +1,12 @@
-"""The image encoder: Keras ResNet50 without its classifier, average-pooled to 2048 features.
+"""The image encoder: Keras ResNet50 without its classifier, and the kinds of feature it gives.
 
 Input: float32 [batch, 224, 224, 3] already passed through data.images.decode_one (which applies
-ResNet50's own preprocess_input). Output: float32 [batch, 2048], or with spatial=True the last
-convolutional map before the pooling, float32 [batch, 7, 7, 2048] (SPATIAL_SHAPE), for the
-attention decoder. The pooled vector is the mean of that map over its 7x7 grid.
+ResNet50's own preprocess_input). Output, by feature kind (FEATURE_KINDS):
+- "pooled": float32 [batch, 2048], the last map averaged over its 7x7 grid;
+- "spatial": that last map, [batch, 7, 7, 2048] (SPATIAL_SHAPE), for the attention decoder;
+- "conv4": the frozen trunk's output `conv4_block6_out`, [batch, 14, 14, 1024] (CONV4_SHAPE), for
+  captioners that train the encoder's top themselves (model/top.py). `build_conv5` is the rest of
+  ResNet50 (its conv5_x stage), the trainable top of ImageNet-weight runs.
 
 Weights come from one of three places (EncoderConfig.weights):
 - "imagenet": Keras' published ImageNet weights. They are looked up in the Keras cache
@@ -33,6 +36,12 @@ from data.images import IMAGE_SIZE
 FEATURE_DIM = 2048
 GRID = 7  # ResNet50 downsamples 224 px by 32: a 7x7 grid of locations
 SPATIAL_SHAPE = (GRID, GRID, FEATURE_DIM)
+CONV4_LAYER = "conv4_block6_out"  # the last layer before ResNet50's conv5_x stage
+CONV4_SHAPE = (2 * GRID, 2 * GRID, 1024)
+# Per-image shape and cache dtype of each kind. Maps are float16 on disk (half the bytes; their
+# values are far inside float16's range), the pooled vector float32.
+FEATURE_KINDS = {"pooled": ((FEATURE_DIM,), "float32"), "spatial": (SPATIAL_SHAPE, "float16"),
+                 "conv4": (CONV4_SHAPE, "float16")}
 
 # What Keras' own ResNet50(weights="imagenet", include_top=False) downloads and checks.
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -54,28 +63,63 @@ class EncoderConfig:
                            "file (training's default: random for the built-in data, imagenet "
                            "otherwise)")
     seed: int = setting(0, "seed of the random weights")
+    # Not part of encoder_id: it changes where features are computed, not what they are.
+    train_from_images: bool = setting(
+        False, "with --fine-tune-encoder: decode the images in the input pipeline and run the "
+        "frozen trunk inside every training step instead of reading cached conv4 maps (for "
+        "GPUs, where the trunk costs little)", flag="train-from-images")
 
 
-def build_encoder(config: EncoderConfig, spatial: bool = False) -> keras.Model:
-    """ResNet50(include_top=False, pooling="avg"): float32 [None,224,224,3] -> [None,2048].
-
-    spatial=True: the same network without the pooling (pooling=None), -> [None,7,7,2048]. Both
-    have the same weights for the same config (the pooling layer has none).
+def build_encoder(config: EncoderConfig, spatial: bool = False, *, kind: str | None = None
+                  ) -> keras.Model:
+    """ResNet50(include_top=False) giving features of `kind` (FEATURE_KINDS) from float32
+    [None,224,224,3]: "pooled" [None,2048] (pooling="avg"), "spatial" [None,7,7,2048] (no
+    pooling), "conv4" [None,14,14,1024] (cut at CONV4_LAYER). spatial=True is kind="spatial".
+    Every kind has the same weights for the same config (the pooling layer has none).
     """
+    kind = check_kind(kind or ("spatial" if spatial else "pooled"))
+    network = _weighted(config, pooling="avg" if kind == "pooled" else None)
+    if kind == "conv4":
+        return keras.Model(network.input, network.get_layer(CONV4_LAYER).output,
+                           name="resnet50_conv4")
+    return network
+
+
+def build_conv5(config: EncoderConfig | None = None) -> keras.Model:
+    """ResNet50's conv5_x stage, [None,14,14,1024] -> [None,7,7,2048]: what follows the "conv4"
+    trunk, with the weights of `config` (None: random, for a model whose weights are loaded
+    afterwards). Its BatchNorm layers are frozen (trainable=False: Keras then runs them in
+    inference mode), the usual recipe when fine-tuning with small batches."""
+    network = _weighted(config, pooling=None) if config else _resnet50(None)
+    stage = keras.Model(network.get_layer(CONV4_LAYER).output, network.output, name="conv5")
+    for layer in stage.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return stage
+
+
+def check_kind(kind: str) -> str:
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"feature kind must be one of {sorted(FEATURE_KINDS)}, got {kind!r}")
+    return kind
+
+
+def _weighted(config: EncoderConfig, pooling: str | None) -> keras.Model:
+    """The whole ResNet50 with the weights of `config`."""
     if config.weights == "random":
         # Seeds Python, NumPy, TF and Keras' global seed generator, so the initialisers draw the
         # same values in every process given the same seed.
         keras.utils.set_random_seed(config.seed)
-        return _resnet50(spatial)
+        return _resnet50(pooling)
     if config.weights == "imagenet":
         path = _imagenet_weights_file()  # before building, so a failure is immediate
-        return _load(_resnet50(spatial), path, "the ImageNet weights")
+        return _load(_resnet50(pooling), path, "the ImageNet weights")
     path = pathlib.Path(config.weights).expanduser()
     if not path.is_file():
         raise EncoderWeightsError(
             f"encoder weights file {str(path)!r} does not exist; expected 'imagenet', 'random' or "
             f"the path of a Keras ResNet50 notop weights file ({IMAGENET_FILE})")
-    return _load(_resnet50(spatial), path, f"weights file {str(path)!r}")
+    return _load(_resnet50(pooling), path, f"weights file {str(path)!r}")
 
 
 def encoder_id(config: EncoderConfig) -> str:
@@ -96,10 +140,9 @@ def encoder_id(config: EncoderConfig) -> str:
     return "imagenet" if md5 == IMAGENET_MD5 else f"file:{sha256[:16]}"
 
 
-def _resnet50(spatial: bool = False) -> keras.Model:
-    return keras.applications.ResNet50(
-        include_top=False, weights=None, pooling=None if spatial else "avg",
-        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+def _resnet50(pooling: str | None) -> keras.Model:
+    return keras.applications.ResNet50(include_top=False, weights=None, pooling=pooling,
+                                       input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
 
 
 def _load(model: keras.Model, path: pathlib.Path, what: str) -> keras.Model:

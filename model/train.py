@@ -28,20 +28,21 @@ import tensorflow as tf
 
 from data.flags import add_flags, check_choices, setting, settings_fields
 from data.layouts import DatasetError
-from data.pipeline import PipelineConfig, evaluation_dataset, image_batches, training_dataset
+from data.pipeline import PipelineConfig, image_batches
 from data.sources import open_dataset
 from data.splits import split_dataset
 from data.vocabulary import Vocabulary
 from model.base import MIXED_POLICIES, MaskedCaptionLoss, ModelConfig
 from model.decoding import DecodeConfig
 from model.encoder import EncoderConfig, EncoderWeightsError
-from model.features import default_cache_dir, ensure_features
+from model.features import TrainingFeed, default_cache_dir, ensure_features
 from model.history import best_logged, history_summary
 from model.plots import loss_curve_png, reward_curve_png
 from model.cider import CiderReferences, cider_references
 from model.presets import PRESETS, build_captioner, preset as chosen_preset
 from model.run_dir import RunPaths, TrainedRun, load_run, weights_digest, write_json
 from model.scst import RECIPE as SCST_RECIPE, ScstConfig, ValidationCider, enable as enable_scst
+from model.top import init_from_run, resolve_encoder_top
 
 log = logging.getLogger("train")
 # How long a worker waits for another one extracting into the same feature cache (Flickr30k's
@@ -80,6 +81,8 @@ class TrainConfig:
                               "TF_CONFIG (README)",
                               choices=("auto", "mirrored", "multiworker", "none"))
     deterministic: bool = setting(False, "also turn on TensorFlow's op determinism")
+    init_from: str = setting("", "a finished run folder whose best weights start this run "
+                             "(those its model shares, by layer name)")
     # A frozen or unreachable worker then stops the others instead of hanging them (a killed
     # one is noticed at once: its port refuses).
     worker_timeout_seconds: float = setting(
@@ -169,6 +172,8 @@ def run_config(preset: str | None = None, *, data=None, **overrides) -> RunConfi
     for name, value in overrides.items():
         section, field = OVERRIDES[name]
         fields[section][field] = value
+    fields["model"]["encoder_top"] = resolve_encoder_top(fields["model"]["encoder_top"],
+                                                         fields["encoder"]["weights"])
     return RunConfig(train=TrainConfig(**fields["train"]), model=fields["model"],
                      decode=DecodeConfig(**fields["decode"]),
                      encoder=EncoderConfig(**fields["encoder"]),
@@ -305,25 +310,30 @@ class Fit:
     score: Callable        # score(captioner) -> the monitored value of its current weights
     first_callbacks: list = dataclasses.field(default_factory=list)  # they log `monitor`
     rewards: CiderReferences | None = None  # self-critical: the reward's training references
+    steps_per_epoch: int | None = None  # None: the training dataset's cardinality
 
 
-def cross_entropy_fit(features, splits, vocabulary, row_of, recipe: TrainConfig) -> Fit:
+def cross_entropy_fit(feed: TrainingFeed, splits, vocabulary, recipe: TrainConfig) -> Fit:
     """Teacher forcing on every training caption; validation loss on the validation captions."""
     pipeline = PipelineConfig(batch_size=recipe.batch_size, seed=recipe.seed,
                               max_caption_tokens=recipe.max_caption_tokens)
-    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, row_of)
-    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, row_of)
-    validation = shard_by_data(evaluation_dataset(features, val_rows, val_tokens, pipeline))
+    train_rows, train_tokens = caption_tokens(splits["train"], vocabulary, feed.row_of)
+    val_rows, val_tokens = caption_tokens(splits["val"], vocabulary, feed.row_of)
+    validation = shard_by_data(feed.evaluation(val_rows, val_tokens, pipeline))
+    train = shard_by_data(feed.training(train_rows, train_tokens, pipeline))
 
     def val_loss(captioner) -> float:
         return captioner.evaluate(validation, verbose=0, return_dict=True)["loss"]
-    return Fit(shard_by_data(training_dataset(features, train_rows, train_tokens, pipeline)),
-               validation, len(train_tokens), "val_loss", "min", val_loss)
+    return Fit(train, validation, len(train_tokens), "val_loss", "min", val_loss,
+               steps_per_epoch=feed.steps_per_epoch(train, train_rows, pipeline))
 
 
-def self_critical_fit(features, splits, vocabulary, row_of, config: RunConfig) -> Fit:
+def self_critical_fit(feed: TrainingFeed, splits, vocabulary, config: RunConfig) -> Fit:
     """Batches of training images with their references (the reward's); validation CIDEr-D of
     the validation images' greedy captions."""
+    if feed.from_images:
+        raise ValueError("--scst reads cached features: leave --train-from-images out")
+    features, row_of = feed.features, feed.row_of
     train_images = [image for image in splits["train"] if image.name in row_of]
     val_images = [image for image in splits["val"] if image.name in row_of]
     references = cider_references([image.captions for image in train_images], vocabulary.tokens)
@@ -398,13 +408,13 @@ def run_settings(config: RunConfig, model_config: ModelConfig, vocabulary: Vocab
 
 
 def feature_cache_dir(cache_dir, data, config: RunConfig, init: TrainedRun | None,
-                      spatial: bool) -> Path:
+                      kind: str) -> Path:
     """--cache-dir, else the cache of the run it starts from (same encoder), else the default."""
     if cache_dir:
         return Path(cache_dir)
     if init is not None and init.encoder_config == config.encoder:
         return Path(init.settings["data"]["feature_cache"])
-    return default_cache_dir(data, config.encoder, spatial=spatial)
+    return default_cache_dir(data, config.encoder, kind=kind)
 
 
 def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, evaluate=True,
@@ -419,7 +429,6 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
     is_chief = strategy.extended.should_checkpoint
     paths = worker_paths(Path(run_dir), strategy)
     paths.root.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(recipe.seed)
     if recipe.deterministic:
         tf.config.experimental.enable_op_determinism()
     if recipe.mixed_precision:
@@ -432,29 +441,34 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
                              "a run folder of its own (--run-dir)")
         data = init_run_data(init.settings["data"]["source"])
     dataset, splits, vocabulary, model_config = start_run(paths.root, config, data, init)
-    # The attention family reads ResNet50's 7x7 maps (float16 on disk), the other pooled vectors.
-    spatial = model_config.attention
-    cache_dir = feature_cache_dir(cache_dir, data, config, init, spatial)
+    # Pooled vectors, ResNet50's 7x7 maps (attention) or conv4 maps (a trainable top).
+    kind = model_config.feature_kind
+    cache_dir = feature_cache_dir(cache_dir, data, config, init, kind)
     # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
     lock_wait = CACHE_LOCK_WAIT_SECONDS if recipe.distribute == "multiworker" else 0
-    extraction = ensure_features(dataset.images, cache_dir, config.encoder, spatial=spatial,
+    # Training from images caches only the test split's features, for the evaluation.
+    cached = splits["test"] if config.encoder.train_from_images else dataset.images
+    extraction = ensure_features(cached, cache_dir, config.encoder, kind=kind,
                                  lock_wait_seconds=lock_wait)
     dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
     names, features = extraction.names, extraction.features
-    row_of = {name: i for i, name in enumerate(names)}
-    fit = (self_critical_fit(features, splits, vocabulary, row_of, config) if recipe.scst
-           else cross_entropy_fit(features, splits, vocabulary, row_of, recipe))
+    # After the features: building the random-weights encoder seeds the generators itself, so
+    # seeding earlier would give one seed two inits (features cached or not).
+    keras.utils.set_random_seed(recipe.seed)
+    feed = TrainingFeed(model_config, config.encoder, dataset.images, names, features)
+    fit = (self_critical_fit(feed, splits, vocabulary, config) if recipe.scst
+           else cross_entropy_fit(feed, splits, vocabulary, recipe))
     # Counted by the pipeline: length buckets add partial batches to ceil(captions / batch).
-    steps_per_epoch = int(fit.train.cardinality())
+    steps_per_epoch = fit.steps_per_epoch or int(fit.train.cardinality())
 
     settings = run_settings(config, model_config, vocabulary, data=data, dataset=dataset,
                             splits=splits, cache_dir=cache_dir, init=init)
     write_json(paths.settings, settings)
 
     with strategy.scope():
-        captioner = initial_captioner(model_config, init, features,
-                                      sorted({row_of[i.name] for i in splits["train"]
-                                              if i.name in row_of}))
+        captioner = initial_captioner(model_config, init, feed,
+                                      [feed.row_of[i.name] for i in splits["train"]
+                                       if i.name in feed.row_of])
         compile_for(captioner, config, fit, steps_per_epoch)
     start_score = starting_score(captioner, fit, paths) if init is not None else None
     log.info("%s training on %d replica(s), %d %s/epoch", recipe.stage,
@@ -483,19 +497,19 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
     return summary
 
 
-def initial_captioner(model_config: ModelConfig, init: TrainedRun | None, features,
+def initial_captioner(model_config: ModelConfig, init: TrainedRun | None, feed: TrainingFeed,
                       train_rows: list[int]):
-    """The captioner a run starts with: the best weights of the run it starts from (its
-    standardiser's statistics come with them), or new weights whose standardiser holds the
-    training images' statistics."""
+    """The captioner a run starts with: new weights whose statistics are the training images'
+    (TrainingFeed.prepare), then, for a run started from another, that run's best weights: all
+    of them (their statistics with them) when both have the same encoder top, else the layers
+    the two share (init_from_run: a frozen-feature run starts a conv5-top run)."""
     captioner = build_captioner(model_config)
+    feed.prepare(captioner, train_rows)
     if init is not None:
-        captioner.load_weights(init.paths.weights)
-    elif captioner.feature_norm is not None:
-        if model_config.attention:  # reads the rows in chunks, not 49 x 2048 values each at once
-            captioner.feature_norm.adapt(features, rows=train_rows)
+        if init.model_config.encoder_top == model_config.encoder_top:
+            captioner.load_weights(init.paths.weights)
         else:
-            captioner.feature_norm.adapt(features[train_rows])
+            init_from_run(captioner, init.paths.root)
     return captioner
 
 
@@ -556,7 +570,8 @@ def parse_args(argv=None) -> dict:
                                        "a later stage: the run it starts from + -<stage>, e.g. "
                                        "runs/builtin-self-critical)")
     run.add_argument("--cache-dir", help="feature cache (default: cache/<data>-<encoder>, "
-                                         "with -spatial for the attention family)")
+                                         "with -spatial for the attention family, -conv4 with "
+                                         "--fine-tune-encoder)")
     run.add_argument("--no-eval", dest="evaluate", action="store_false",
                      help="skip the test-split evaluation")
     shown = run_config().by_name()  # the default preset's, on the built-in data

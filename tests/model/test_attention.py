@@ -56,8 +56,8 @@ def test_teacher_forcing_equals_step_by_step_decoding():
 
 
 def test_spatial_standardizer_adapts_in_chunks_like_numpy(monkeypatch):
-    import model.attention as attention
-    monkeypatch.setattr(attention, "ADAPT_ROWS_PER_CHUNK", 3)  # several chunks, one uneven
+    import model.base as base
+    monkeypatch.setattr(base, "ADAPT_ROWS_PER_CHUNK", 3)  # several chunks, one uneven
     maps = (features(11) * 5 + 2).astype(np.float16)
     rows = [0, 2, 3, 5, 6, 7, 10]
     norm = SpatialStandardizer(dtype="float32")
