@@ -101,9 +101,12 @@ def test_served_captions_equal_in_process_greedy(session_model, untrained, test_
     served = session_model.caption([i.path.read_bytes() for i in images])
     assert [r.error for r in served] == [""] * len(images)
     assert [r.caption for r in served] == expected
-    np.testing.assert_allclose([r.log_prob for r in served], expected_lp, atol=1e-2)
+    # From the image bytes the export computes float32 features where the cache holds float16
+    # ones: up to 0.3% apart in a caption's log-probability (measured on the attention family).
+    np.testing.assert_allclose([r.log_prob for r in served], expected_lp, rtol=1e-2)
     from_features = session_model.run("caption_features", {"features": features})
     assert [c.decode() for c in from_features["caption"]] == expected
+    np.testing.assert_allclose(from_features["log_prob"], expected_lp, atol=1e-3)
     assert all(c for c in expected)  # real, non-empty captions
     assert all(r.alternatives == [] for r in served)  # greedy: one caption per image
 
