@@ -10,11 +10,6 @@ from pathlib import Path
 from benchmarks._timing import REPO
 
 
-def caption(model, images: list[bytes], signature: str = "serving_default") -> list:
-    """One export.contract.CaptionResult per image (bench_attention's spelling of model.caption)."""
-    return model.caption(images, signature)
-
-
 @dataclasses.dataclass
 class BenchmarkModelConfig:
     num_images: int = 300    # 240 / 30 / 30 images

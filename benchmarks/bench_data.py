@@ -42,7 +42,7 @@ def bench_extraction(num_images: int, rounds: int, bare: bool, spatial: bool) ->
     config = EncoderConfig("random", seed=0)
     kinds = {"pipeline": (build_encoder(config), "float32")}
     if spatial:
-        kinds["spatial"] = (build_encoder(config, spatial=True), "float16")
+        kinds["spatial"] = (build_encoder(config, "spatial"), "float16")
     with tempfile.TemporaryDirectory() as tmp:
         items = [(f"{i:05d}.jpg", pathlib.Path(tmp) / f"{i:05d}.jpg") for i in range(num_images)]
         for (_, path), data in zip(items, photo_jpegs(num_images)):

@@ -60,13 +60,12 @@ def load_export_captioner(run, precision: str) -> keras.Model:
     return captioner
 
 
-def build_export_encoder(config: EncoderConfig, precision: str, spatial: bool = False, *,
-                         kind: str | None = None) -> keras.Model:
-    """build_encoder (features of `kind`; spatial=True is "spatial") under the export policy,
+def build_export_encoder(config: EncoderConfig, precision: str, kind: str = "pooled"
+                         ) -> keras.Model:
+    """build_encoder (features of `kind`) under the export policy,
     with the final average pooling in float32 (see the module docstring). The float32 encoder is
     returned unchanged. The map encoders ("spatial", and "conv4" of a run with a trainable top)
     have no pooling: their 16-bit map is cast to float32 before the standardisation."""
-    kind = kind or ("spatial" if spatial else "pooled")
     with mixed_policy(precision):
         encoder = build_encoder(config, kind=kind)
     if precision != "float32" and kind == "pooled":

@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from data.flags import check_choices, setting
 from model.encoder import CONV4_SHAPE, FEATURE_DIM, GRID
-from model.scst import self_critical_step
 
 # Training's Keras dtype policies by precision name; logits and loss stay float32 under both
 # 16-bit policies (logits_dtype, MaskedCaptionLoss).
@@ -228,6 +227,9 @@ class CaptionerBase(keras.Model):
     # --- Keras 3.15 under MultiWorkerMirroredStrategy: two workarounds, found by running it ----
     def train_step(self, data):
         if self.self_critical is not None:
+            # model.scst (and the metrics it validates with) only once enable() has run: the
+            # export and serving stages load captioners without them.
+            from model.scst import self_critical_step
             return self._logs_for_multi_worker(self_critical_step(self, data))
         return self._logs_for_multi_worker(super().train_step(data))
 

@@ -70,14 +70,13 @@ class EncoderConfig:
         "GPUs, where the trunk costs little)", flag="train-from-images")
 
 
-def build_encoder(config: EncoderConfig, spatial: bool = False, *, kind: str | None = None
-                  ) -> keras.Model:
+def build_encoder(config: EncoderConfig, kind: str = "pooled") -> keras.Model:
     """ResNet50(include_top=False) giving features of `kind` (FEATURE_KINDS) from float32
     [None,224,224,3]: "pooled" [None,2048] (pooling="avg"), "spatial" [None,7,7,2048] (no
-    pooling), "conv4" [None,14,14,1024] (cut at CONV4_LAYER). spatial=True is kind="spatial".
+    pooling), "conv4" [None,14,14,1024] (cut at CONV4_LAYER).
     Every kind has the same weights for the same config (the pooling layer has none).
     """
-    kind = check_kind(kind or ("spatial" if spatial else "pooled"))
+    kind = check_kind(kind)
     network = _weighted(config, pooling="avg" if kind == "pooled" else None)
     if kind == "conv4":
         return keras.Model(network.input, network.get_layer(CONV4_LAYER).output,

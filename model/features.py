@@ -4,7 +4,7 @@
     python -m model.features --data ~/flickr30k    # ImageNet weights (downloaded once)
     python -m model.features --data ~/flickr30k \\
         --encoder-weights ~/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
-    python -m model.features --data ~/flickr30k --spatial   # 7x7x2048 maps, for attention
+    python -m model.features --data ~/flickr30k --kind spatial   # 7x7x2048 maps, for attention
     python -m model.features --data ~/flickr30k --kind conv4   # 14x14x1024, --fine-tune-encoder
 
 The cache defaults to cache/<data folder name>-<encoder id> (+ "-spatial" or "-conv4"), the
@@ -46,14 +46,14 @@ class Features(NamedTuple):
 
 
 def ensure_features(images: Sequence[ImageCaptions], cache_dir, encoder_config: EncoderConfig,
-                    *, spatial: bool = False, kind: str | None = None, batch_size: int = 32,
+                    *, kind: str = "pooled", batch_size: int = 32,
                     progress: bool = True, lock_wait_seconds: float = 0) -> Features:
-    """Features of `kind` (model.encoder.FEATURE_KINDS; spatial=True is "spatial") of `images`,
+    """Features of `kind` (model.encoder.FEATURE_KINDS) of `images`,
     extracting only what the cache lacks. Each kind needs a cache of its own
     (default_cache_dir). The encoder is built only when something must be computed, so a
     complete cache works offline even for ImageNet weights that are not on this machine.
     """
-    kind = check_kind(kind or ("spatial" if spatial else "pooled"))
+    kind = check_kind(kind)
     identity = encoder_id(encoder_config)
     shape, dtype = FEATURE_KINDS[kind]
     report = extract_features([(image.name, image.path) for image in images],
@@ -161,11 +161,10 @@ def _trunk_features(trunk, files: list[str], batch_size: int = 32) -> np.ndarray
     return np.concatenate(maps)
 
 
-def default_cache_dir(data, encoder_config: EncoderConfig, spatial: bool = False, *,
-                      kind: str | None = None) -> Path:
+def default_cache_dir(data, encoder_config: EncoderConfig, kind: str = "pooled") -> Path:
     """cache/<data folder name or "builtin">-<encoder id>[-spatial|-conv4], with path-unsafe
-    characters replaced (spatial=True is kind="spatial")."""
-    kind = check_kind(kind or ("spatial" if spatial else "pooled"))
+    characters replaced."""
+    kind = check_kind(kind)
     source = Path(data).resolve().name if data else "builtin"
     suffix = "" if kind == "pooled" else f"-{kind}"
     return Path("cache") / f"{source}-{encoder_id(encoder_config)}{suffix}".replace(
@@ -184,18 +183,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of --encoder-weights random")
     parser.add_argument("--batch-size", type=_positive_int, default=32,
                         help="images per encoder call (default 32)")
-    parser.add_argument("--spatial", action="store_true",
-                        help="store ResNet50's 7x7x2048 maps (float16, ~200 kB per image) for "
-                             "the attention decoder instead of the pooled 2048-d vectors")
-    parser.add_argument("--kind", choices=sorted(FEATURE_KINDS),
-                        help="the kind of feature: pooled (default), spatial (= --spatial) or "
-                             "conv4 (14x14x1024 float16, ~400 kB per image, for "
+    parser.add_argument("--kind", choices=sorted(FEATURE_KINDS), default="pooled",
+                        help="the kind of feature: pooled (2048-d vectors, the default), spatial "
+                             "(7x7x2048 maps, float16, ~200 kB per image, for the attention "
+                             "family) or conv4 (14x14x1024 float16, ~400 kB per image, for "
                              "--fine-tune-encoder)")
-    args = parser.parse_args(argv)
-    if args.kind and args.spatial and args.kind != "spatial":
-        parser.error(f"--spatial and --kind {args.kind} contradict each other")
-    args.kind = args.kind or ("spatial" if args.spatial else "pooled")
-    return args
+    return parser.parse_args(argv)
 
 
 def _positive_int(text: str) -> int:

@@ -33,6 +33,7 @@ import json
 import re
 import shutil
 import threading
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -145,7 +146,9 @@ def _prepare(references: Sequence[Sequence[str]], predictions: Sequence[str]
 def _nltk_bleu(clean_refs: list[list[str]], clean_preds: list[str]) -> dict:
     list_of_references = [[caption_words(r) for r in refs] for refs in clean_refs]
     hypotheses = [caption_words(p) for p in clean_preds]
-    scores = corpus_bleu(list_of_references, hypotheses, weights=BLEU_WEIGHTS)
+    with warnings.catch_warnings():  # "0 counts of 4-gram overlaps": a score of 0 says it
+        warnings.simplefilter("ignore", UserWarning)
+        scores = corpus_bleu(list_of_references, hypotheses, weights=BLEU_WEIGHTS)
     return {f"bleu{n}": float(s) for n, s in enumerate(scores, start=1)}
 
 

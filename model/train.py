@@ -475,6 +475,7 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
              strategy.num_replicas_in_sync, fit.examples,
              "images" if recipe.scst else "captions")
     captioner.fit(fit.train, validation_data=fit.validation, epochs=recipe.epochs,
+                  shuffle=False,  # the pipeline shuffles (fit would warn that it cannot)
                   callbacks=callbacks(paths, recipe, fit, start_score), verbose=verbose)
 
     if recipe.scst:

@@ -250,7 +250,7 @@ def encoder_features(run, files):
     from model.encoder import build_encoder
     pixels, errors = decode_batch(tf.constant([Path(f).read_bytes() for f in files]))
     assert not any(errors.numpy()), errors.numpy()
-    encoder = build_encoder(run.encoder_config, spatial=run.model_config.attention)
+    encoder = build_encoder(run.encoder_config, run.model_config.feature_kind)
     return np.asarray(encoder(pixels, training=False), np.float32)
 
 

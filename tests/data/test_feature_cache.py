@@ -276,7 +276,7 @@ from model.encoder import EncoderConfig, build_encoder, encoder_id
 items = [(p.name, p) for p in sorted(pathlib.Path(sys.argv[1]).iterdir())]
 config = EncoderConfig("random", seed=0)
 spatial = sys.argv[3] == "spatial"
-extract_features(items, build_encoder(config, spatial=spatial), sys.argv[2],
+extract_features(items, build_encoder(config, sys.argv[3]), sys.argv[2],
                  encoder_id=encoder_id(config), batch_size=1, shard_size=1, progress=False,
                  feature_dtype="float16" if spatial else "float32")
 """
@@ -304,7 +304,7 @@ def test_killed_extraction_resumes_and_equals_a_clean_run(tmp_path, kind):
     assert 1 <= len(survivors) < len(items), "the child finished before it could be killed"
 
     config = EncoderConfig("random", seed=0)
-    encoder = build_encoder(config, spatial=spatial)
+    encoder = build_encoder(config, kind)
     resumed = extract_features(items, encoder, cache, encoder_id=encoder_id(config),
                                batch_size=1, shard_size=1, progress=False, feature_dtype=dtype)
     assert resumed.num_reused == len(survivors)
@@ -591,7 +591,7 @@ def test_resnet50_spatial_cache_costs_200704_bytes_per_image_and_matches_pooled(
     _tiny_dataset(tmp_path / "data")
     dataset = load_dataset(tmp_path / "data")
     config = EncoderConfig("random")
-    spatial = ensure_features(dataset.images, tmp_path / "spatial", config, spatial=True,
+    spatial = ensure_features(dataset.images, tmp_path / "spatial", config, kind="spatial",
                               progress=False)
     pooled = ensure_features(dataset.images, tmp_path / "pooled", config, progress=False)
     assert spatial.names == pooled.names
@@ -604,7 +604,7 @@ def test_resnet50_spatial_cache_costs_200704_bytes_per_image_and_matches_pooled(
     assert spatial.report.feature_shape == (7, 7, 2048)
     assert "Flickr30k's 31,783 images" in spatial.report.summary()
     with pytest.raises(FeatureCacheError, match="another --cache-dir"):
-        ensure_features(dataset.images, tmp_path / "pooled", config, spatial=True,
+        ensure_features(dataset.images, tmp_path / "pooled", config, kind="spatial",
                         progress=False)
 
 
@@ -613,11 +613,11 @@ def test_features_command_spatial_prints_the_measured_disk_cost(tmp_path, capsys
     from model.features import default_cache_dir, main
     _tiny_dataset(tmp_path / "data")
     config = EncoderConfig("random")
-    assert str(default_cache_dir(tmp_path / "data", config, spatial=True)) == \
+    assert str(default_cache_dir(tmp_path / "data", config, "spatial")) == \
         "cache/data-random-seed0-spatial"
     assert str(default_cache_dir(None, config)) == "cache/builtin-random-seed0"
     monkeypatch.chdir(tmp_path)  # the default cache folder is relative
-    argv = ["--data", str(tmp_path / "data"), "--encoder-weights", "random", "--spatial"]
+    argv = ["--data", str(tmp_path / "data"), "--encoder-weights", "random", "--kind", "spatial"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "images: 4  extracted: 3  reused: 0  skipped: 1" in out

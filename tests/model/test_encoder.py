@@ -82,7 +82,7 @@ def test_local_weights_file_round_trip(tmp_path, random_encoder):
 
 @pytest.fixture(scope="module")
 def spatial_encoder(random_encoder):
-    return build_encoder(EncoderConfig("random", seed=0), spatial=True)
+    return build_encoder(EncoderConfig("random", seed=0), "spatial")
 
 
 def test_spatial_encoder_maps_images_to_a_7x7_grid(spatial_encoder):
@@ -112,14 +112,14 @@ def test_pooled_encoder_keeps_its_layer_names(random_encoder, spatial_encoder):
 def test_local_weights_file_loads_into_the_spatial_encoder(tmp_path, random_encoder):
     path = tmp_path / "encoder.weights.h5"
     random_encoder.save_weights(str(path))  # saved from the pooled encoder
-    loaded = build_encoder(EncoderConfig(str(path)), spatial=True)
+    loaded = build_encoder(EncoderConfig(str(path)), "spatial")
     images = np.random.default_rng(2).normal(size=[1, 224, 224, 3]).astype(np.float32)
     grid = np.asarray(loaded(images, training=False))
     assert grid.shape == (1, *SPATIAL_SHAPE)
     np.testing.assert_allclose(grid.mean(axis=(1, 2)), random_encoder(images), rtol=1e-4,
                                atol=1e-5)
     with pytest.raises(EncoderWeightsError, match="nope.h5.*does not exist"):
-        build_encoder(EncoderConfig(str(tmp_path / "nope.h5")), spatial=True)
+        build_encoder(EncoderConfig(str(tmp_path / "nope.h5")), "spatial")
 
 
 def test_missing_weights_file_is_named(tmp_path):
