@@ -32,13 +32,21 @@ PRESETS = {
                   "clipnorm": 5.0, "label_smoothing": 0.1, "epochs": 20},
     },
     # Show, Attend and Tell over ResNet50's 7x7 map (model/attention.py): the default preset's
-    # training recipe, so the two families differ only in what the decoder sees.
+    # training recipe, so the two families differ only in what the decoder sees. With random
+    # weights, over the conv head's map instead (RANDOM_WEIGHTS).
     "attention": {
         "model": {"family": "attention", "embed_dim": 256, "units": 512, "attention_units": 512,
                   "dropout": 0.3, "normalize_features": True, "attention_regularizer": 0.0},
         "train": {"learning_rate": 2e-3, "lr_schedule": "cosine", "batch_size": 128,
                   "clipnorm": 5.0, "label_smoothing": 0.1, "epochs": 20},
     },
+}
+# What a preset sets over its own when the encoder's weights are random (the built-in data): a
+# random ResNet50's 7x7 map blurs the scenes' shapes, which its conv4 output still holds, so the
+# attention family attends over the trainable conv head's map (model/top.py), whose 256 channels
+# want a smaller attention layer. Measured in docs/attention.md.
+RANDOM_WEIGHTS = {
+    "attention": {"model": {"encoder_top": "head", "attention_units": 128}},
 }
 FAMILY_CLASSES = {"pooled": Captioner, "attention": AttentionCaptioner}
 

@@ -39,7 +39,7 @@ from model.features import TrainingFeed, default_cache_dir, ensure_features
 from model.history import best_logged, history_summary
 from model.plots import loss_curve_png, reward_curve_png
 from model.cider import CiderReferences, cider_references
-from model.presets import PRESETS, build_captioner, preset as chosen_preset
+from model.presets import PRESETS, RANDOM_WEIGHTS, build_captioner, preset as chosen_preset
 from model.run_dir import RunPaths, TrainedRun, load_run, weights_digest, write_json
 from model.scst import RECIPE as SCST_RECIPE, ScstConfig, ValidationCider, enable as enable_scst
 from model.top import init_from_run, resolve_encoder_top
@@ -166,7 +166,8 @@ def run_config(preset: str | None = None, *, data=None, **overrides) -> RunConfi
     if init_from:
         fields = init_run_fields(load_run(init_from), preset, data, overrides)
     else:
-        fields = preset_fields(preset or TrainConfig.preset, data)
+        fields = preset_fields(preset or TrainConfig.preset, data,
+                               overrides.get("encoder_weights"))
     if overrides.get("scst"):
         fields["train"].update(SCST_RECIPE)
     for name, value in overrides.items():
@@ -180,12 +181,16 @@ def run_config(preset: str | None = None, *, data=None, **overrides) -> RunConfi
                      scst=ScstConfig(**fields["scst"]))
 
 
-def preset_fields(preset: str, data) -> dict:
-    """{section: {field: value}} of a preset, over the dataclasses' defaults."""
+def preset_fields(preset: str, data, weights: str | None = None) -> dict:
+    """{section: {field: value}} of a preset, over the dataclasses' defaults, with its
+    RANDOM_WEIGHTS settings when the encoder's weights (`weights`, else the data's default) are
+    random."""
     fields = {section: {} for section in SECTIONS}
     fields["model"] = {field.name: field.default for field in settings_fields(ModelConfig)}
     fields["encoder"]["weights"] = "imagenet" if data else "random"
-    for section, values in chosen_preset(preset).items():
+    random_weights = (weights or fields["encoder"]["weights"]) == "random"
+    sections = [chosen_preset(preset), RANDOM_WEIGHTS.get(preset, {}) if random_weights else {}]
+    for section, values in (item for part in sections for item in part.items()):
         fields[section].update(values)
     fields["train"]["preset"] = preset
     return fields

@@ -44,13 +44,14 @@ def small_builtin(request, tmp_path_factory) -> Path:
     return generate_builtin(root, num_images=images, seed=0)
 
 
-def train_preset(name: str, data: Path, base: Path, epochs: int, patience: int) -> TrainedFixture:
+def train_preset(name: str, data: Path, base: Path, epochs: int, patience: int,
+                 **overrides) -> TrainedFixture:
     """The named preset trained on `data` (random-init ResNet50, batch 64, its own feature cache
     under `base`)."""
     from model.train import train
     summary = train(base / "run", name, data=data, cache_dir=base / "cache", verbose=0,
                     epochs=epochs, patience=patience, batch_size=64, min_count=2,
-                    encoder_weights="random")
+                    encoder_weights="random", **overrides)
     return TrainedFixture(data, base / "cache", base / "run", summary)
 
 
@@ -67,7 +68,8 @@ def write_untrained_run(run_dir: Path, data: Path, family: str) -> Path:
     from model.run_dir import RunPaths, write_json
     from model.train import run_config, run_settings, start_run
 
-    config = run_config(FAMILY_PRESETS[family], data=data, min_count=2, encoder_weights="random")
+    config = run_config(FAMILY_PRESETS[family], data=data, min_count=2, encoder_weights="random",
+                        encoder_top="")  # the frozen maps; tests/*/test_encoder_top.py: the top
     paths = RunPaths(run_dir)
     paths.root.mkdir(parents=True)
     dataset, splits, vocabulary, model_config = start_run(paths.root, config, data)
@@ -145,8 +147,10 @@ def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFi
     fast = fast_tier(request.config)
     epochs, patience = ((FAST_TIER_EPOCHS, FAST_TIER_EPOCHS) if fast
                         else (ATTENTION_EPOCHS, ATTENTION_PATIENCE))
+    # Over the frozen 7x7 maps, as with ImageNet weights (the preset's conv head for random
+    # weights has the tests of model/top.py: tests/*/test_encoder_top.py).
     return train_preset("attention", small_builtin, tmp_path_factory.mktemp("trained-attention"),
-                        epochs, patience)
+                        epochs, patience, encoder_top="", attention_units=512)
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,10 @@ def test_overrides_go_to_their_dataclass_over_the_preset():
     assert (config.train.epochs, config.train.seed, config.train.preset) == (3, 7, "attention")
     assert config.train.learning_rate == PRESETS["attention"]["train"]["learning_rate"]
     assert config.model["dropout"] == 0.1 and config.model["family"] == "attention"
-    assert config.model["attention_units"] == 512
+    assert config.model["attention_units"] == 128  # random weights: over the conv head's map
+    assert config.model["encoder_top"] == "head"
+    imagenet = run_config("attention", data="/flickr30k")
+    assert imagenet.model["attention_units"] == 512 and imagenet.model["encoder_top"] == ""
     assert config.decode == DecodeConfig(max_new_tokens=12)
     assert config.encoder == EncoderConfig(weights="random", seed=4)
     assert config.model_config(50) == ModelConfig(vocab_size=50, **config.model)
