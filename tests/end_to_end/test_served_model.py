@@ -2,7 +2,6 @@
 stage passes the model's answers on unchanged, not their quality) -> export -> the development
 server (TF Serving's API) -> REST client, gRPC client and the Gradio app (gradio_client and a real
 headless Chromium) all return the in-process model's captions."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ from data.splits import split_dataset
 from model.evaluate import caption_features
 from model.run_dir import load_run
 from serving.client import GrpcClient, RestClient
-from tests.helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, AppProcess, encoder_features,
-                           in_process_alternatives, running_server)
+from tests.helpers import (CHROMIUM, AppProcess, captioned_page, encoder_features,
+                           in_process_alternatives, running_server, wait_for_captions)
 
 # Full tier only: the whole path again through a server process and a browser (~25 s); the fast
 # tier covers each piece (export, C++ loader, client, page) on its own.
@@ -78,21 +77,8 @@ def test_gradio_app_and_browser_show_the_model_caption(server, expected, tmp_pat
                               api_name="/caption_image") == beam[1]
         if not Path(CHROMIUM).exists():
             pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium (as .ci/run does)")
-        from playwright.sync_api import sync_playwright
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(app.url, wait_until="networkidle")
-            page.locator("#image input[type=file]").set_input_files(str(images[2].path))
-            page.locator("#image img").first.wait_for(timeout=30000)  # upload done, preview shown
-            page.click("#caption-button")
-            page.wait_for_function(
-                "() => document.querySelector('#captions textarea').value.length > 0",
-                timeout=60000)
-            shown = page.input_value("#captions textarea")
-            os.makedirs(ARTIFACTS, exist_ok=True)
-            page.screenshot(path=os.path.join(ARTIFACTS, "end_to_end_app.png"), full_page=True)
-            browser.close()
+        with captioned_page(app.url, images[2].path, "end_to_end_app.png") as page:
+            shown = wait_for_captions(page)
         assert shown == greedy[2]
     finally:
         app.stop()
@@ -131,21 +117,11 @@ def test_attention_model_serves_maps_to_clients_and_the_page(attention_server, a
     try:
         if not Path(CHROMIUM).exists():
             pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium (as .ci/run does)")
-        from playwright.sync_api import sync_playwright
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(app.url, wait_until="networkidle")
-            page.locator("#image input[type=file]").set_input_files(str(images[0].path))
-            page.locator("#image img").first.wait_for(timeout=30000)
-            page.click("#caption-button")
+        with captioned_page(app.url, images[0].path, "end_to_end_attention.png") as page:
             strip = page.locator("#attention-strip img").first
             strip.wait_for(state="visible", timeout=60000)
             box = strip.bounding_box()
             shown = page.input_value("#captions textarea")
-            os.makedirs(ARTIFACTS, exist_ok=True)
-            page.screenshot(path=os.path.join(ARTIFACTS, "end_to_end_attention.png"), full_page=True)
-            browser.close()
         assert shown == direct[0].caption
         assert box["width"] > 300 and box["height"] > 60  # a strip of word tiles, not an icon
     finally:

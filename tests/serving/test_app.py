@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tests.helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, BLUE, IS_STANDIN, RED, AppProcess,
+from tests.helpers import (ARTIFACTS, CHROMIUM, BLUE, IS_STANDIN, RED, AppProcess, captioned_page,
+                           wait_for_captions,
                            free_port, image_bytes, red_corner_image,
                            running_server)
 
@@ -123,25 +124,11 @@ def test_clear_message_when_the_server_is_down(images, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
 def test_browser_upload_and_caption(app, images, reference):
-    from playwright.sync_api import sync_playwright
-    os.makedirs(ARTIFACTS, exist_ok=True)
+    with captioned_page(app.url, images["red"], "serving_app.png") as page:
+        caption = wait_for_captions(page)
+        strip_shown = page.locator("#attention-strip").is_visible()
+        beams_shown = page.locator("#alternatives").is_visible()
     screenshot = os.path.join(ARTIFACTS, "serving_app.png")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(app.url, wait_until="networkidle")
-            page.locator("#image input[type=file]").set_input_files(images["red"])
-            page.locator("#image img").first.wait_for(timeout=30000)  # upload finished, preview shown
-            page.click("#caption-button")
-            page.wait_for_function(
-                "() => document.querySelector('#captions textarea').value.length > 0", timeout=60000)
-            caption = page.input_value("#captions textarea")
-            strip_shown = page.locator("#attention-strip").is_visible()
-            beams_shown = page.locator("#alternatives").is_visible()
-            page.screenshot(path=screenshot, full_page=True)
-        finally:
-            browser.close()
     assert caption == reference.caption([open(images["red"], "rb").read()])[0].caption
     assert not strip_shown  # pooled model: the page is as it always was
     assert not beams_shown  # greedy: one caption, no list
@@ -150,26 +137,13 @@ def test_browser_upload_and_caption(app, images, reference):
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
 def test_browser_lists_beam_search_alternatives(app, images, reference):
-    from playwright.sync_api import sync_playwright
-    os.makedirs(ARTIFACTS, exist_ok=True)
+    with captioned_page(app.url, images["blue"], "serving_app_beams.png", beam=True) as page:
+        page.locator("#alternatives textarea").wait_for(state="visible", timeout=60000)
+        page.wait_for_function(
+            "() => document.querySelector('#alternatives textarea').value.length > 0", timeout=30000)
+        caption = page.input_value("#captions textarea")
+        listed = page.input_value("#alternatives textarea").splitlines()
     screenshot = os.path.join(ARTIFACTS, "serving_app_beams.png")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(app.url, wait_until="networkidle")
-            page.locator("#image input[type=file]").set_input_files(images["blue"])
-            page.locator("#image img").first.wait_for(timeout=30000)
-            page.get_by_label("beam search").check()
-            page.click("#caption-button")
-            page.locator("#alternatives textarea").wait_for(state="visible", timeout=60000)
-            page.wait_for_function(
-                "() => document.querySelector('#alternatives textarea').value.length > 0", timeout=30000)
-            caption = page.input_value("#captions textarea")
-            listed = page.input_value("#alternatives textarea").splitlines()
-            page.screenshot(path=screenshot, full_page=True)
-        finally:
-            browser.close()
     expected = reference.caption([open(images["blue"], "rb").read()], "beam_search")[0]
     assert caption == expected.caption and len(expected.alternatives) == 3
     # under the caption, every beam best first with its score; the first is the caption
@@ -181,29 +155,17 @@ def test_browser_lists_beam_search_alternatives(app, images, reference):
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
 def test_browser_shows_the_attention_strip(attention_app, images):
-    from playwright.sync_api import sync_playwright
-    os.makedirs(ARTIFACTS, exist_ok=True)
+    with captioned_page(attention_app.url, images["corner"], "serving_app_attention.png") as page:
+        strip = page.locator("#attention-strip img").first
+        strip.wait_for(timeout=60000)
+        page.wait_for_function("() => document.querySelector('#attention-strip img').complete "
+                               "&& document.querySelector('#attention-strip img').naturalWidth > 0",
+                               timeout=30000)
+        caption = page.input_value("#captions textarea")
+        natural = page.evaluate("() => { const i = document.querySelector('#attention-strip img');"
+                                " return [i.naturalWidth, i.naturalHeight]; }")
+        shown = strip.bounding_box()
     screenshot = os.path.join(ARTIFACTS, "serving_app_attention.png")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(attention_app.url, wait_until="networkidle")
-            page.locator("#image input[type=file]").set_input_files(images["corner"])
-            page.locator("#image img").first.wait_for(timeout=30000)
-            page.click("#caption-button")
-            strip = page.locator("#attention-strip img").first
-            strip.wait_for(timeout=60000)
-            page.wait_for_function("() => document.querySelector('#attention-strip img').complete "
-                                   "&& document.querySelector('#attention-strip img').naturalWidth > 0",
-                                   timeout=30000)
-            caption = page.input_value("#captions textarea")
-            natural = page.evaluate("() => { const i = document.querySelector('#attention-strip img');"
-                                    " return [i.naturalWidth, i.naturalHeight]; }")
-            shown = strip.bounding_box()
-            page.screenshot(path=screenshot, full_page=True)
-        finally:
-            browser.close()
     assert caption == "a red image"
     # a, red, image, <end>: four word tiles of the 480x300 image (160x100 each) in one row
     assert natural[0] > 3 * natural[1] and natural[0] >= 4 * 160
