@@ -250,10 +250,10 @@ def test_model_learns_the_builtin_data(trained_run):
 
 @pytest.mark.slow
 def test_attention_model_learns_and_reads_the_images(trained_attention_run):
-    """Not a caption-quality bar: on 240 training images the attention preset overfits after a
-    few epochs and scores near the majority baseline (its quality is measured on the demo's 1,500
-    images by benchmarks/bench_attention.py). What must hold: it learns (validation loss well
-    below its first epoch's) and its captions depend on the image."""
+    """Not a caption-quality bar: on 240 training images the attention family over frozen maps
+    overfits after a few epochs and scores near the majority baseline (the preset's quality is
+    measured on the demo's 1,500 images by benchmarks/bench_quality.py). What must hold: it
+    learns (validation loss well below its first epoch's) and its captions depend on the image."""
     with (trained_attention_run.run / "history.csv").open() as f:
         val_losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
     assert min(val_losses) < 0.8 * val_losses[0], val_losses
