@@ -118,7 +118,7 @@ def test_notebook_runs_without_errors(executed):
     # Everything it made is in WORKDIR (a tmp folder here), none of it in the repository.
     for made in ("builtin/captions.txt", "features", "run/loss_curve.png",
                  "run/evaluation/samples.png", "models/captioner/1/saved_model.pb", "server.log",
-                 "features-spatial", "run-attention/evaluation/samples.png",
+                 "features-attention", "run-attention/evaluation/samples.png",
                  "models/attention/1/saved_model.pb"):
         assert (workdir / made).exists(), f"{workdir / made} missing"
 
