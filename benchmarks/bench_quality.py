@@ -54,13 +54,15 @@ class QualityBenchConfig:
 QUICK = {"num_images": 300, "epochs": 3, "seeds": 1, "repeats": 2}
 
 
-def train_row(row: str, seed: int, data, work: Path, config: QualityBenchConfig) -> list[dict]:
-    """The summary of each stage of `row` for one seed, each with its test scores."""
+def train_row(row: str, seed: int, data, work: Path, config: QualityBenchConfig,
+              finished: set) -> list[dict]:
+    """The summary of each stage of `row` for one seed, each with its test scores. A stage
+    another row shares is trained once per call (`finished`: the run folders this call made)."""
     from model.train import train
     summaries, previous = [], None
     for index, (preset, overrides) in enumerate(ROWS[row]):
         run_dir = work / "runs" / f"{stage_name(row, index)}-seed{seed}"
-        if config.reuse and (run_dir / "summary.json").is_file():
+        if run_dir in finished or config.reuse and (run_dir / "summary.json").is_file():
             summaries.append(json.loads((run_dir / "summary.json").read_text()))
             previous = run_dir
             continue
@@ -79,6 +81,7 @@ def train_row(row: str, seed: int, data, work: Path, config: QualityBenchConfig)
                                cache_dir=None if preset == "init" else cache,
                                verbose=0, **settings))
         previous = run_dir
+        finished.add(run_dir)
     return summaries
 
 
@@ -161,10 +164,10 @@ def run_benchmark(config: QualityBenchConfig) -> dict:
     work = REPO / "benchmarks" / "work" / "quality" / ("quick" if config.num_images else "full")
     data = None if config.num_images is None else ensure_builtin(
         work / "data", num_images=config.num_images, seed=0)
-    runs = {row: [] for row in rows}
+    runs, finished = {row: [] for row in rows}, set()
     for seed in range(config.seeds):  # seed by seed: a stopped call leaves whole seeds (--reuse)
         for row in rows:
-            runs[row].append(train_row(row, seed, data, work, config))
+            runs[row].append(train_row(row, seed, data, work, config, finished))
     first = {row: work / "runs" / f"{stage_name(row, len(ROWS[row]) - 1)}-seed0" for row in rows}
     test = split_dataset(open_dataset(data))["test"]
     speed = served_speed(first, test, work, config)
