@@ -67,22 +67,27 @@ def train_row(row: str, seed: int, data, work: Path, config: QualityBenchConfig,
             previous = run_dir
             continue
         shutil.rmtree(run_dir, ignore_errors=True)
+        cache = None  # a later stage reads the cache of the run it starts from
         if preset == "init":
-            settings = {"init_from": str(previous), **overrides}
+            preset, settings = None, {"init_from": str(previous), **overrides}
         else:
             settings = {"seed": seed, "encoder_weights": "random", **overrides}
             if config.epochs:
                 settings["epochs"] = config.epochs
+            if data is not None:  # one cache per feature kind
+                cache = work / f"cache-{feature_kind(preset, data, settings)}"
         print(f"training {run_dir.name}", file=sys.stderr)
-        kind = "conv4" if overrides.get("encoder_top") else (
-            "spatial" if preset == "attention" else "pooled")
-        cache = None if data is None else work / f"cache-{kind}"  # one cache per feature kind
-        summaries.append(train(run_dir, None if preset == "init" else preset, data=data,
-                               cache_dir=None if preset == "init" else cache,
-                               verbose=0, **settings))
+        summaries.append(train(run_dir, preset, data=data, cache_dir=cache, verbose=0,
+                               **settings))
         previous = run_dir
         finished.add(run_dir)
     return summaries
+
+
+def feature_kind(preset: str, data, settings: dict) -> str:
+    """The kind of feature a first stage reads (one cache per kind), as train() decides it."""
+    from model.train import run_config
+    return run_config(preset, data=data, **settings).model_config(vocab_size=1).feature_kind
 
 
 def stage_name(row: str, index: int) -> str:
