@@ -1,17 +1,19 @@
-"""The soft-attention captioner (Show, Attend and Tell, Xu et al. 2015) over ResNet50's 7x7 map.
+"""The soft-attention captioner over a 7x7 map: the spatial attention of Lu et al. 2017 ("Knowing
+When to Look"), which attends with the LSTM's current output instead of its previous one (Show,
+Attend and Tell, Xu et al. 2015):
 
     a = ReLU(Dense(units)(standardised features))                  annotations, [B, 49, units]
     h0, c0 = tanh(Dense(units)(mean over the 49 annotations))      the mean feature starts the LSTM
-    at every step t:
-      e = Dense(1)(tanh(Dense(A)(a) + Dense(A)(h)))                additive attention, [B, 49]
-      alpha = softmax(e);  z = sigmoid(Dense(1)(h)) * sum(alpha a)  context with its f_beta gate
-      h, c = LSTMCell([embedding(word), z], (h, c));  logits = Dense(V)(h)
+    h_t = LSTM(embedding(word_t), h_{t-1})                         the same LSTM as the pooled model
+    e_t = Dense(1)(tanh(Dense(A)(a) + Dense(A)(h_t)))              additive attention, [B, 49]
+    alpha_t = softmax(e_t);  z_t = sum(alpha_t a)                  the context of step t
+    logits_t = Dense(V)(h_t + z_t)
     optional doubly stochastic regulariser: lambda * mean over locations of (1 - sum_t alpha)^2
 
-Training and decoding run the same `advance` (one step); training scans it over the caption,
-decoding (model/decoding.py) calls it through `step`, the interface the pooled Captioner has.
-Unlike the pooled model there is no cuDNN LSTM here: the context depends on the previous h, so the
-sequence cannot be handed to a fused kernel.
+Since the context does not feed the LSTM, training runs the whole caption through
+keras.layers.LSTM (cuDNN on a GPU) and attends at every step at once, as batched matrix products:
+an epoch costs little more than the pooled model's. Decoding (model/decoding.py) calls `step`,
+the interface the pooled Captioner has: the same LSTM cell one token at a time, then attention.
 """
 import keras
 import numpy as np
@@ -61,10 +63,10 @@ class AttentionCaptioner(CaptionerBase):
         self.attend_state = keras.layers.Dense(config.attention_units, use_bias=False,
                                                name="attend_state")
         self.attend_score = keras.layers.Dense(1, name="attend_score")
-        self.context_gate = keras.layers.Dense(1, activation="sigmoid", name="context_gate")
         self.embedding = keras.layers.Embedding(config.vocab_size, config.embed_dim,
-                                                name="embedding")
-        self.cell = keras.layers.LSTMCell(config.units, name="lstm_cell")
+                                                mask_zero=True, name="embedding")
+        # Defaults tanh/sigmoid, no recurrent dropout, unroll=False: the cuDNN kernel's conditions.
+        self.lstm = keras.layers.LSTM(config.units, return_sequences=True, name="lstm")
         self.dropout = keras.layers.Dropout(config.dropout)
         self.to_logits = keras.layers.Dense(config.vocab_size, dtype=logits_dtype(),
                                             name="to_logits")
@@ -84,19 +86,14 @@ class AttentionCaptioner(CaptionerBase):
         return {"h": self.init_h(mean), "c": self.init_c(mean), "annotations": annotations,
                 "keys": self.attend_features(annotations)}
 
-    def attend(self, h, annotations, keys):
-        """(gated context [B, units], attention weights [B, locations]) for LSTM output h."""
-        hidden = keras.ops.tanh(keys + self.attend_state(h)[:, None, :])
+    def attend(self, outputs, annotations, keys):
+        """LSTM outputs [B, T, units] -> (outputs + their contexts [B, T, units], attention
+        weights [B, T, locations]): every step attends at once."""
+        queries = self.attend_state(outputs)                             # [B, T, A]
+        hidden = keras.ops.tanh(keys[:, None, :, :] + queries[:, :, None, :])  # [B, T, L, A]
         weights = keras.ops.softmax(self.attend_score(hidden)[..., 0], axis=-1)
-        context = keras.ops.einsum("bl,bld->bd", weights, annotations)
-        return self.context_gate(h) * context, weights
-
-    def advance(self, embedded, state, training=False):
-        """One step from an embedded word: (LSTM output, new state, attention weights)."""
-        context, weights = self.attend(state["h"], state["annotations"], state["keys"])
-        inputs = keras.ops.concatenate([embedded, keras.ops.cast(context, embedded.dtype)], -1)
-        output, (h, c) = self.cell(inputs, [state["h"], state["c"]], training=training)
-        return output, dict(state, h=h, c=c), weights
+        context = keras.ops.einsum("btl,bld->btd", weights, annotations)
+        return outputs + keras.ops.cast(context, outputs.dtype), weights
 
     # --- training ------------------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -105,21 +102,11 @@ class AttentionCaptioner(CaptionerBase):
         state = self.per_caption(state, inputs.get("image_index"))
         tokens = inputs["tokens"]
         embedded = self.dropout(self.embedding(tokens), training=training)
-
-        def one_step(carry, embedded_t):
-            h, c, _ = carry
-            output, new, weights = self.advance(embedded_t, dict(state, h=h, c=c), training)
-            return new["h"], new["c"], weights
-
-        locations = self.config.feature_grid ** 2
-        start = (state["h"], state["c"],
-                 tf.zeros([tf.shape(tokens)[0], locations], state["keys"].dtype))
-        outputs, _, weights = tf.scan(one_step, tf.transpose(embedded, [1, 0, 2]),
-                                      initializer=start)
-        outputs = tf.transpose(outputs, [1, 0, 2])          # [B, T, units]
+        outputs = self.lstm(embedded, initial_state=[state["h"], state["c"]], training=training)
+        combined, weights = self.attend(outputs, state["annotations"], state["keys"])
         if training and self.config.attention_regularizer:
-            self.add_loss(self._doubly_stochastic(tf.transpose(weights, [1, 0, 2]), tokens))
-        return tf.cast(self.to_logits(self.dropout(outputs, training=training)), tf.float32)
+            self.add_loss(self._doubly_stochastic(weights, tokens))
+        return tf.cast(self.to_logits(self.dropout(combined, training=training)), tf.float32)
 
     def _doubly_stochastic(self, weights, tokens):
         """lambda * mean over images and locations of (1 - attention a location got over the
@@ -133,15 +120,19 @@ class AttentionCaptioner(CaptionerBase):
         """One decoding step: tokens [N] int, state -> (logits [N, V] float32, new state).
         When the state records attention (recording_state), writes this step's weights into
         its row of state["attention"]."""
+        # Gather the embedding rows directly: calling the layer would attach a mask the cell ignores.
         embedded = tf.gather(self.embedding.embeddings, tokens)
-        output, new, weights = self.advance(embedded, state)
+        output, (h, c) = self.lstm.cell(embedded, [state["h"], state["c"]], training=False)
+        combined, weights = self.attend(output[:, None, :], state["annotations"], state["keys"])
+        weights = weights[:, 0, :]
+        new = dict(state, h=h, c=c)
         if "attention" in state:
             steps = state["attention"].shape[1]
             at_step = tf.one_hot(state["position"], steps, dtype=tf.float32)   # [N, M]
             new["attention"] = (state["attention"]
                                 + at_step[:, :, None] * tf.cast(weights, tf.float32)[:, None, :])
             new["position"] = state["position"] + 1
-        return tf.cast(self.to_logits(output), tf.float32), new
+        return tf.cast(self.to_logits(combined[:, 0, :]), tf.float32), new
 
     def recording_state(self, state, max_new_tokens: int):
         """The state plus an empty record of max_new_tokens steps' weights, kept per row (so

@@ -29,7 +29,7 @@ class ModelConfig:
     feature_grid: int = GRID          # locations per side of ResNet50's last map (attention)
     # Settings.
     family: str = setting("pooled", "pooled: the decoder reads ResNet50's pooled vector; "
-                          "attention: soft attention over its 7x7 map (Show, Attend and Tell)",
+                          "attention: soft attention over its 7x7 map at every word (model/attention.py)",
                           choices=FAMILIES)
     embed_dim: int = setting(256, "word embedding width")
     units: int = setting(512, "LSTM width")
@@ -44,7 +44,7 @@ class ModelConfig:
                                    "hidden layer")
     attention_regularizer: float = setting(
         0.0, "attention family: weight (lambda) of the doubly stochastic regulariser; "
-        "Xu et al. use 1; 0 = off")
+        "Show, Attend and Tell used 1; 0 = off")
     word_loss: float | None = setting(
         None, "with an encoder top: weight of an auxiliary loss, which words an image's "
         "captions use, predicted from the top's pooled map (a direct signal for every visual "

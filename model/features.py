@@ -76,20 +76,20 @@ FROM_IMAGES_ADAPT_IMAGES = 512
 
 class TrainingFeed:
     """What a training step reads, by the model and the encoder settings:
-    - cached features, one row per caption (data.pipeline.training_dataset): the frozen-feature
-      captioners;
-    - cached conv4 maps in image-major batches (image_major_dataset): a captioner with an
-      encoder top runs it once per image;
+    - cached features, one row per caption (data.pipeline.training_dataset): the pooled family
+      on frozen features;
+    - cached maps in image-major batches (image_major_dataset): a captioner with an encoder top
+      runs it once per image, the attention family its annotations (7x7 maps or conv4 maps);
     - decoded images in image-major batches (image_file_dataset) with the frozen trunk run in
       the step (EncoderConfig.train_from_images), for GPUs.
-    Validation reads the same way, unshuffled (per caption for frozen features)."""
+    Validation reads the same way, unshuffled."""
 
     def __init__(self, model_config, encoder_config: EncoderConfig, images: Sequence[ImageCaptions],
                  names: list[str], features: np.ndarray):
         self.encoder_config = encoder_config
-        self.image_major = bool(model_config.encoder_top)
+        self.image_major = bool(model_config.encoder_top) or model_config.attention
         self.from_images = encoder_config.train_from_images
-        if self.from_images and not self.image_major:
+        if self.from_images and not model_config.encoder_top:
             raise ValueError("--train-from-images trains the encoder's top from images: it needs "
                              "--fine-tune-encoder")
         self.features = features

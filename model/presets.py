@@ -31,7 +31,7 @@ PRESETS = {
         "train": {"learning_rate": 2e-3, "lr_schedule": "cosine", "batch_size": 128,
                   "clipnorm": 5.0, "label_smoothing": 0.1, "epochs": 20},
     },
-    # Show, Attend and Tell over ResNet50's 7x7 map (model/attention.py): the default preset's
+    # Soft attention over ResNet50's 7x7 map (model/attention.py): the default preset's
     # training recipe, so the two families differ only in what the decoder sees. With random
     # weights, over the conv head's map instead (RANDOM_WEIGHTS).
     "attention": {

@@ -3,7 +3,7 @@
     python -m model.train                                   # built-in data, default preset
     python -m model.train --data ~/flickr30k --encoder-weights imagenet --run-dir runs/f30k
     python -m model.train --preset seed                     # the original project's exact model
-    python -m model.train --preset attention --run-dir runs/attention   # Show, Attend and Tell
+    python -m model.train --preset attention --run-dir runs/attention   # soft attention
     python -m model.train --init-from runs/builtin --scst   # -> runs/builtin-self-critical
     TF_CONFIG=... python -m model.train --distribute multiworker --run-dir /shared/run  # per machine
 

@@ -44,15 +44,23 @@ def small_builtin(request, tmp_path_factory) -> Path:
     return generate_builtin(root, num_images=images, seed=0)
 
 
-def train_preset(name: str, data: Path, base: Path, epochs: int, patience: int,
+@pytest.fixture(scope="session")
+def feature_caches(small_builtin, tmp_path_factory):
+    """feature_caches(kind) -> the small built-in data's feature cache folder of that kind
+    (random-init ResNet50, seed 0; model.encoder.FEATURE_KINDS): the first run that reads it
+    extracts the features, every later one (any test) reuses them."""
+    base = tmp_path_factory.mktemp("feature-caches")
+    return lambda kind="pooled": base / kind
+
+
+def train_preset(name: str, data: Path, base: Path, cache: Path, epochs: int, patience: int,
                  **overrides) -> TrainedFixture:
-    """The named preset trained on `data` (random-init ResNet50, batch 64, its own feature cache
-    under `base`)."""
+    """The named preset trained on `data` (random-init ResNet50, batch 64) into base/run."""
     from model.train import train
-    summary = train(base / "run", name, data=data, cache_dir=base / "cache", verbose=0,
+    summary = train(base / "run", name, data=data, cache_dir=cache, verbose=0,
                     epochs=epochs, patience=patience, batch_size=64, min_count=2,
                     encoder_weights="random", **overrides)
-    return TrainedFixture(data, base / "cache", base / "run", summary)
+    return TrainedFixture(data, cache, base / "run", summary)
 
 
 FAMILY_PRESETS = {"pooled": "default", "attention": "attention"}  # each family's preset
@@ -132,16 +140,18 @@ def untrained_export(untrained_run_factory, small_builtin, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
+def trained_run(request, small_builtin, feature_caches, tmp_path_factory) -> TrainedFixture:
     """The default preset trained on the small built-in data: enough to caption it well (in the
     fast tier: a smaller, shorter run that captions it roughly)."""
     epochs = FAST_TIER_EPOCHS if fast_tier(request.config) else TRAINED_EPOCHS
-    return train_preset("default", small_builtin, tmp_path_factory.mktemp("trained"), epochs, epochs)
+    return train_preset("default", small_builtin, tmp_path_factory.mktemp("trained"),
+                        feature_caches("pooled"), epochs, epochs)
 
 
 @pytest.fixture(scope="session")
-def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFixture:
-    """The attention preset on the same small data (its own spatial feature cache), for the tests
+def trained_attention_run(request, small_builtin, feature_caches,
+                          tmp_path_factory) -> TrainedFixture:
+    """The attention preset on the same small data (over the spatial maps), for the tests
     of what attention training learns (the attention export's contract tests use an untrained
     run: untrained_export("attention"))."""
     fast = fast_tier(request.config)
@@ -150,7 +160,8 @@ def trained_attention_run(request, small_builtin, tmp_path_factory) -> TrainedFi
     # Over the frozen 7x7 maps, as with ImageNet weights (the preset's conv head for random
     # weights has the tests of model/top.py: tests/*/test_encoder_top.py).
     return train_preset("attention", small_builtin, tmp_path_factory.mktemp("trained-attention"),
-                        epochs, patience, encoder_top="", attention_units=512)
+                        feature_caches("spatial"), epochs, patience, encoder_top="",
+                        attention_units=512)
 
 
 @pytest.fixture(scope="session")

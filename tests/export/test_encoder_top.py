@@ -25,11 +25,11 @@ FAMILY_PRESETS = {"pooled": "default", "attention": "attention"}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_PRESETS))
-def top_export(request, small_builtin, tmp_path_factory):
+def top_export(request, small_builtin, feature_caches, tmp_path_factory):
     """(run folder, its export) of a head-top run of one family: 2 epochs, random weights."""
     base = tmp_path_factory.mktemp(f"top-{request.param}")
     train(base / "run", FAMILY_PRESETS[request.param], data=small_builtin,
-          cache_dir=base / "cache", verbose=0, epochs=2, patience=2, batch_size=64,
+          cache_dir=feature_caches("conv4"), verbose=0, epochs=2, patience=2, batch_size=64,
           min_count=2, encoder_weights="random", encoder_top="auto", evaluate=False)
     return base / "run", export_run(base / "run", base / "models", "auto", warmup_images=[])
 

@@ -1,6 +1,7 @@
-"""The soft-attention captioner (model/attention.py) and the decoder's attention record: teacher
-forcing and step-by-step decoding agree, maps are softmaxes aligned to the caption's words, beam
-search carries each beam's maps, the regulariser is in the training loss."""
+"""The soft-attention captioner (model/attention.py) and the decoder's attention record: the fused
+LSTM's conditions, teacher forcing and step-by-step decoding agree, maps are softmaxes aligned to
+the caption's words, beam search carries each beam's maps, the regulariser is in the training
+loss."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -41,6 +42,23 @@ def test_presets_and_dispatch():
     with pytest.raises(ValueError, match=r"ModelConfig.family must be one of \['pooled', "
                                          r"'attention'\], got 'spatial'"):
         small_config(family="spatial")
+
+
+def test_the_lstm_meets_cudnns_conditions_and_ignores_padding():
+    """Attention comes after the LSTM, so training runs the fused keras LSTM (cuDNN's conditions)
+    over the caption; padding after a caption changes none of its logits."""
+    model = build_captioner(small_config())
+    lstm = model.lstm
+    assert lstm.cell.activation.__name__ == "tanh"
+    assert lstm.cell.recurrent_activation.__name__ == "sigmoid"
+    assert lstm.cell.recurrent_dropout == 0 and not lstm.unroll and lstm.cell.use_bias
+    assert model.embedding.mask_zero  # right-padded masks: what cuDNN accepts
+    feats = features(2)
+    short = np.array([[START_ID, 5, 6], [START_ID, 9, 4]], np.int32)
+    padded = np.concatenate([short, np.full([2, 3], PAD_ID, np.int32)], axis=1)
+    np.testing.assert_allclose(model({"features": feats, "tokens": padded}).numpy()[:, :3],
+                               model({"features": feats, "tokens": short}).numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_teacher_forcing_equals_step_by_step_decoding():

@@ -18,7 +18,7 @@ from model.base import ModelConfig
 from model.encoder import (CONV4_SHAPE, SPATIAL_SHAPE, EncoderConfig, build_conv5,
                            build_encoder)
 from model.evaluate import caption_features
-from model.features import default_cache_dir, ensure_features
+from model.features import TrainingFeed, default_cache_dir, ensure_features
 from model.presets import build_captioner
 from model.run_dir import load_run
 from model.top import ChannelStandardizer, init_from_run, resolve_encoder_top
@@ -118,6 +118,22 @@ def test_image_major_dataset_holds_every_caption_once_with_its_image():
     assert np.concatenate(unshuffled).tolist() == [0, 1, 4, 5]
 
 
+@pytest.mark.parametrize("family, top, image_major", [
+    ("pooled", "", False), ("pooled", "head", True), ("attention", "", True),
+    ("attention", "head", True)])
+def test_training_feed_batches_by_image_where_the_image_part_is_costly(family, top, image_major):
+    """A top, or the attention family's annotations, runs once per image: image-major batches;
+    the pooled family on frozen vectors reads one row per caption."""
+    config = small_config(family=family, encoder_top=top)
+    features = np.zeros([3, *config.feature_shape], np.float16)
+    feed = TrainingFeed(config, RANDOM, [], ["a", "b", "c"], features)
+    batches = feed.training([0, 0, 1, 2], [[1, 5, 2]] * 4, PipelineConfig(batch_size=4))
+    inputs, _ = next(iter(batches))
+    assert feed.image_major == image_major
+    assert ("image_index" in inputs) == image_major
+    assert inputs["features"].shape[0] == (3 if image_major else 4)
+
+
 def test_image_file_dataset_leaves_out_a_broken_image_with_its_captions(tmp_path, small_builtin):
     good = [image.path for image in load_dataset(small_builtin).images[:2]]
     broken = tmp_path / "broken.jpg"
@@ -151,22 +167,22 @@ def test_conv4_features_have_their_own_cache(small_builtin, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def head_run(small_builtin, tmp_path_factory):
+def head_run(small_builtin, feature_caches, tmp_path_factory):
     """The default preset with --fine-tune-encoder on the small built-in data (random weights:
-    the head), 2 epochs."""
+    the head), 2 epochs: (base folder, its run in base/run, summary, the conv4 cache)."""
     base = tmp_path_factory.mktemp("head-run")
-    summary = train(base / "run", "default", data=small_builtin, cache_dir=base / "cache",
+    summary = train(base / "run", "default", data=small_builtin, cache_dir=feature_caches("conv4"),
                     verbose=0, epochs=2, patience=2, batch_size=64, min_count=2,
                     encoder_weights="random", encoder_top="auto", evaluate=False)
-    return base, summary
+    return base, summary, feature_caches("conv4")
 
 
 def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_run):
-    base, summary = head_run
+    base, summary, cache = head_run
     run = load_run(base / "run")
     assert run.model_config.encoder_top == "head" and summary["epochs"] == 2
-    assert run.settings["data"]["feature_cache"] == str(base / "cache")
-    names, features = load_features(base / "cache")
+    assert run.settings["data"]["feature_cache"] == str(cache)
+    names, features = load_features(cache)
     assert features.shape[1:] == CONV4_SHAPE
     captioner = run.load_captioner()
     norm = captioner.top.standardize  # the training images' statistics, saved with the weights
@@ -178,7 +194,7 @@ def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_run):
 
 def test_training_from_images_writes_the_cached_paths_checkpoint(head_run, small_builtin,
                                                                   tmp_path):
-    base, _ = head_run
+    base = head_run[0]
     summary = train(tmp_path / "run", "default", data=small_builtin,
                     cache_dir=tmp_path / "cache", verbose=0, epochs=1, batch_size=64,
                     min_count=2, encoder_weights="random", encoder_top="auto",

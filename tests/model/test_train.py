@@ -288,7 +288,7 @@ def test_attention_run_trains_on_spatial_features(trained_attention_run):
     settings = summary["settings"]
     assert settings["train"]["preset"] == "attention" and settings["model"]["family"] == "attention"
     assert settings["model"]["feature_grid"] == 7 and settings["model"]["feature_dim"] == 2048
-    assert settings["data"]["feature_cache"].endswith("cache")  # the fixture's own cache
+    assert settings["data"]["feature_cache"] == str(trained_attention_run.cache)
     assert (run / "evaluation" / "samples.png").is_file()
     with (run / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -330,11 +330,12 @@ def assert_resumed(history, epochs: int) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_kill(small_builtin, tmp_path):
+def test_resume_after_kill(small_builtin, feature_caches, tmp_path):
     """SIGKILL a run after its first epoch; the same command resumes from the backup."""
-    args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"), "--encoder-weights",
-            "random", "--cache-dir", str(tmp_path / "cache"), "--epochs", "6", "--patience", "6",
-            "--min-count", "2", "--batch-size", "64", "--no-eval"]
+    args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"),
+            "--encoder-weights", "random", "--cache-dir", str(feature_caches("pooled")),
+            "--epochs", "6", "--patience", "6", "--min-count", "2", "--batch-size", "64",
+            "--no-eval"]
     history = tmp_path / "run" / "history.csv"
     assert 2 <= kill_after_two_epochs(args, history) < 6
     assert (tmp_path / "run" / "backup").exists()
@@ -369,9 +370,9 @@ print("REPLICAS", summary["replicas"], "LOSS", summary["final_loss"])
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_on_two_logical_cpus(small_builtin, tmp_path):
+def test_mirrored_strategy_on_two_logical_cpus(small_builtin, feature_caches, tmp_path):
     result = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path / "run"),
-                             str(small_builtin), str(tmp_path / "cache")], cwd=REPO, text=True,
+                             str(small_builtin), str(feature_caches("pooled"))], cwd=REPO, text=True,
                             capture_output=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("REPLICAS")][-1]
