@@ -30,7 +30,9 @@ where image_index says which of the B images each caption describes ("images": f
 [B, 224, 224, 3] instead of "features" when the images are decoded in the pipeline). A captioner
 that trains the encoder's top runs it once per image instead of once per caption (about 1.9x
 cheaper steps measured with the conv4 head), and so does the attention family's annotation of
-the map.
+the map. Training batches images whose longest captions have similar lengths (every caption of a
+batch is padded to its longest): on the built-in data, 26 random images padded their captions to
+23.6 steps on average for 12.6 real ones.
 """
 from __future__ import annotations
 
@@ -166,21 +168,27 @@ def _feature_table(features) -> tf.Variable:
         return tf.Variable(features, trainable=False, name="image_features")
 
 
-def _bucketed(indices: tf.data.Dataset, steps: np.ndarray,
-              config: PipelineConfig) -> tf.data.Dataset:
-    """Batches of caption indices whose lengths fall in the same bucket_width-wide bucket."""
+def _bucketed(indices: tf.data.Dataset, steps: np.ndarray, config: PipelineConfig,
+              batch_size: int | None = None, key=None, all_arrive=True) -> tf.data.Dataset:
+    """Batches of `batch_size` (default config.batch_size) elements of `indices` whose steps[i]
+    fall in the same bucket_width-wide bucket; key(element) gives i (default: the element).
+    all_arrive=False: elements may be left out on the way, so the count of batches is unknown."""
+    batch_size = batch_size or config.batch_size
     longest = int(steps.max()) if len(steps) else 1
     boundaries = list(range(1 + config.bucket_width, longest + 1, config.bucket_width))
     if not boundaries:
-        return indices.batch(config.batch_size)
+        return indices.batch(batch_size)
     steps_table = tf.constant(steps, tf.int32)
+    key = key or (lambda i: i)
     batches = indices.bucket_by_sequence_length(
-        lambda i: tf.gather(steps_table, i), boundaries,
-        [config.batch_size] * (len(boundaries) + 1), no_padding=True)
+        lambda *element: tf.gather(steps_table, key(*element)), boundaries,
+        [batch_size] * (len(boundaries) + 1), no_padding=True)
     # Every bucket ends with one partial batch, so the count is known without iterating; telling
     # tf.data lets Keras show epoch progress and skips its "ran out of data" warning.
+    if not all_arrive:
+        return batches
     per_bucket = np.bincount(np.searchsorted(boundaries, steps, side="right"))
-    count = int(np.sum(-(-per_bucket // config.batch_size)))
+    count = int(np.sum(-(-per_bucket // batch_size)))
     return batches.apply(tf.data.experimental.assert_cardinality(count))
 
 
@@ -247,8 +255,10 @@ def image_major_dataset(features: np.ndarray, image_rows, token_lists, config: P
                               config.pad_to)
 
     per_batch = images_per_batch(config, len(images), len(examples))
-    return (_image_positions(len(images), config, shuffle).batch(per_batch)
-            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    positions = _image_positions(len(images), config, shuffle)
+    batches = (_bucketed(positions, _longest_caption(examples, captions_of), config, per_batch)
+               if shuffle else positions.batch(per_batch))
+    return (batches.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -274,13 +284,24 @@ def image_file_dataset(files: Sequence[str], image_rows, token_lists, config: Pi
                               config.pad_to)
 
     per_batch = images_per_batch(config, len(images), len(examples))
-    return (_image_positions(len(images), config, shuffle)
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .ignore_errors()  # a decoder that raised: a corrupt image
-            .filter(lambda position, image, error: tf.equal(error, ""))
-            .batch(per_batch).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
-                                  deterministic=True)
+    decoded = (_image_positions(len(images), config, shuffle)
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .ignore_errors()  # a decoder that raised: a corrupt image
+               .filter(lambda position, image, error: tf.equal(error, "")))
+    if shuffle:
+        batches = _bucketed(decoded, _longest_caption(examples, captions_of), config, per_batch,
+                            key=lambda position, image, error: position, all_arrive=False)
+    else:
+        batches = decoded.batch(per_batch)
+    return (batches.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def _longest_caption(examples: CaptionExamples, captions_of) -> np.ndarray:
+    """Steps of each image's longest caption: training batches images of similar longest captions
+    together, since a batch's captions are all padded to its longest."""
+    steps = tf.gather(tf.constant(examples.steps), captions_of)  # ragged [M, None]
+    return tf.reduce_max(steps, axis=1).numpy()
 
 
 def _captions_by_image(examples: CaptionExamples):
