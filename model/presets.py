@@ -34,11 +34,13 @@ PRESETS = {
     # Soft attention over ResNet50's 7x7 map (model/attention.py): the default preset's
     # training recipe, so the two families differ only in what the decoder sees. With random
     # weights, over the conv head's map instead (RANDOM_WEIGHTS).
+    # Patience 8: its validation loss can stall for 4 epochs before the cosine schedule's lower
+    # rates improve it again (docs/attention.md#measured).
     "attention": {
         "model": {"family": "attention", "embed_dim": 256, "units": 512, "attention_units": 512,
                   "dropout": 0.3, "normalize_features": True, "attention_regularizer": 0.0},
         "train": {"learning_rate": 2e-3, "lr_schedule": "cosine", "batch_size": 128,
-                  "clipnorm": 5.0, "label_smoothing": 0.1, "epochs": 20},
+                  "clipnorm": 5.0, "label_smoothing": 0.1, "epochs": 20, "patience": 8},
     },
 }
 # What a preset sets over its own when the encoder's weights are random (the built-in data): a

@@ -20,7 +20,7 @@ TRAINED_EPOCHS = 25         # ~2.5 min with extraction: the model learns the dat
 # caption quality (training, 16-bit agreement) uses the trained runs.
 FAST_TIER_IMAGES, FAST_TIER_EPOCHS = 80, 5  # ~20 s
 # The attention preset overfits 240 training images after ~3-4 epochs (validation loss rises from
-# there; README "Attention"), so its run stops early instead of training 25 epochs for nothing.
+# there), so its run stops early instead of training 25 epochs for nothing.
 ATTENTION_EPOCHS, ATTENTION_PATIENCE = 10, 3
 
 
