@@ -120,9 +120,7 @@ class AttentionCaptioner(CaptionerBase):
         """One decoding step: tokens [N] int, state -> (logits [N, V] float32, new state).
         When the state records attention (recording_state), writes this step's weights into
         its row of state["attention"]."""
-        # Gather the embedding rows directly: calling the layer would attach a mask the cell ignores.
-        embedded = tf.gather(self.embedding.embeddings, tokens)
-        output, (h, c) = self.lstm.cell(embedded, [state["h"], state["c"]], training=False)
+        output, (h, c) = self.lstm_step(tokens, state["h"], state["c"])
         combined, weights = self.attend(output[:, None, :], state["annotations"], state["keys"])
         weights = weights[:, 0, :]
         new = dict(state, h=h, c=c)

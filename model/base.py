@@ -196,6 +196,13 @@ class CaptionerBase(keras.Model):
             self.add_loss(self.config.word_loss_weight * loss)
         return maps if self.config.attention else pooled
 
+    def lstm_step(self, tokens, h, c):
+        """One word through the training LSTM's cell (both families' `lstm`, inference only):
+        tokens [N] int, (h, c) -> (output, (h, c))."""
+        # Gather the embedding rows directly: calling the layer would attach a mask the cell ignores.
+        embedded = tf.gather(self.embedding.embeddings, tokens)
+        return self.lstm.cell(embedded, [h, c], training=False)
+
     @staticmethod
     def per_caption(state, image_index):
         """The decoder state of each caption of an image-major batch (data.pipeline), where

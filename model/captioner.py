@@ -62,8 +62,5 @@ class Captioner(CaptionerBase):
     def step(self, tokens, state):
         """One decoding step with the training weights: tokens [N] int, state (h, c) ->
         (logits [N, V] float32, new state). Inference only (no dropout)."""
-        h, c = state
-        # Gather the embedding rows directly: calling the layer would attach a mask the cell ignores.
-        embedded = tf.gather(self.embedding.embeddings, tokens)
-        output, (h, c) = self.lstm.cell(embedded, [h, c], training=False)
+        output, (h, c) = self.lstm_step(tokens, *state)
         return tf.cast(self.to_logits(output), tf.float32), (h, c)
