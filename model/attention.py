@@ -2,13 +2,16 @@
 When to Look"), which attends with the LSTM's current output instead of its previous one (Show,
 Attend and Tell, Xu et al. 2015):
 
-    a = ReLU(Dense(units)(standardised features))                  annotations, [B, 49, units]
+    a = ReLU(Dense(units)(standardised features)) + P              annotations, [B, 49, units]
     h0, c0 = tanh(Dense(units)(mean over the 49 annotations))      the mean feature starts the LSTM
     h_t = LSTM(embedding(word_t), h_{t-1})                         the same LSTM as the pooled model
     e_t = Dense(1)(tanh(Dense(A)(a) + Dense(A)(h_t)))              additive attention, [B, 49]
     alpha_t = softmax(e_t);  z_t = sum(alpha_t a)                  the context of step t
     logits_t = Dense(V)(h_t + z_t)
     optional doubly stochastic regulariser: lambda * mean over locations of (1 - sum_t alpha)^2
+
+P is a learnt embedding of each location [49, units]: a context is a weighted sum over
+locations, which would otherwise not say where it looked, and captions say left and right.
 
 Since the context does not feed the LSTM, training runs the whole caption through
 keras.layers.LSTM (cuDNN on a GPU) and attends at every step at once, as batched matrix products:
@@ -57,6 +60,8 @@ class AttentionCaptioner(CaptionerBase):
         self.feature_norm = (SpatialStandardizer(name="feature_norm", dtype="float32")
                              if config.standardizes_decoder_input else None)
         self.annotate = keras.layers.Dense(config.units, activation="relu", name="annotate")
+        self.locations = self.add_weight(shape=(config.feature_grid ** 2, config.units),
+                                         initializer="zeros", name="locations")
         self.init_h = keras.layers.Dense(config.units, activation="tanh", name="init_h")
         self.init_c = keras.layers.Dense(config.units, activation="tanh", name="init_c")
         self.attend_features = keras.layers.Dense(config.attention_units, name="attend_features")
@@ -82,6 +87,7 @@ class AttentionCaptioner(CaptionerBase):
         if self.feature_norm is not None:
             features = self.feature_norm(features)
         annotations = self.annotate(features)
+        annotations = annotations + keras.ops.cast(self.locations, annotations.dtype)
         mean = keras.ops.mean(annotations, axis=1)
         return {"h": self.init_h(mean), "c": self.init_c(mean), "annotations": annotations,
                 "keys": self.attend_features(annotations)}

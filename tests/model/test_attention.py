@@ -1,7 +1,7 @@
 """The soft-attention captioner (model/attention.py) and the decoder's attention record: the fused
-LSTM's conditions, teacher forcing and step-by-step decoding agree, maps are softmaxes aligned to
-the caption's words, beam search carries each beam's maps, the regulariser is in the training
-loss."""
+LSTM's conditions, teacher forcing and step-by-step decoding agree, the location embedding tells
+cells apart, maps are softmaxes aligned to the caption's words, beam search carries each beam's
+maps, the regulariser is in the training loss."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -71,6 +71,26 @@ def test_teacher_forcing_equals_step_by_step_decoding():
     for t in range(tokens.shape[1]):
         step_logits, state = model.step(tf.constant(tokens[:, t]), state)
         np.testing.assert_allclose(step_logits.numpy(), logits[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_the_location_embedding_tells_where_the_model_looked():
+    """A context is a weighted sum over locations, so the same content in other cells (here
+    mirrored left to right) would give the same captions: the learnt location embedding is
+    what lets them say left and right. (No standardiser here: its per-location statistics
+    would tell the cells apart too.)"""
+    model = build_captioner(small_config(normalize_features=False))
+    feats = features(2)
+    mirrored = feats[:, :, ::-1, :]
+    tokens = np.array([[START_ID, 5, 6, 7]] * 2, np.int32)
+
+    def logits(maps):
+        return model({"features": maps, "tokens": tokens}).numpy()
+
+    assert model.locations.trainable and model.locations.shape == (9, 12)
+    model.locations.assign(np.zeros([9, 12], np.float32))
+    np.testing.assert_allclose(logits(mirrored), logits(feats), rtol=1e-5, atol=1e-6)
+    model.locations.assign(np.random.default_rng(0).normal(size=[9, 12]).astype(np.float32))
+    assert np.abs(logits(mirrored) - logits(feats)).max() > 1e-2
 
 
 def test_spatial_standardizer_adapts_in_chunks_like_numpy(monkeypatch):
