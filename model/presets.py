@@ -35,7 +35,7 @@ PRESETS = {
     # training recipe, so the two families differ only in what the decoder sees. With random
     # weights, over the conv head's map instead (RANDOM_WEIGHTS).
     # Patience 8: its validation loss can stall for 4 epochs before the cosine schedule's lower
-    # rates improve it again (docs/attention.md#measured).
+    # rates improve it again (benchmarks/bench_quality.py's runs: history.csv).
     "attention": {
         "model": {"family": "attention", "embed_dim": 256, "units": 512, "attention_units": 512,
                   "dropout": 0.3, "normalize_features": True, "attention_regularizer": 0.0},

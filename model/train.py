@@ -20,6 +20,7 @@ import logging
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -328,7 +329,11 @@ def cross_entropy_fit(feed: TrainingFeed, splits, vocabulary, recipe: TrainConfi
     train = shard_by_data(feed.training(train_rows, train_tokens, pipeline))
 
     def val_loss(captioner) -> float:
-        return captioner.evaluate(validation, verbose=0, return_dict=True)["loss"]
+        with warnings.catch_warnings():
+            # Keras says so whenever a dataset of unknown size (decoded images) ends, which is
+            # how an evaluation of all of it ends.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            return captioner.evaluate(validation, verbose=0, return_dict=True)["loss"]
     return Fit(train, validation, len(train_tokens), "val_loss", "min", val_loss,
                steps_per_epoch=feed.steps_per_epoch(train, train_rows, pipeline))
 
