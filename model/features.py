@@ -100,11 +100,7 @@ class TrainingFeed:
             self.row_of = {name: i for i, name in enumerate(names)}
 
     def training(self, rows, tokens, pipeline: PipelineConfig):
-        dataset = self._dataset(rows, tokens, pipeline, shuffle=True)
-        # Decoded images' batches per pass are not known in advance (steps_per_epoch estimates
-        # them), and Keras then keeps one iterator across epochs: a finite dataset would end at
-        # the next epoch's first step and leave that epoch empty. One endless stream instead.
-        return dataset.repeat() if self.from_images else dataset
+        return self._dataset(rows, tokens, pipeline, shuffle=True)
 
     def evaluation(self, rows, tokens, pipeline: PipelineConfig):
         return self._dataset(rows, tokens, pipeline, shuffle=False)

@@ -15,6 +15,7 @@ stopping watch validation CIDEr-D.
 Several machines: README "Several machines" (tests/model/test_multiworker.py runs it on one).
 """
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -271,6 +272,16 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
+@contextlib.contextmanager
+def quiet_end_of_data():
+    """Keras warns "Your input ran out of data" whenever a dataset of unknown length ends (the
+    validation images when training from images: one may fail to decode), which is how every
+    evaluation of it ends; training itself reads an endless stream."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
+
+
 def caption_tokens(images, vocabulary: Vocabulary, row_of: dict):
     """(image row in the feature matrix, token ids) for every caption of images with features.
     Over-long captions are cut by the pipeline (PipelineConfig.max_caption_tokens), which keeps
@@ -329,10 +340,7 @@ def cross_entropy_fit(feed: TrainingFeed, splits, vocabulary, recipe: TrainConfi
     train = shard_by_data(feed.training(train_rows, train_tokens, pipeline))
 
     def val_loss(captioner) -> float:
-        with warnings.catch_warnings():
-            # Keras says so whenever a dataset of unknown size (decoded images) ends, which is
-            # how an evaluation of all of it ends.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
+        with quiet_end_of_data():
             return captioner.evaluate(validation, verbose=0, return_dict=True)["loss"]
     return Fit(train, validation, len(train_tokens), "val_loss", "min", val_loss,
                steps_per_epoch=feed.steps_per_epoch(train, train_rows, pipeline))
@@ -484,9 +492,14 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
     log.info("%s training on %d replica(s), %d %s/epoch", recipe.stage,
              strategy.num_replicas_in_sync, fit.examples,
              "images" if recipe.scst else "captions")
-    captioner.fit(fit.train, validation_data=fit.validation, epochs=recipe.epochs,
-                  shuffle=False,  # the pipeline shuffles (fit would warn that it cannot)
-                  callbacks=callbacks(paths, recipe, fit, start_score), verbose=verbose)
+    # One endless stream, steps_per_epoch batches an epoch (one pass where the count is known):
+    # from a finite dataset Keras makes a new iterator every epoch, and tearing the last one down
+    # held up each epoch's first step (benchmarks/bench_epoch_start.py).
+    with quiet_end_of_data():
+        captioner.fit(fit.train.repeat(), steps_per_epoch=steps_per_epoch,
+                      validation_data=fit.validation, epochs=recipe.epochs,
+                      shuffle=False,  # the pipeline shuffles (fit would warn that it cannot)
+                      callbacks=callbacks(paths, recipe, fit, start_score), verbose=verbose)
 
     if recipe.scst:
         reward_curve_png(paths.history, paths.reward_curve)
