@@ -1,12 +1,13 @@
-"""The whole system end to end on the built-in dataset, offline, in a few minutes on 2 CPU cores:
+"""The whole system end to end on the built-in dataset, offline, in minutes on 2 CPU cores, with
+the recipe `python -m model.train` uses when no preset is named (the attention preset):
 
   1. generate the built-in dataset        (datasets/builtin/)
   2. extract ResNet50 features             (cache/)
-  3. keras fit, cross-entropy              (runs/demo/); with --scst-epochs N, then a
-                                           self-critical stage started from it, optimising
-                                           CIDEr-D (runs/demo-scst/)
-  4. evaluate each: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and (built-in data) the attributes its
-     captions state right, greedy and beam   (runs/<name>/evaluation/)
+  3. keras fit, cross-entropy              (runs/demo/), then a self-critical stage started
+                                           from it, optimising CIDEr-D (runs/demo-scst/;
+                                           --scst-epochs 0: none)
+  4. evaluate the last stage: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and (built-in data) the
+     attributes its captions state right, greedy and beam   (runs/<name>/evaluation/)
   5. export the last stage's SavedModel    (models/captioner/<version>/)
   6. caption test images through the exported model, by the TF1 session path TF Serving uses
   7. print where everything is
@@ -29,41 +30,41 @@ from export.artifact import SessionModel, export_settings, latest_version
 from export.contract import ModelLoadError
 from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
-from model.evaluate import report_lines
+from model.evaluate import evaluate_run, report_lines
 from model.run_dir import weights_digest
-from model.train import train
+from model.scst import SHORT_STAGE
+from model.train import TrainConfig, train
 
 RUN_DIR = Path("runs/demo")
 SCST_DIR = Path("runs/demo-scst")
 MODEL_BASE = Path("models/captioner")
-# Off by default: one self-critical epoch raised the test CIDEr-D (greedy 2.176 -> 2.347) but not
-# what the captions get right (all attributes right: 68.0% -> 64.7%), for ~15% more CPU time
-# (docs/training.md). With --scst-epochs 1: 4x the recipe's rate, which gains more validation
-# CIDEr-D in one epoch than the recipe's 5e-5.
-SCST_EPOCHS, SCST_LEARNING_RATE = 0, 2e-4
+
 
 
 def later_stages(args) -> list[tuple[Path, dict]]:
     """(run folder, train() overrides) of the stages after the cross-entropy run, each started
     from the one before it (init_from)."""
     stages = []
-    # FINE-TUNE: the one place the encoder fine-tuning stage is switched on, before the
-    # self-critical one, once --fine-tune-encoder exists and fits the time budget:
-    #     stages.append((Path("runs/demo-fine-tune"), {"fine_tune_encoder": True}))
     if args.scst_epochs:
-        stages.append((SCST_DIR, {"scst": True, "epochs": args.scst_epochs,
-                                  "learning_rate": SCST_LEARNING_RATE}))
+        stages.append((SCST_DIR, {**SHORT_STAGE, "scst": True, "epochs": args.scst_epochs}))
     return stages
 
 
-def trained_summary(args) -> dict:
-    """Train, or reuse the finished run of an earlier demo."""
+def trained_summary(args, evaluate: bool) -> dict:
+    """Train, or reuse the finished run of an earlier demo. Evaluated only if it is the last
+    stage: what is exported is what the demo scores."""
     summary_file = RUN_DIR / "summary.json"
     if summary_file.is_file() and not args.retrain:
-        print(f"[3-4/7] reusing the finished run in {RUN_DIR} (--retrain to train again)")
-        return json.loads(summary_file.read_text())
-    print("[1-4/7] data, features, keras fit, evaluation")
-    return train(RUN_DIR, "default", data=args.data, epochs=args.epochs)
+        summary = json.loads(summary_file.read_text())
+        if summary["settings"]["train"]["preset"] == TrainConfig.preset:
+            print(f"[3-4/7] reusing the finished run in {RUN_DIR} (--retrain to train again)")
+            if evaluate and "test" not in summary:
+                summary["test"] = evaluate_run(RUN_DIR, data=args.data)
+            return summary
+        shutil.rmtree(RUN_DIR)  # another preset's run: the demo shows the current one
+    print("[1-4/7] data, features, keras fit" + (", evaluation" if evaluate else ""))
+    epochs = {"epochs": args.epochs} if args.epochs else {}
+    return train(RUN_DIR, data=args.data, evaluate=evaluate, **epochs)  # TrainConfig.preset's
 
 
 def stage_summary(run_dir: Path, init_from: Path, overrides: dict, retrain: bool) -> dict:
@@ -127,7 +128,7 @@ def print_summary(runs: list[tuple[Path, dict]], version, samples, seconds):
         print(stage_line(run_dir, summary))
     print(f"test split   {last.get('test', {}).get('images')} images, {last_dir} (exported):")
     print("\n".join(report_lines(last.get("test", {}))))
-    if len(runs) > 1:
+    if len(runs) > 1 and "test" in first:
         print(f"before the later stages ({runs[0][0]}):")
         print("\n".join(report_lines(first.get("test", {}), methods=("greedy", "beam"))))
     print(f"export       {version}")
@@ -150,16 +151,17 @@ def print_summary(runs: list[tuple[Path, dict]], version, samples, seconds):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", help="a Flickr30k/Flickr8k folder instead of the built-in data")
-    p.add_argument("--epochs", type=int, default=12)  # validation loss plateaus by ~10 here
-    p.add_argument("--scst-epochs", type=int, default=SCST_EPOCHS,
-                   help="epochs of a self-critical stage after the cross-entropy run (default 0: "
-                        "none; 1 is what fits the time budget)")
+    p.add_argument("--epochs", type=int, help="epochs at most (default: the preset's)")
+    p.add_argument("--scst-epochs", type=int, default=SHORT_STAGE["epochs"],
+                   help="epochs of the self-critical stage after the cross-entropy run (0: "
+                        "none; model/scst.py SHORT_STAGE)")
     p.add_argument("--retrain", action="store_true", help="train again even if the runs are done")
     args = p.parse_args(argv)
     start = time.time()
     try:
-        runs = [(RUN_DIR, trained_summary(args))]
-        for run_dir, overrides in later_stages(args):
+        stages = later_stages(args)
+        runs = [(RUN_DIR, trained_summary(args, evaluate=not stages))]
+        for run_dir, overrides in stages:
             runs.append((run_dir, stage_summary(run_dir, runs[-1][0], overrides, args.retrain)))
         version = exported_version(runs[-1][0])
         print("[6/7] captioning test images through the exported model (session path)")

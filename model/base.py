@@ -74,6 +74,11 @@ class ModelConfig:
         if self.encoder_top == "auto":
             raise ValueError("ModelConfig.encoder_top 'auto' is chosen by the encoder weights "
                              "first (model.top.resolve_encoder_top)")
+        if self.encoder_top == "head" and self.family == "pooled":
+            raise ValueError("the conv head (encoder_top 'head', random weights) trains under "
+                             "the attention family only: averaged for the pooled family it "
+                             "scored below frozen pooled features (docs/attention.md#measured); "
+                             "use --preset attention")
 
     @property
     def attention(self) -> bool:

@@ -63,9 +63,6 @@ def train_preset(name: str, data: Path, base: Path, cache: Path, epochs: int, pa
     return TrainedFixture(data, cache, base / "run", summary)
 
 
-FAMILY_PRESETS = {"pooled": "default", "attention": "attention"}  # each family's preset
-
-
 def write_untrained_run(run_dir: Path, data: Path, family: str) -> Path:
     """A run folder as training writes it (settings.json, vocab.txt/json from `data`'s training
     captions, best.weights.h5), holding a freshly built captioner of `family`: no features, no
@@ -76,7 +73,7 @@ def write_untrained_run(run_dir: Path, data: Path, family: str) -> Path:
     from model.run_dir import RunPaths, write_json
     from model.train import run_config, run_settings, start_run
 
-    config = run_config(FAMILY_PRESETS[family], data=data, min_count=2, encoder_weights="random",
+    config = run_config(family, data=data, min_count=2, encoder_weights="random",
                         encoder_top="")  # the frozen maps; tests/*/test_encoder_top.py: the top
     paths = RunPaths(run_dir)
     paths.root.mkdir(parents=True)
@@ -141,10 +138,10 @@ def untrained_export(untrained_run_factory, small_builtin, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_run(request, small_builtin, feature_caches, tmp_path_factory) -> TrainedFixture:
-    """The default preset trained on the small built-in data: enough to caption it well (in the
+    """The pooled preset trained on the small built-in data: enough to caption it well (in the
     fast tier: a smaller, shorter run that captions it roughly)."""
     epochs = FAST_TIER_EPOCHS if fast_tier(request.config) else TRAINED_EPOCHS
-    return train_preset("default", small_builtin, tmp_path_factory.mktemp("trained"),
+    return train_preset("pooled", small_builtin, tmp_path_factory.mktemp("trained"),
                         feature_caches("pooled"), epochs, epochs)
 
 

@@ -31,7 +31,7 @@ def features(n, seed=0, config=None):
 
 def test_presets_and_dispatch():
     assert PRESETS["attention"]["model"]["family"] == "attention"
-    assert PRESETS["default"]["model"]["family"] == PRESETS["seed"]["model"]["family"] == "pooled"
+    assert PRESETS["pooled"]["model"]["family"] == PRESETS["seed"]["model"]["family"] == "pooled"
     assert isinstance(build_captioner(small_config()), AttentionCaptioner)
     assert isinstance(build_captioner(small_config(family="pooled")), Captioner)
     assert small_config().attention and not small_config(family="pooled").attention

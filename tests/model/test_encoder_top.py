@@ -57,6 +57,8 @@ def test_unknown_kind_and_top_are_refused():
         small_config(encoder_top="conv4")
     with pytest.raises(ValueError, match="'auto' is chosen by the encoder weights first"):
         small_config(encoder_top="auto")
+    with pytest.raises(ValueError, match="the attention family only: .* use --preset attention"):
+        small_config(family="pooled", encoder_top="head")
 
 
 def test_fine_tune_encoder_picks_the_top_by_the_weights(tmp_path):
@@ -67,11 +69,12 @@ def test_fine_tune_encoder_picks_the_top_by_the_weights(tmp_path):
     assert parse_args(["--fine-tune-encoder"])["encoder_top"] == "auto"
     assert parse_args(["--fine-tune-encoder", "conv5"])["encoder_top"] == "conv5"
     assert "encoder_top" not in parse_args([])
-    config = run_config("default", encoder_top="auto")  # built-in data: random weights
+    config = run_config("attention", encoder_top="auto")  # built-in data: random weights
     assert config.model["encoder_top"] == "head"
     assert config.model_config(10).feature_kind == "conv4"
     assert run_config("attention", data="x", encoder_top="auto").model["encoder_top"] == "conv5"
-    assert run_config("default").model_config(10).feature_kind == "pooled"
+    assert run_config("pooled", data="x", encoder_top="auto").model["encoder_top"] == "conv5"
+    assert run_config("pooled").model_config(10).feature_kind == "pooled"
 
 
 def test_channel_standardizer_reads_rows_in_chunks_like_numpy(monkeypatch):
@@ -86,8 +89,8 @@ def test_channel_standardizer_reads_rows_in_chunks_like_numpy(monkeypatch):
     np.testing.assert_allclose(norm.std.numpy(), values.std(0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["pooled", "attention"])
-@pytest.mark.parametrize("top", ["head", "conv5"])
+@pytest.mark.parametrize("family, top", [("pooled", "conv5"), ("attention", "head"),
+                                         ("attention", "conv5")])
 def test_image_major_batch_gives_the_logits_of_one_row_per_caption(family, top):
     model = build_captioner(small_config(family=family, encoder_top=top, normalize_features=True))
     maps = np.random.default_rng(2).normal(size=[3, *CONV4_SHAPE]).astype(np.float32)
@@ -119,7 +122,7 @@ def test_image_major_dataset_holds_every_caption_once_with_its_image():
 
 
 @pytest.mark.parametrize("family, top, image_major", [
-    ("pooled", "", False), ("pooled", "head", True), ("attention", "", True),
+    ("pooled", "", False), ("pooled", "conv5", True), ("attention", "", True),
     ("attention", "head", True)])
 def test_training_feed_batches_by_image_where_the_image_part_is_costly(family, top, image_major):
     """A top, or the attention family's annotations, runs once per image: image-major batches;
@@ -191,12 +194,13 @@ def test_conv4_features_have_their_own_cache(small_builtin, tmp_path):
 
 @pytest.fixture(scope="module")
 def head_run(small_builtin, feature_caches, tmp_path_factory):
-    """The default preset with --fine-tune-encoder on the small built-in data (random weights:
-    the head), 2 epochs: (base folder, its run in base/run, summary, the conv4 cache)."""
+    """The attention preset on the small built-in data (random weights: the head), small and
+    2 epochs: (base folder, its run in base/run, summary, the conv4 cache)."""
     base = tmp_path_factory.mktemp("head-run")
-    summary = train(base / "run", "default", data=small_builtin, cache_dir=feature_caches("conv4"),
-                    verbose=0, epochs=2, patience=2, batch_size=64, min_count=2,
-                    encoder_weights="random", encoder_top="auto", evaluate=False)
+    summary = train(base / "run", "attention", data=small_builtin,
+                    cache_dir=feature_caches("conv4"), verbose=0, epochs=2, patience=2,
+                    batch_size=64, min_count=2, units=64, embed_dim=32,
+                    encoder_weights="random", evaluate=False)
     return base, summary, feature_caches("conv4")
 
 
@@ -219,9 +223,9 @@ def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_run):
 def test_training_from_images_writes_the_cached_paths_checkpoint(head_run, small_builtin,
                                                                   tmp_path):
     base = head_run[0]
-    summary = train(tmp_path / "run", "default", data=small_builtin,
+    summary = train(tmp_path / "run", "attention", data=small_builtin,
                     cache_dir=tmp_path / "cache", verbose=0, epochs=2, batch_size=64,
-                    min_count=2, encoder_weights="random", encoder_top="auto",
+                    min_count=2, units=64, embed_dim=32, encoder_weights="random",
                     encoder_train_from_images=True, evaluate=False)
     # Every epoch trains (a finite stream of unknown length would leave the second one empty).
     assert summary["optimizer_steps"] == 2 * summary["steps_per_epoch"] >= 4
@@ -286,7 +290,8 @@ def test_word_loss_adds_to_the_training_loss_only():
     inputs = {"features": np.random.default_rng(5).normal(size=[2, *CONV4_SHAPE]).astype("float32"),
               "tokens": np.full([3, 4], 5, np.int32), "image_index": np.array([0, 1, 1], np.int32)}
     targets = np.full([3, 4], 6, np.int32)
-    models = {weight: build_captioner(small_config(encoder_top="head", word_loss=weight))
+    models = {weight: build_captioner(small_config(family="attention", encoder_top="head",
+                                                   word_loss=weight))
               for weight in (0.0, 1.0)}
     for layer in models[0.0].layers:  # the same weights, but the word head's
         if layer.weights:
@@ -297,7 +302,8 @@ def test_word_loss_adds_to_the_training_loss_only():
         losses[weight] = model.test_on_batch(inputs, targets), model.train_on_batch(inputs, targets)
     assert losses[1.0][0] == pytest.approx(losses[0.0][0])  # evaluation: the captions' loss alone
     assert losses[1.0][1] > losses[0.0][1] + 0.3  # + about log 2 at the start
-    assert build_captioner(small_config(encoder_top="head")).word_head is not None  # default
+    assert build_captioner(small_config(family="attention",
+                                        encoder_top="head")).word_head is not None  # default
     assert small_config(encoder_top="conv5").word_loss_weight == 0.0  # not measured there
     assert small_config(encoder_top="conv5", word_loss=0.5).word_loss_weight == 0.5
     assert build_captioner(small_config(word_loss=1.0)).word_head is None  # frozen features

@@ -14,7 +14,7 @@ def test_load_run_reads_an_untrained_run(untrained_run_factory, family):
     run = load_run(untrained_run_factory(family))
     settings = run.settings
     assert settings["model"]["family"] == family and run.model_config.family == family
-    assert settings["train"]["preset"] == ("attention" if family == "attention" else "default")
+    assert settings["train"]["preset"] == family
     assert set(settings) == {"data", "stage", "encoder", "model", "train", "scst", "decode",
                              "vocabulary"}
     assert settings["stage"] == {"name": "cross-entropy"}  # started from no other run

@@ -58,7 +58,7 @@ def test_overrides_go_to_their_dataclass_over_the_preset():
     assert config.model_config(50) == ModelConfig(vocab_size=50, **config.model)
     assert config.by_name()["dropout"] == 0.1 and set(config.by_name()) == set(OVERRIDES)
     # A field the preset sets may be overridden, the family too.
-    assert run_config("default", family="attention").model_config(9).attention
+    assert run_config("pooled", family="attention").model_config(9).attention
     assert run_config("seed", clipnorm=2.0).train.clipnorm == 2.0
     # The encoder's default follows the data: no ImageNet weights for the built-in data.
     assert run_config().encoder.weights == "random"
@@ -132,7 +132,7 @@ def test_a_later_stage_starts_from_the_runs_settings(untrained_run):
     config = run_config(init_from=str(untrained_run), scst=True, epochs=2, scst_samples=3)
     assert config.train.scst and config.train.init_from == str(untrained_run)
     assert config.train.stage == "self-critical"
-    assert (config.train.preset, config.train.min_count) == ("default", 2)  # the run's
+    assert (config.train.preset, config.train.min_count) == ("pooled", 2)  # the run's
     assert config.train.epochs == 2 and config.scst == ScstConfig(samples=3)  # the overrides
     assert config.train.learning_rate == SCST_RECIPE["learning_rate"] == 5e-5  # the stage's
     assert config.train.batch_size == SCST_RECIPE["batch_size"]
@@ -148,7 +148,7 @@ def test_a_later_stage_refuses_to_change_what_it_keeps(untrained_run, small_buil
     with pytest.raises(ValueError, match=r"units=256: a run started from .* keeps its units "
                                          r"\(512\)"):
         run_config(init_from=str(untrained_run), units=256)
-    with pytest.raises(ValueError, match=r"preset='attention': .* keeps its preset \('default'\)"):
+    with pytest.raises(ValueError, match=r"preset='attention': .* keeps its preset \('pooled'\)"):
         run_config("attention", init_from=str(untrained_run))
     with pytest.raises(ValueError, match=r"trains on its data \(.*\); leave --data out"):
         run_config(init_from=str(untrained_run), data=str(tmp_path))
@@ -224,7 +224,7 @@ def test_help_lists_every_flag_and_preset(capsys):
                  "--max-new-tokens", "--no-eval", "--family", "--init-from RUN_DIR",
                  "--scst, --no-scst", "--scst-samples"):
         assert flag in text, flag
-    assert "(default: 0.002)" in text  # the default preset's learning rate, not the dataclass's
+    assert "(default: 0.002)" in text  # the attention preset's learning rate, not the dataclass's
     for name in PRESETS:
         assert f"\n  {name} " in text, name
     assert "--scst then sets:" in text and "learning_rate=5e-05" in text
@@ -271,7 +271,7 @@ def test_run_folder_has_everything(trained_run):
     assert not (run / "backup").exists()  # BackupAndRestore deletes it when the run finishes
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] >= 1 and summary["best_val_loss"] > 0
-    assert summary["settings"]["train"]["preset"] == "default"
+    assert summary["settings"]["train"]["preset"] == "pooled"
     assert summary["settings"]["model"]["family"] == "pooled"
     with (run / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
