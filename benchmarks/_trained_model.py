@@ -1,6 +1,6 @@
 """A small trained and exported captioner, made once under benchmarks/work/ (gitignored):
 `run_dir, model_base = ensure_benchmark_model()`. Built-in data (300 images), random-init
-ResNet50, the default preset for 10 epochs (~2-4 min the first time): the captions are poor, but
+ResNet50, the pooled preset for 10 epochs (~2-4 min the first time): the captions are poor, but
 speed depends only on their length, which is reported."""
 import dataclasses
 import shutil
@@ -27,7 +27,7 @@ def train_benchmark_run(work, config: BenchmarkModelConfig, name="run", **overri
     if not (work / name / "summary.json").is_file():
         data = ensure_builtin(work / "data", num_images=config.num_images, seed=config.seed)
         print(f"training {work / name} ({config.epochs} epochs)", file=sys.stderr)
-        train(work / name, data=data, cache_dir=work / "cache", evaluate=False, verbose=0,
+        train(work / name, "pooled", data=data, cache_dir=work / "cache", evaluate=False, verbose=0,
               epochs=config.epochs, batch_size=config.batch_size, patience=config.epochs,
               min_count=2, seed=config.seed, encoder_weights="random", **overrides)
     return work / name

@@ -34,7 +34,7 @@ PARTS = ("serving", "exports", "attribution", "training")
 class PrecisionBenchConfig:
     num_images: int = 1500     # the demo's built-in dataset (1,200 / 150 / 150)
     epochs: int = 12           # the demo's
-    batch_size: int = 128      # the default preset's
+    batch_size: int = 128      # the pooled preset's
     serving_batch: int = 32
     repeats: int = 5           # round-robin repetitions at batch 32
     latency_calls: int = 30    # per mode, alternating

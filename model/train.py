@@ -12,7 +12,8 @@ epoch. At the end it writes the loss curve, scores the test split (model/evaluat
 summary. --init-from starts a later stage from a trained run's best weights and settings; --scst
 makes that stage self-critical (model/scst.py): it optimises CIDEr-D, and its checkpoints and early
 stopping watch validation CIDEr-D.
-Several machines: README "Several machines" (tests/model/test_multiworker.py runs it on one).
+Several machines: docs/training.md#several-machines (tests/model/test_multiworker.py runs it on
+one).
 """
 import argparse
 import contextlib
@@ -81,7 +82,7 @@ class TrainConfig:
     jit_compile: bool = setting(False, "XLA; off by default: slower for the LSTM on CPU, and "
                                 "bucketed shapes recompile per bucket", flag="xla")
     distribute: str = setting("auto", "auto: MirroredStrategy on >1 GPU; multiworker reads "
-                              "TF_CONFIG (README)",
+                              "TF_CONFIG (docs/training.md#several-machines)",
                               choices=("auto", "mirrored", "multiworker", "none"))
     deterministic: bool = setting(False, "also turn on TensorFlow's op determinism")
     init_from: str = setting("", "a finished run folder whose best weights start this run "

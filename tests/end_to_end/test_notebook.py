@@ -155,7 +155,7 @@ def test_notebook_prints_a_served_caption_and_stops_the_server(executed):
 def test_notebook_compares_the_attention_preset_and_shows_served_maps(executed):
     nb, _ = executed
     table = stream_text(cell_tagged(nb, "attention-train"))
-    for row in ("default greedy", "default beam", "attention greedy", "attention beam"):
+    for row in ("pooled greedy", "pooled beam", "attention greedy", "attention beam"):
         assert re.search(rf"^{row}\s+\d\.\d{{3}}\s+\d+\.\d{{3}}\s+\d+\.\d$", table, re.MULTILINE), table
     assert has_png(cell_tagged(nb, "attention-samples")), "the attention samples were not shown"
     served = cell_tagged(nb, "attention-served")
