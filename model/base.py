@@ -52,10 +52,10 @@ class ModelConfig:
         "taught it shape), 0 for conv5 (not measured there); 0 = off")
     encoder_top: str = setting(
         "", "train the encoder's top with the decoder, from the frozen trunk's conv4_x maps "
-        "(14x14x1024, cached): head = a small conv head (what random weights need), conv5 = "
-        "ResNet50's conv5_x stage, BatchNorm frozen (ImageNet weights or a file; with "
-        "--init-from a run on frozen features and a lower --learning-rate); the bare flag picks "
-        "by --encoder-weights", choices=ENCODER_TOPS, flag="fine-tune-encoder", const="auto")
+        "(14x14x1024, cached): head = a small conv head, attention family only (what random "
+        "weights need), conv5 = ResNet50's conv5_x stage, BatchNorm frozen (ImageNet weights or "
+        "a file; with --init-from a run on frozen features and a lower --learning-rate); the "
+        "bare flag picks by --encoder-weights", choices=ENCODER_TOPS, flag="fine-tune-encoder", const="auto")
 
     def __post_init__(self):
         check_choices(self)
