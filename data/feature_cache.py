@@ -149,17 +149,17 @@ def extract_features(items: Sequence[tuple[str, pathlib.Path]],
     return report
 
 
-def projected_cache_bytes(items: Sequence[tuple[str, pathlib.Path]], kind: str, *,
-                          encoder_id: str = "imagenet", shard_size: int = DEFAULT_SHARD_SIZE,
-                          progress: bool = False) -> int:
-    """Bytes on disk of a complete cache of `kind` (FEATURE_KINDS) for the (name, path) `items`,
-    before extracting anything: the shard files extract_features writes (np.savez, uncompressed:
-    features, names and each file's stamp per image, zip and .npy headers per shard; every image
-    assumed to decode) plus the manifest. Each shard is written here with its real names and
-    stamps and an empty feature array, whose bytes are then added: exact, without the features."""
-    if kind not in FEATURE_KINDS:
-        raise ValueError(f"feature kind must be one of {sorted(FEATURE_KINDS)}, got {kind!r}")
-    shape, dtype = FEATURE_KINDS[kind]
+def projected_cache_bytes(items: Sequence[tuple[str, pathlib.Path]], feature_shape: Sequence[int],
+                          feature_dtype: str, *, encoder_id: str = "imagenet",
+                          shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = False) -> int:
+    """Bytes on disk of a complete cache (FEATURE_KINDS gives each kind's shape and dtype) of the
+    (name, path) `items`, before extracting anything: the shard files extract_features writes
+    (np.savez, uncompressed: features, names and each file's stamp per image, zip and .npy headers
+    per shard; every image assumed to decode) plus the manifest. Each shard is written here with
+    its real names and stamps and an empty feature array, whose bytes are then added: exact,
+    without computing or holding the features."""
+    shape, dtype = _shape(feature_shape), str(np.dtype(feature_dtype))
+    kind = f"{dtype} [{'x'.join(map(str, shape))}]"
     paths = dict(items)
     names = sorted(paths)
     per_image = int(np.prod(shape)) * np.dtype(dtype).itemsize

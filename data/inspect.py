@@ -56,7 +56,7 @@ def feature_cache_projection(dataset: CaptionDataset, cache_dir=CACHE_ROOT) -> d
     items = [(image.name, image.path) for image in dataset.images]
     kinds = {}
     for kind, (shape, dtype) in FEATURE_KINDS.items():
-        total = projected_cache_bytes(items, kind, progress=len(items) > 20_000)
+        total = projected_cache_bytes(items, shape, dtype, progress=len(items) > 20_000)
         kinds[kind] = {"shape": list(shape), "dtype": dtype, "bytes": total,
                        "bytes_per_image": round(total / len(items), 1)}
     existing = pathlib.Path(cache_dir).absolute()
