@@ -452,7 +452,12 @@ def load_dataset(root, layout: str | None = None) -> CaptionDataset:
     if layout == "coco_official":  # annotations/captions_*.json: train2014/ is beside annotations/
         bases.append(caption_file.parent.parent)
     bases = list(dict.fromkeys(bases))
-    image_dir = _find_image_dir(bases, _spread_sample(records))
+    image_dir = _find_image_dir(bases, _spread_sample(records), required=False)
+    if image_dir is None and any(r.folder for r in records):
+        # COCO's train2014/ and val2014/ images moved into one folder: look for them there
+        records = [dataclasses.replace(r, folder="") for r in records]
+    if image_dir is None:
+        image_dir = _find_image_dir(bases, _spread_sample(records))
     images = _group(records, image_dir, skipped)
     if not images:
         raise DatasetError(f"no images found: no usable image with captions in {root} "

@@ -244,10 +244,11 @@ def coco_results(image_names: Sequence[str], captions: Sequence[str], path,
     data.layouts.ImageCaptions.image_id: COCOEvalCap with COCO's captions_val2014.json scores the
     file unchanged), else a Flickr-style file name's number (1000092795.jpg -> 1000092795), else
     the file name."""
+    if len(image_names) != len(captions):
+        raise ValueError(f"got {len(image_names)} image names for {len(captions)} captions")
     image_ids = [None] * len(image_names) if image_ids is None else list(image_ids)
-    if not len(image_names) == len(captions) == len(image_ids):
-        raise ValueError(f"got {len(image_names)} image names and {len(image_ids)} image ids "
-                         f"for {len(captions)} captions")
+    if len(image_ids) != len(captions):
+        raise ValueError(f"got {len(image_ids)} image ids for {len(captions)} captions")
     rows = [{"image_id": image_id if image_id is not None else
              int(Path(name).stem) if Path(name).stem.isdigit() else name, "caption": caption}
             for name, image_id, caption in zip(image_names, image_ids, captions)]

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from data import builtin
+from data import inspect as inspect_cli
 from data.feature_cache import FEATURE_KINDS
 from data.inspect import inspect_dataset
 from data.layouts import (HELDOUT, MISSING_IMAGE, NO_CAPTIONS, UNLISTED_IMAGE, DatasetError,
@@ -167,3 +168,40 @@ def test_inspect_reports_coco_and_projects_the_cache_exactly(coco, tmp_path):
             feature_bytes *= size
         # the features themselves, plus names, stamps and headers: under 1 KB an image here
         assert 0 < row["bytes"] - feature_bytes < 1_000 * report["images"], kind
+
+
+def test_inspect_command_prints_coco_layout_splits_and_cache_sizes(coco, capsys, tmp_path):
+    assert inspect_cli.main([str(coco("coco2017")), "--min-count", "2",
+                             "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "layout:     coco_official (" in out and "captions_train2017.json" in out
+    assert "(5-7 per image" in out and "2 annotation of an unlisted image" in out
+    assert "(coco_val_release split)" in out
+    assert "free: " in out and f"on {tmp_path}" in out
+    for kind in FEATURE_KINDS:
+        assert f"            {kind} " in out
+
+
+def test_generator_writes_the_same_bytes_twice_and_refuses_unknown_layouts(tmp_path):
+    first = builtin.generate_builtin(tmp_path / "a", 12, seed=3, layout="coco2017")
+    second = builtin.generate_builtin(tmp_path / "b", 12, seed=3, layout="coco2017")
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    with pytest.raises(ValueError, match="layout must be one of flickr30k, coco2014, coco2017"):
+        builtin.generate_builtin(tmp_path / "c", 12, layout="coco2015")
+    with pytest.raises(ValueError, match="num_images must be >= 12 for the coco2014 layout"):
+        builtin.generate_builtin(tmp_path / "d", 5, layout="coco2014")
+
+
+def test_karpathy_coco_images_in_one_flat_folder_are_found(coco, tmp_path):
+    root = tmp_path / "flat"
+    (root / "images").mkdir(parents=True)
+    for release in ("train2014", "val2014"):
+        for image in (coco("coco2014") / release).iterdir():
+            shutil.copy(image, root / "images" / image.name)
+    shutil.copy(coco("coco2014") / "dataset_coco.json", root)
+    ds = load_dataset(root)
+    assert ds.image_dir == (root / "images").resolve()
+    assert {image.name for image in ds.images} == {image.name for image in
+                                                    load_dataset(coco("coco2014")).images}

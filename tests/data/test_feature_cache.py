@@ -634,6 +634,7 @@ def test_projected_size_is_the_size_extraction_writes(tmp_path, tiny_encoder):
     projected = projected_cache_bytes(items, [8], "float16", encoder_id="tiny", shard_size=3)
     extract_features(items, tiny_encoder, tmp_path / "cache", encoder_id="tiny", shard_size=3,
                      feature_dtype="float16", progress=False)
-    written = sorted((tmp_path / "cache").glob("*.*"))
-    assert [p.name for p in written] == ["manifest.json", *(f"shard-0000{i}.npz" for i in range(3))]
-    assert projected == sum(p.stat().st_size for p in written)
+    written = sorted((tmp_path / "cache").iterdir())
+    assert [p.name for p in written] == [".lock", "manifest.json",
+                                         *(f"shard-0000{i}.npz" for i in range(3))]
+    assert projected == sum(p.stat().st_size for p in written)  # the lock file is empty
