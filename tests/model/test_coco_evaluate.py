@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 from data import builtin
 from data.layouts import load_dataset
 from data.splits import split_dataset
+from model.metrics import caption_scores, coco_results
 from tests.conftest import train_preset
 
 NUM_IMAGES = 48
@@ -37,6 +38,23 @@ def coco_eval_scores(annotation_file, results_file) -> dict:
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
     return {**{f"coco_bleu{n}": b for n, b in enumerate(bleu, start=1)}, "cider_d": cider}
+
+
+def test_coco_caption_scores_a_results_file_as_model_metrics_does(tmp_path):
+    """Without training: each test image captioned with another image's reference (overlaps at
+    every n-gram order), written by coco_results, scored both ways."""
+    data = builtin.generate_builtin(tmp_path / "coco", 30, seed=1, layout="coco2014")
+    test = split_dataset(load_dataset(data / "annotations" / "captions_val2014.json"))["test"]
+    references = [list(image.captions) for image in test]
+    predictions = [image.captions[-1] for image in test[1:] + test[:1]]
+    coco_results([image.name for image in test], predictions, tmp_path / "results.json",
+                 [image.image_id for image in test])
+    ours = caption_scores(references, predictions)
+    theirs = coco_eval_scores(data / "annotations" / "captions_val2014.json",
+                              tmp_path / "results.json")
+    assert 0 < theirs["coco_bleu4"] < theirs["coco_bleu1"] < 1 and theirs["cider_d"] > 0
+    for name, value in theirs.items():
+        assert value == pytest.approx(ours[name], abs=1e-9), name
 
 
 @pytest.mark.slow
