@@ -440,7 +440,8 @@ def is_complete(root, num_images: int, seed: int) -> bool:
             found = sum(entry.name.endswith(".jpg") for entry in entries)
     except (OSError, ValueError):
         return False
-    return (manifest.get("version") == VERSION and manifest.get("layout") == "flickr30k"
+    return (manifest.get("version") == VERSION  # folders written before COCO's have no layout
+            and manifest.get("layout", "flickr30k") == "flickr30k"
             and manifest.get("num_images") == num_images
             and manifest.get("seed") == seed and found == num_images
             and (root / CAPTIONS_TXT).is_file() and (root / KARPATHY_JSON).is_file())
