@@ -3,13 +3,15 @@ training with Flickr-like caption lengths (V 20,013, batch 128), and greedy deco
 
     python -m benchmarks.bench_train            # pad-to-80 vs bucketed captions/s, GFLOP/s
     python -m benchmarks.bench_train --jit      # + jit_compile=True vs False at one batch shape
-    python -m benchmarks.bench_train --full-scale [--steps N]   # one Flickr30k-sized epoch
+    python -m benchmarks.bench_train --full-scale [--steps N]   # one Flickr30k-sized epoch, and
+                                                                # a COCO-sized one projected
     python -m benchmarks.bench_train --decode   # greedy decoding ms/step, batch 1 and 32
 
 --decode: decode_features in a tf.function, as model/evaluate.py runs it, at V 20,013 and 7,500;
 <end> gets a -1e4 bias, so every caption runs exactly --decode-steps steps.
 """
 import dataclasses
+import math
 import resource
 import sys
 import time
@@ -43,6 +45,10 @@ class TrainBenchConfig:
     decode_steps: int = 40         # the original decoded up to 40 tokens
     decode_repeats: int = 40       # at batch 1; at batch 32 an eighth (at least 2)
 
+
+# COCO's Karpathy train split (train + restval) at 5 captions an image, for the projection of a
+# COCO-sized epoch from a measured one.
+COCO_TRAIN_IMAGES, COCO_CAPTIONS_PER_IMAGE = 113_287, 5
 
 QUICK = {"images": 2_900, "repeats": 1, "padded_batches": 1, "bucketed_batches": 2,
          "decode_repeats": 8}
@@ -186,7 +192,22 @@ def bench_full_scale(config: TrainBenchConfig, steps: int | None) -> dict:
             "epoch_batches": len(shapes), "measured_steps": total, "extrapolated": extrapolated,
             "steady_seconds_per_step": round(steady / max(1, total - 1), 3),
             "captions_per_s": round(sum(b for b, _ in shapes[1:total]) / steady, 1),
-            "minutes_per_epoch": round(epoch_seconds / 60, 1), "peak_rss_mb": peak_rss_mb()}
+            "minutes_per_epoch": round(epoch_seconds / 60, 1), "peak_rss_mb": peak_rss_mb(),
+            "coco_projection": coco_projection(len(shapes), sum(b for b, _ in shapes),
+                                               epoch_seconds, first_step)}
+
+
+def coco_projection(epoch_batches: int, epoch_captions: int, epoch_seconds: float,
+                    first_step_seconds: float) -> dict:
+    """A COCO-sized epoch (113,287 images x 5 captions) at a measured (or extrapolated) epoch's
+    cost: as many steps as its batches per caption give (the same batch size and length buckets),
+    its first step, then its mean seconds per later step (over the epoch's mix of lengths)."""
+    captions = COCO_TRAIN_IMAGES * COCO_CAPTIONS_PER_IMAGE
+    steps = math.ceil(epoch_batches * captions / epoch_captions)
+    per_step = (epoch_seconds - first_step_seconds) / max(1, epoch_batches - 1)
+    seconds = first_step_seconds + per_step * (steps - 1)
+    return {"images": COCO_TRAIN_IMAGES, "captions": captions, "steps_per_epoch": steps,
+            "seconds_per_step": round(per_step, 3), "minutes_per_epoch": round(seconds / 60, 1)}
 
 
 def bench_decode(config: TrainBenchConfig) -> dict:

@@ -12,6 +12,9 @@ three large-scale values (left half, centre, right half) so that average pooling
 
 Generation is deterministic: the same seed gives byte-identical files (each image has its own
 numpy generator seeded by (seed, index)).
+
+generate_builtin(..., layout="coco2014" | "coco2017") writes the same kind of scenes in MS-COCO's
+layouts instead, with the quirks of the real files (COCO_LAYOUT below), for the COCO readers' tests.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ IMAGE_DIR = BUILTIN_IMAGES.relative_to(BUILTIN_ROOT)  # the same sub-folder unde
 CAPTIONS_TXT = "captions.txt"
 KARPATHY_JSON = "dataset_flickr30k.json"
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # a bigger test split than Karpathy's 3%, so scores are stable
+LAYOUTS = ("flickr30k", "coco2014", "coco2017")
 
 IMAGE_SIDE = 160
 JPEG_QUALITY = 90
@@ -224,7 +228,8 @@ def _plural(word: str) -> str:
 
 
 def captions_for(scene: Scene, rng: np.random.Generator, count: int = 5) -> list[str]:
-    """`count` differently worded captions (different templates, random synonyms)."""
+    """`count` differently worded captions (different templates, random synonyms; at most one
+    per template: 6 or 7)."""
     first = scene.shapes[0]
     templates = {"single": SINGLE_TEMPLATES, "group": GROUP_TEMPLATES,
                  "pair": PAIR_TEMPLATES}[scene.kind]
@@ -258,14 +263,22 @@ def image_name(index: int) -> str:
     return f"scene_{index:05d}.jpg"
 
 
-def generate_builtin(root, num_images: int = DEFAULT_NUM_IMAGES, seed: int = 0) -> pathlib.Path:
-    """Writes the dataset into `root` (which must be absent or empty). Not atomic: use
-    ensure_builtin, which generates into a temporary folder and renames it into place."""
-    if num_images < 3:
-        raise ValueError(f"num_images must be >= 3 (one per split), got {num_images}")
+def generate_builtin(root, num_images: int = DEFAULT_NUM_IMAGES, seed: int = 0,
+                     layout: str = "flickr30k") -> pathlib.Path:
+    """Writes the dataset into `root` (which must be absent or empty) in one of LAYOUTS: Flickr30k's
+    (the default) or COCO's (generate_coco). Not atomic: use ensure_builtin, which generates the
+    Flickr30k layouts into a temporary folder and renames it into place."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    min_images = 3 if layout == "flickr30k" else COCO_LAYOUT["min_images"]
+    if num_images < min_images:
+        raise ValueError(f"num_images must be >= {min_images} for the {layout} layout (every "
+                         f"split and quirk needs an image), got {num_images}")
     root = pathlib.Path(root)
     if root.exists() and any(root.iterdir()):
         raise DatasetError(f"{root} is not empty; generate_builtin writes into a new folder")
+    if layout != "flickr30k":
+        return generate_coco(root, num_images, seed, int(layout[-4:]))
     (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     splits = _assign_splits(num_images, seed)
     rows, entries = [], []
@@ -283,8 +296,119 @@ def generate_builtin(root, num_images: int = DEFAULT_NUM_IMAGES, seed: int = 0) 
         writer.writerows(rows)
     karpathy = {"images": entries, "dataset": "builtin"}
     (root / KARPATHY_JSON).write_text(json.dumps(karpathy), encoding="utf-8")
-    manifest = {"generator": "data.builtin", "version": VERSION, "num_images": num_images,
-                "seed": seed, "image_side": IMAGE_SIDE, "split_fractions": SPLIT_FRACTIONS}
+    manifest = {"generator": "data.builtin", "version": VERSION, "layout": "flickr30k",
+                "num_images": num_images, "seed": seed, "image_side": IMAGE_SIDE,
+                "split_fractions": SPLIT_FRACTIONS}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO's layouts: annotations/captions_{train,val}YEAR.json, trainYEAR/, valYEAR/ and for 2014
+# Karpathy's dataset_coco.json. The real files' quirks, each at fixed images (indices counted
+# from the end of the train release, so they never touch the val release):
+COCO_LAYOUT = {
+    "val_fraction": 0.4,          # of the images in the val release (COCO 2014: 40,504 / 123,287)
+    "karpathy_val_test": 0.25,    # of the val release each for Karpathy's val and test; rest restval
+    "six_captions_every": 4,      # every 4th image has 6 captions; every 3rd single shape 7
+    "seven_captions_every": 3,
+    "padded_caption_every": 3,    # every 3rd caption ends in " \n" or starts with a space
+    "unlisted_annotations": 2,    # annotations whose image_id no "images" entry has
+    "missing_on_disk": 1,         # train images listed but not written
+    "corrupt_jpeg": 1,            # train images whose file is not a JPEG
+    "min_images": 12,
+}
+COCO_ID_START, COCO_ID_STEP = 9, 7919  # ids are unique, not contiguous, not file order
+KARPATHY_COCO_JSON = "dataset_coco.json"
+
+
+def coco_image_id(index: int) -> int:
+    return COCO_ID_START + COCO_ID_STEP * index
+
+
+def image_index(name: str, layout: str = "flickr30k") -> int | None:
+    """The generator's index of an image file name it wrote in `layout` (image_name,
+    coco_file_name), None for any other name."""
+    match = re.fullmatch(r"scene_(\d+)\.jpg" if layout == "flickr30k"
+                         else r"(?:COCO_(?:train|val)2014_)?(\d{12})\.jpg", name)
+    if match is None:
+        return None
+    if layout == "flickr30k":
+        return int(match.group(1))
+    index, rest = divmod(int(match.group(1)) - COCO_ID_START, COCO_ID_STEP)
+    return index if rest == 0 and index >= 0 else None
+
+
+def coco_file_name(image_id: int, release: str) -> str:
+    """COCO_val2014_000000391895.jpg (2014) or 000000391895.jpg (2017); release "val2014"."""
+    return f"COCO_{release}_{image_id:012d}.jpg" if release.endswith("2014") else f"{image_id:012d}.jpg"
+
+
+def generate_coco(root, num_images: int, seed: int = 0, year: int = 2014) -> pathlib.Path:
+    """The scenes in COCO's file layout of `year` (2014 or 2017) with COCO_LAYOUT's quirks."""
+    root = pathlib.Path(root)
+    num_val = max(4, round(num_images * COCO_LAYOUT["val_fraction"]))
+    releases = [f"train{year}"] * (num_images - num_val) + [f"val{year}"] * num_val
+    num_heldout = max(1, round(num_val * COCO_LAYOUT["karpathy_val_test"]))
+    karpathy = (["train"] * (num_images - num_val) + ["val"] * num_heldout
+                + ["test"] * num_heldout + ["restval"] * (num_val - 2 * num_heldout))
+    num_train = num_images - num_val
+    missing = set(range(num_train - COCO_LAYOUT["missing_on_disk"], num_train))
+    corrupt = set(range(min(missing) - COCO_LAYOUT["corrupt_jpeg"], min(missing)))
+    images = {release: [] for release in dict.fromkeys(releases)}
+    annotations = {release: [] for release in images}
+    entries, caption_count, singles = [], 0, 0
+    for i in tqdm(range(num_images), desc=f"generating COCO {year} layout", unit="image",
+                  mininterval=1.0, disable=num_images < 200):
+        rng = np.random.default_rng([seed, i])
+        scene = sample_scene(rng)
+        image_id, release = coco_image_id(i), releases[i]
+        name = coco_file_name(image_id, release)
+        (root / release).mkdir(parents=True, exist_ok=True)
+        jpeg = render(scene, rng)
+        if i in corrupt:
+            jpeg = b"<html>not a JPEG: a failed download</html>"
+        if i not in missing:
+            (root / release / name).write_bytes(jpeg)
+        singles += scene.kind == "single"  # only they have 7 templates
+        count = (7 if scene.kind == "single" and singles % COCO_LAYOUT["seven_captions_every"] == 1
+                 else 6 if i % COCO_LAYOUT["six_captions_every"] == 1 else 5)
+        captions = []
+        for caption in captions_for(scene, rng, count):
+            caption_count += 1
+            if caption_count % COCO_LAYOUT["padded_caption_every"] == 0:
+                caption = caption + " \n" if caption_count % 2 else " " + caption
+            captions.append(caption)
+            annotations[release].append({"image_id": image_id, "id": 100 + caption_count,
+                                         "caption": caption})
+        images[release].append({"license": 1, "file_name": name, "height": IMAGE_SIDE,
+                                "width": IMAGE_SIDE, "id": image_id,
+                                "date_captured": "2013-11-14 16:28:13"})
+        entry = _karpathy_entry(i, karpathy[i], captions)
+        entries.append({"filepath": release, "sentids": entry["sentids"], "filename": name,
+                        "imgid": i, "split": karpathy[i], "sentences": entry["sentences"],
+                        "cocoid": image_id})
+    for number in range(COCO_LAYOUT["unlisted_annotations"]):
+        annotations[f"train{year}"].append({"image_id": coco_image_id(num_images + number),
+                                            "id": 100 + caption_count + 1 + number,
+                                            "caption": "An image that is not in the list."})
+    (root / "annotations").mkdir(exist_ok=True)
+    for release in images:
+        order = np.random.default_rng([seed, 2 ** 30]).permutation(len(annotations[release]))
+        data = {"info": {"description": f"data.builtin scenes in COCO {year}'s layout",
+                         "version": "1.0", "year": year},
+                "licenses": [{"id": 1, "name": "generated", "url": ""}],
+                "images": images[release],
+                "annotations": [annotations[release][j] for j in order]}  # not grouped by image
+        (root / "annotations" / f"captions_{release}.json").write_text(json.dumps(data),
+                                                                       encoding="utf-8")
+    if year == 2014:  # Karpathy made his split of the 2014 release
+        (root / KARPATHY_COCO_JSON).write_text(json.dumps({"images": entries,
+                                                           "dataset": "coco"}), encoding="utf-8")
+    manifest = {"generator": "data.builtin", "version": VERSION, "layout": f"coco{year}",
+                "num_images": num_images, "seed": seed, "image_side": IMAGE_SIDE,
+                "quirks": {"missing_on_disk": [coco_image_id(i) for i in sorted(missing)],
+                           "corrupt_jpeg": [coco_image_id(i) for i in sorted(corrupt)]}}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return root
 
@@ -316,7 +440,9 @@ def is_complete(root, num_images: int, seed: int) -> bool:
             found = sum(entry.name.endswith(".jpg") for entry in entries)
     except (OSError, ValueError):
         return False
-    return (manifest.get("version") == VERSION and manifest.get("num_images") == num_images
+    return (manifest.get("version") == VERSION  # folders written before COCO's have no layout
+            and manifest.get("layout", "flickr30k") == "flickr30k"
+            and manifest.get("num_images") == num_images
             and manifest.get("seed") == seed and found == num_images
             and (root / CAPTIONS_TXT).is_file() and (root / KARPATHY_JSON).is_file())
 

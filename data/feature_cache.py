@@ -19,6 +19,7 @@ recomputed, never served stale; a failed image is retried once its file changes.
 import collections
 import contextlib
 import fcntl
+import io
 import itertools
 import json
 import logging
@@ -44,6 +45,16 @@ LOCK_POLL_SECONDS = 1
 FEATURE_DTYPES = ("float32", "float16")
 ERROR_UNREADABLE = "unreadable image"  # missing, no read permission, a folder (as data.layouts)
 FLICKR30K_IMAGES = 31_783  # for the disk-cost projection in ExtractionReport.summary
+DEFAULT_SHARD_SIZE = 256
+# The kinds of ResNet50 feature a cache holds (model/encoder.py builds them): per-image shape and
+# storage dtype. Maps are float16 on disk (half the bytes; their values are far inside float16's
+# range), the pooled vector float32.
+FEATURE_DIM = 2048
+GRID = 7  # ResNet50 downsamples 224 px by 32: a 7x7 grid of locations
+SPATIAL_SHAPE = (GRID, GRID, FEATURE_DIM)
+CONV4_SHAPE = (2 * GRID, 2 * GRID, 1024)
+FEATURE_KINDS = {"pooled": ((FEATURE_DIM,), "float32"), "spatial": (SPATIAL_SHAPE, "float16"),
+                 "conv4": (CONV4_SHAPE, "float16")}
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +102,8 @@ _Shard = collections.namedtuple("_Shard", "path names failed stamps")
 
 def extract_features(items: Sequence[tuple[str, pathlib.Path]],
                      encoder: keras.Model | Callable[[], keras.Model], cache_dir, *,
-                     encoder_id: str, batch_size: int = 32, shard_size: int = 256,
+                     encoder_id: str, batch_size: int = 32,
+                     shard_size: int = DEFAULT_SHARD_SIZE,
                      progress: bool = True, lock_wait_seconds: float = 0,
                      feature_shape: Sequence[int] | None = None,
                      feature_dtype: str = "float32") -> ExtractionReport:
@@ -135,6 +147,46 @@ def extract_features(items: Sequence[tuple[str, pathlib.Path]],
             report.bytes_per_image = (sum(shard.path.stat().st_size for shard in shards)
                                       / max(1, sum(len(shard.names) for shard in shards)))
     return report
+
+
+def projected_cache_bytes(items: Sequence[tuple[str, pathlib.Path]], feature_shape: Sequence[int],
+                          feature_dtype: str, *, encoder_id: str = "imagenet",
+                          shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = False) -> int:
+    """Bytes on disk of a complete cache (FEATURE_KINDS gives each kind's shape and dtype) of the
+    (name, path) `items`, before extracting anything: the shard files extract_features writes
+    (np.savez, uncompressed: features, names and each file's stamp per image, zip and .npy headers
+    per shard; every image assumed to decode) plus the manifest. Each shard is written here with
+    its real names and stamps and an empty feature array, whose bytes are then added: exact,
+    without computing or holding the features."""
+    shape, dtype = _shape(feature_shape), str(np.dtype(feature_dtype))
+    kind = f"{dtype} [{'x'.join(map(str, shape))}]"
+    paths = dict(items)
+    names = sorted(paths)
+    per_image = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    manifest = json.dumps({"format_version": FORMAT_VERSION, "encoder_id": encoder_id,
+                           "preprocessing": PREPROCESSING, "feature_shape": list(shape),
+                           "feature_dtype": dtype}, indent=1)
+    total = len(manifest.encode())
+    for start in tqdm(range(0, len(names), shard_size), desc=f"projecting the {kind} cache",
+                      unit="shard", disable=not progress):
+        shard = names[start:start + shard_size]
+        buffer = io.BytesIO()
+        np.savez(buffer, names=np.array(shard, str), features=np.zeros((0, *shape), dtype),
+                 failed_names=np.array([], str), failed_reasons=np.array([], str),
+                 stamps=np.array([_stamp(os.fspath(paths[name])) for name in shard], str))
+        header_growth = (_npy_header_bytes((len(shard), *shape), dtype)
+                         - _npy_header_bytes((0, *shape), dtype))
+        total += buffer.tell() + header_growth + len(shard) * per_image
+    return total
+
+
+def _npy_header_bytes(shape, dtype) -> int:
+    """Length of the .npy header np.save writes for an array of this shape and dtype."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": tuple(shape)})
+    return buffer.tell()
 
 
 def load_features(cache_dir, names: Sequence[str] | None = None, *,

@@ -19,6 +19,7 @@ TEMP_SUFFIX = ".partial"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what data.images decodes
 BUILTIN_ROOT = pathlib.Path("datasets/builtin")  # data/builtin.py generates it on first use
 BUILTIN_IMAGES = BUILTIN_ROOT / "Images"
+CACHE_ROOT = pathlib.Path("cache")  # feature caches: cache/<data>-<encoder>[-kind] (model/features.py)
 
 
 def atomic_write(path, content: bytes | str | Callable[[BinaryIO], None]) -> pathlib.Path:

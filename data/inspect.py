@@ -1,5 +1,6 @@
 """Look at a dataset folder before spending time on features: layout, counts, skipped lines,
-splits and the training vocabulary.
+splits, the training vocabulary, and the size on disk each kind of feature cache will take beside
+the free space where it goes.
 
     python -m data.inspect datasets/flickr30k            # human-readable
     python -m data.inspect datasets/flickr30k --json     # one JSON object on stdout
@@ -12,16 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import sys
 
 from data.builtin import ensure_builtin
-from data.files import BUILTIN_ROOT
+from data.feature_cache import FEATURE_KINDS, projected_cache_bytes
+from data.files import BUILTIN_ROOT, CACHE_ROOT
 from data.layouts import CaptionDataset, SkipReport, load_dataset
-from data.splits import SPLITS, split_dataset, uses_karpathy_split
+from data.splits import SPLITS, split_dataset, split_mode
 from data.vocabulary import Vocabulary, VocabularyError
 
 
-def inspect_dataset(root, min_count: int = 5) -> dict:
+def inspect_dataset(root, min_count: int = 5, cache_dir=CACHE_ROOT) -> dict:
     """Everything the command prints, as a JSON-ready dict."""
     dataset = load_dataset(root)
     splits = split_dataset(dataset)
@@ -36,14 +39,33 @@ def inspect_dataset(root, min_count: int = 5) -> dict:
         "captions": dataset.num_captions,
         "captions_per_image": _captions_per_image(dataset),
         "skipped": dataset.skipped.as_dict(),
-        "split_mode": "karpathy" if uses_karpathy_split(dataset) else "sha1",
+        "split_mode": split_mode(dataset),
         "splits": {name: {"images": len(splits[name]),
                           "captions": sum(len(image.captions) for image in splits[name])}
                    for name in SPLITS},
         "vocabulary": {"size": len(vocabulary), "min_count": min_count,
                        "coverage": round(vocabulary.coverage, 6),
                        "built_from": "train split"},
+        "feature_cache": feature_cache_projection(dataset, cache_dir),
     }
+
+
+def feature_cache_projection(dataset: CaptionDataset, cache_dir=CACHE_ROOT) -> dict:
+    """Bytes on disk of each kind's complete feature cache of the dataset's images (ImageNet
+    weights, every image decoding) and the free bytes of the disk `cache_dir` is (or will be) on."""
+    items = [(image.name, image.path) for image in dataset.images]
+    kinds = {}
+    for kind, (shape, dtype) in FEATURE_KINDS.items():
+        total = projected_cache_bytes(items, shape, dtype, progress=len(items) > 20_000)
+        kinds[kind] = {"shape": list(shape), "dtype": dtype, "bytes": total,
+                       "bytes_per_image": round(total / len(items), 1)}
+    existing = pathlib.Path(cache_dir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    return {"images": len(items), "kinds": kinds, "cache_dir": str(cache_dir),
+            "free_bytes": free, "free_on": str(existing),
+            "fits": {kind: row["bytes"] <= free for kind, row in kinds.items()}}
 
 
 def _captions_per_image(dataset: CaptionDataset) -> dict:
@@ -69,7 +91,19 @@ def format_report(report: dict) -> str:
         + f" ({report['split_mode']} split)",
         f"vocabulary: {vocabulary['size']} tokens (min count {vocabulary['min_count']}, from the "
         f"train split), coverage {100 * vocabulary['coverage']:.2f}% of train words",
+        *_cache_lines(report["feature_cache"]),
     ])
+
+
+def _cache_lines(cache: dict) -> list[str]:
+    lines = [f"features:   a cache of the {cache['images']:,} images, by kind (free: "
+             f"{cache['free_bytes'] / 1e9:,.1f} GB on {cache['free_on']}):"]
+    for kind, row in cache["kinds"].items():
+        shape = "x".join(map(str, row["shape"]))
+        room = "" if cache["fits"][kind] else "  DOES NOT FIT: free space or use another --cache-dir"
+        lines.append(f"            {kind:<8} {row['dtype']} [{shape}]: {row['bytes'] / 1e9:,.2f} GB "
+                     f"({row['bytes_per_image']:,.0f} bytes per image){room}")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -83,12 +117,15 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--min-count", type=int, default=5,
                         help="vocabulary minimum word count (default 5)")
+    parser.add_argument("--cache-dir", type=pathlib.Path, default=CACHE_ROOT,
+                        help=f"where the feature caches will go, for their free space (default "
+                             f"{CACHE_ROOT}/)")
     args = parser.parse_args(argv)
     if args.min_count < 1:
         parser.error(f"--min-count must be >= 1, got {args.min_count}")
     try:
         root = args.dir if args.dir is not None else ensure_builtin()
-        report = inspect_dataset(root, min_count=args.min_count)
+        report = inspect_dataset(root, min_count=args.min_count, cache_dir=args.cache_dir)
     except (ValueError, VocabularyError, OSError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2

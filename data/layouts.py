@@ -1,4 +1,5 @@
-"""Readers for the caption-file layouts Flickr30k and Flickr8k are found in, detected automatically.
+"""Readers for the caption-file layouts Flickr30k, Flickr8k and MS-COCO are found in, detected
+automatically.
 
 Every layout is parsed into the same raw records (image name, raw caption, Karpathy split, where it
 came from); one shared step then checks the images, drops duplicates, cleans the captions with the
@@ -6,7 +7,11 @@ project's one cleaning rule (data.captions) and groups them by image. Bad lines 
 counted in a SkipReport, never fatal: a 31k-image download always has a few.
 
 Layouts (file names looked for, in order of preference):
-  karpathy_json        dataset_flickr30k.json / dataset_flickr8k.json ("raw" sentences + split)
+  karpathy_json        dataset_flickr30k.json / dataset_flickr8k.json / dataset_coco.json ("raw"
+                       sentences + split; COCO's entries add "filepath" (train2014/val2014) and
+                       "cocoid")
+  coco_official        annotations/captions_{train,val}2014.json (or 2017) with train2014/ and
+                       val2014/ (train2017/, val2017/) beside: COCO's own {"images", "annotations"}
   flickr_token         results_20130124.token / Flickr8k.token.txt  ("name.jpg#N<TAB>caption")
   kaggle_results_csv   results.csv  ("image_name| comment_number| comment", pipe-separated)
   kaggle_captions_txt  captions.txt ("image,caption", CSV with quoted commas)
@@ -24,13 +29,17 @@ from typing import Iterator
 
 from data.captions import clean_captions
 
-LAYOUTS: tuple[str, ...] = ("karpathy_json", "flickr_token", "kaggle_results_csv",
-                            "kaggle_captions_txt")
+LAYOUTS: tuple[str, ...] = ("karpathy_json", "coco_official", "flickr_token",
+                            "kaggle_results_csv", "kaggle_captions_txt")
 
 # Caption file names per layout; LAYOUTS order is the preference order (Karpathy first: it carries
 # the standard split).
 CAPTION_FILES: dict[str, tuple[str, ...]] = {
-    "karpathy_json": ("dataset_flickr30k.json", "dataset_flickr8k.json"),
+    "karpathy_json": ("dataset_flickr30k.json", "dataset_flickr8k.json", "dataset_coco.json"),
+    # One release's train file names its val file and the reverse (_coco_release_files); 2014
+    # first: Karpathy's split and the published figures are on the 2014 images.
+    "coco_official": ("captions_train2014.json", "captions_val2014.json",
+                      "captions_train2017.json", "captions_val2017.json"),
     "flickr_token": ("results_20130124.token", "Flickr30k.token.txt", "results.token",
                      "Flickr8k.token.txt"),
     "kaggle_results_csv": ("results.csv",),
@@ -49,9 +58,13 @@ UNREADABLE_IMAGE = "unreadable image"
 EMPTY_CAPTION = "empty caption"
 WRONG_FIELDS = "wrong number of fields"
 DUPLICATE_LINE = "duplicate line"
-MALFORMED_ENTRY = "malformed entry"  # Karpathy JSON image entry without filename/sentences
+MALFORMED_ENTRY = "malformed entry"  # a JSON entry without its file name / caption fields
+UNLISTED_IMAGE = "annotation of an unlisted image"  # COCO: image_id not in the file's "images"
+NO_CAPTIONS = "image without captions"  # COCO: listed in "images", no annotation names it
 
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+# Split of an image of COCO's official val release: val or test, drawn by data.splits.
+HELDOUT = "val+test"
 
 
 class DatasetError(ValueError):
@@ -63,7 +76,9 @@ class ImageCaptions:
     name: str                  # image file name as in the caption file, e.g. "1000092795.jpg"
     path: pathlib.Path         # absolute path of the image file
     captions: tuple[str, ...]  # cleaned (data.captions.clean_captions); non-empty
-    split: str | None          # "train" | "val" | "test" from Karpathy's JSON, else None
+    split: str | None          # "train" | "val" | "test" from Karpathy's JSON; COCO's official
+    #                            files: "train" or HELDOUT (its val release); else None
+    image_id: int | None = None  # COCO's image id (Karpathy's "cocoid", the official "id")
 
 
 class SkipReport:
@@ -140,6 +155,13 @@ class _Record:
     name: str            # image file name
     raw: str             # caption as written
     split: str | None
+    folder: str = ""     # sub-folder of the image folder holding it (COCO: "val2014"), "" = none
+    image_id: int | None = None
+
+    @property
+    def relpath(self) -> str:
+        """The image file's path under the image folder."""
+        return f"{self.folder}/{self.name}" if self.folder else self.name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +215,7 @@ def detect_layout(root) -> tuple[str, pathlib.Path]:
 def _best_karpathy_file(paths: list[pathlib.Path], root: pathlib.Path) -> pathlib.Path:
     """Of several Karpathy JSON files, the first whose first images exist in an image folder."""
     for path in paths:
-        names = [r.name for r in itertools.islice(_read_karpathy_json(path, SkipReport()), 5)]
+        names = [r.relpath for r in itertools.islice(_read_karpathy_json(path, SkipReport()), 5)]
         if _find_image_dir([path.parent, root], names, required=False):
             return path
     return paths[0]
@@ -253,23 +275,37 @@ def _read_token_file(path: pathlib.Path, skipped: SkipReport) -> Iterator[_Recor
         yield _Record(where, name, fields[1].strip(), None)
 
 
-def _read_karpathy_json(path: pathlib.Path, skipped: SkipReport) -> Iterator[_Record]:
-    """Karpathy's dataset_flickr30k.json: images[i].filename, .split, .sentences[j].raw."""
+def _load_json(path: pathlib.Path, expected: str) -> dict:
+    """The JSON object in `path` holding an "images" list, or DatasetError naming `expected`."""
     try:
         with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DatasetError(f"{path} has no \"images\" list; expected Karpathy's format "
-                           '{"images": [{"filename", "split", "sentences": [{"raw"}]}]}')
+        raise DatasetError(f"{path} has no \"images\" list; expected {expected}")
+    return data
+
+
+def _coco_id(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _read_karpathy_json(path: pathlib.Path, skipped: SkipReport) -> Iterator[_Record]:
+    """Karpathy's dataset_{flickr30k,flickr8k,coco}.json: images[i].filename, .split,
+    .sentences[j].raw; COCO's entries add .filepath (the image's sub-folder) and .cocoid."""
+    data = _load_json(path, "Karpathy's format {\"images\": [{\"filename\", \"split\", "
+                            "\"sentences\": [{\"raw\"}]}]}")
     for i, image in enumerate(data["images"]):
         where = f"{path.name}:images[{i}]"
         if (not isinstance(image, dict) or not isinstance(image.get("filename"), str)
-                or not isinstance(image.get("sentences"), list)):
+                or not isinstance(image.get("sentences"), list)
+                or not isinstance(image.get("filepath", ""), str)):
             skipped.add(MALFORMED_ENTRY, where)
             continue
         split = KARPATHY_SPLITS.get(image.get("split"))
+        folder, image_id = image.get("filepath", "").strip().strip("/"), _coco_id(
+            image.get("cocoid"))
         for j, sentence in enumerate(image["sentences"]):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
             if raw is None and isinstance(sentence, dict):  # fall back to the token list
@@ -278,11 +314,58 @@ def _read_karpathy_json(path: pathlib.Path, skipped: SkipReport) -> Iterator[_Re
                 skipped.add(MALFORMED_ENTRY, f"{where}.sentences[{j}]")
                 continue
             yield _Record(f"{where}.sentences[{j}]", image["filename"].strip(), raw.strip(),
-                          split)
+                          split, folder, image_id)
+
+
+def _coco_release_files(path: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    """(annotation file, split of its images) of the release `path` belongs to: its train file
+    ("train") and val file (HELDOUT), those that exist, train first."""
+    year = path.stem[-4:]
+    files = [(path.with_name(f"captions_{release}{year}.json"), split)
+             for release, split in (("train", "train"), ("val", HELDOUT))]
+    return [(file, split) for file, split in files if file.is_file()]
+
+
+def _read_coco_official(path: pathlib.Path, skipped: SkipReport) -> Iterator[_Record]:
+    """COCO's captions_{train,val}{2014,2017}.json, both files of the release `path` is one of:
+    {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}. Images sit in
+    the folder named like the file's release (captions_val2014.json -> val2014/)."""
+    for file, split in _coco_release_files(path):
+        data = _load_json(file, 'COCO\'s format {"images": [{"id", "file_name"}], '
+                                '"annotations": [{"image_id", "caption"}]}')
+        folder = file.stem[len("captions_"):]  # "val2014"
+        names: dict[int, str] = {}
+        for i, image in enumerate(data["images"]):
+            image_id = _coco_id(image.get("id")) if isinstance(image, dict) else None
+            name = image.get("file_name") if isinstance(image, dict) else None
+            if image_id is None or not isinstance(name, str) or not name.strip():
+                skipped.add(MALFORMED_ENTRY, f"{file.name}:images[{i}]")
+                continue
+            names[image_id] = name.strip()
+        annotations = data.get("annotations")
+        if not isinstance(annotations, list):
+            raise DatasetError(f"{file} has no \"annotations\" list; expected COCO's captions "
+                               'file {"images": [...], "annotations": [{"image_id", "caption"}]}')
+        captioned: set[int] = set()
+        for i, annotation in enumerate(annotations):
+            where = f"{file.name}:annotations[{i}]"
+            image_id = (_coco_id(annotation.get("image_id")) if isinstance(annotation, dict)
+                        else None)
+            caption = annotation.get("caption") if isinstance(annotation, dict) else None
+            if image_id is None or not isinstance(caption, str):
+                skipped.add(MALFORMED_ENTRY, where)
+            elif image_id not in names:
+                skipped.add(UNLISTED_IMAGE, where)
+            else:
+                captioned.add(image_id)
+                yield _Record(where, names[image_id], caption.strip(), split, folder, image_id)
+        for image_id in sorted(set(names) - captioned):
+            skipped.add(NO_CAPTIONS, f"{file.name}:id {image_id}")
 
 
 READERS = {
     "karpathy_json": _read_karpathy_json,
+    "coco_official": _read_coco_official,
     "flickr_token": _read_token_file,
     "kaggle_results_csv": _read_results_csv,
     "kaggle_captions_txt": _read_captions_txt,
@@ -326,13 +409,19 @@ def _find_image_dir(bases: list[pathlib.Path], names: list[str],
     return best
 
 
-def _image_sizes(folder: pathlib.Path) -> dict[str, int]:
-    """File name -> size in bytes for every file in `folder` (one directory scan)."""
+def _image_sizes(folder: pathlib.Path, subfolders=("",)) -> dict[str, int]:
+    """Path under `folder` ("name.jpg", "val2014/name.jpg") -> size in bytes for every file in
+    `folder` and in each of its `subfolders` ("" = itself): one directory scan each."""
     sizes = {}
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_file():
-                sizes[entry.name] = entry.stat().st_size
+    for sub in subfolders:
+        prefix = f"{sub}/" if sub else ""
+        try:
+            with os.scandir(folder / sub) as entries:
+                for entry in entries:
+                    if entry.is_file():
+                        sizes[prefix + entry.name] = entry.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):  # e.g. val2014/ not downloaded
+            continue
     return sizes
 
 
@@ -359,8 +448,16 @@ def load_dataset(root, layout: str | None = None) -> CaptionDataset:
     if not records:
         raise DatasetError(f"{caption_file} holds no usable caption lines "
                            f"({skipped.summary()})")
-    bases = list(dict.fromkeys([caption_file.parent, root.resolve()]))
-    image_dir = _find_image_dir(bases, list(dict.fromkeys(r.name for r in records)))
+    bases = [caption_file.parent, root.resolve()]
+    if layout == "coco_official":  # annotations/captions_*.json: train2014/ is beside annotations/
+        bases.append(caption_file.parent.parent)
+    bases = list(dict.fromkeys(bases))
+    image_dir = _find_image_dir(bases, _spread_sample(records), required=False)
+    if image_dir is None and any(r.folder for r in records):
+        # COCO's train2014/ and val2014/ images moved into one folder: look for them there
+        records = [dataclasses.replace(r, folder="") for r in records]
+    if image_dir is None:
+        image_dir = _find_image_dir(bases, _spread_sample(records))
     images = _group(records, image_dir, skipped)
     if not images:
         raise DatasetError(f"no images found: no usable image with captions in {root} "
@@ -384,16 +481,26 @@ def _forced_caption_file(root: pathlib.Path, layout: str) -> pathlib.Path:
                        f"in {root} or its sub-folders")
 
 
+def _spread_sample(records: list[_Record], size: int = 50) -> list[str]:
+    """Up to `size` distinct image paths from across the records (one per sub-folder first: COCO's
+    first lines are all train2014/ images, a user may have only val2014/)."""
+    paths = list(dict.fromkeys(r.relpath for r in records))
+    firsts = list(dict.fromkeys({r.folder: r.relpath for r in reversed(records)}.values()))
+    return list(dict.fromkeys(firsts + paths))[:size]
+
+
 def _group(records: list[_Record], image_dir: pathlib.Path,
            skipped: SkipReport) -> list[ImageCaptions]:
-    """Checks images, drops duplicates and empty captions, groups captions by image (file order)."""
-    sizes = _image_sizes(image_dir)
+    """Checks images, drops duplicates and empty captions, groups captions by image (file order).
+    An image is known by its file name (the feature cache's key): COCO's names are unique across
+    its train and val folders."""
+    sizes = _image_sizes(image_dir, sorted({r.folder for r in records}))
     kept: list[_Record] = []
     seen: set[tuple[str, str]] = set()
     for record in records:
-        if record.name not in sizes:
+        if record.relpath not in sizes:
             skipped.add(MISSING_IMAGE, record.where)
-        elif sizes[record.name] == 0:
+        elif sizes[record.relpath] == 0:
             skipped.add(UNREADABLE_IMAGE, record.where)
         elif (record.name, record.raw) in seen:
             skipped.add(DUPLICATE_LINE, record.where)
@@ -402,13 +509,13 @@ def _group(records: list[_Record], image_dir: pathlib.Path,
             kept.append(record)
     cleaned = clean_captions([r.raw for r in kept])  # one vectorised call for the whole file
     captions: dict[str, list[str]] = {}
-    splits: dict[str, str | None] = {}
+    first: dict[str, _Record] = {}
     for record, caption in zip(kept, cleaned):
         if not caption:
             skipped.add(EMPTY_CAPTION, record.where)
             continue
         captions.setdefault(record.name, []).append(caption)
-        splits.setdefault(record.name, record.split)
-    return [ImageCaptions(name=name, path=image_dir / name, captions=tuple(caps),
-                          split=splits[name])
+        first.setdefault(record.name, record)
+    return [ImageCaptions(name=name, path=image_dir / first[name].relpath, captions=tuple(caps),
+                          split=first[name].split, image_id=first[name].image_id)
             for name, caps in captions.items()]

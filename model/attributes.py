@@ -20,7 +20,6 @@ Every reference caption of the built-in data is right on every attribute
 (tests/model/test_attributes.py). Other datasets have no scenes: `builtin_scenes` returns None.
 """
 import json
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -39,7 +38,6 @@ _PLACES = {"left": "left", "right": "right", "centre": "centre", "center": "cent
            "middle": "centre"}
 _NOUNS = {noun: kind for kind, nouns in builtin.SHAPE_WORDS.items() for noun in nouns}
 _SINGULAR = {plural: word for word, plural in builtin.PLURALS.items()}
-_IMAGE_NAME = re.compile(r"scene_(\d+)\.jpg")
 
 
 def builtin_scenes(root, names: Sequence[str]) -> list | None:
@@ -51,13 +49,13 @@ def builtin_scenes(root, names: Sequence[str]) -> list | None:
         return None
     if manifest.get("generator") != "data.builtin" or manifest.get("version") != builtin.VERSION:
         return None
-    scenes = []
+    scenes, layout = [], manifest.get("layout", "flickr30k")
     for name in names:
-        match = _IMAGE_NAME.fullmatch(Path(name).name)
-        if match is None:
-            raise ValueError(f"{name!r} in the built-in dataset {root} is not a generated image "
-                             f"name ({builtin.image_name(0)})")
-        scenes.append(builtin.scene_of(int(match.group(1)), manifest["seed"]))
+        index = builtin.image_index(Path(name).name, layout)
+        if index is None:
+            raise ValueError(f"{name!r} in the built-in dataset {root} is not an image name the "
+                             f"generator writes in its {layout} layout")
+        scenes.append(builtin.scene_of(index, manifest["seed"]))
     return scenes
 
 

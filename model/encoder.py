@@ -30,18 +30,13 @@ from urllib.parse import urlsplit
 
 import keras
 
+# Per-image shape and cache dtype of each kind: the feature cache's, which stores them.
+from data.feature_cache import (CONV4_SHAPE, FEATURE_DIM, FEATURE_KINDS, GRID,  # noqa: F401
+                                SPATIAL_SHAPE)
 from data.flags import setting
 from data.images import IMAGE_SIZE
 
-FEATURE_DIM = 2048
-GRID = 7  # ResNet50 downsamples 224 px by 32: a 7x7 grid of locations
-SPATIAL_SHAPE = (GRID, GRID, FEATURE_DIM)
 CONV4_LAYER = "conv4_block6_out"  # the last layer before ResNet50's conv5_x stage
-CONV4_SHAPE = (2 * GRID, 2 * GRID, 1024)
-# Per-image shape and cache dtype of each kind. Maps are float16 on disk (half the bytes; their
-# values are far inside float16's range), the pooled vector float32.
-FEATURE_KINDS = {"pooled": ((FEATURE_DIM,), "float32"), "spatial": (SPATIAL_SHAPE, "float16"),
-                 "conv4": (CONV4_SHAPE, "float16")}
 
 # What Keras' own ResNet50(weights="imagenet", include_top=False) downloads and checks.
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"

@@ -118,7 +118,8 @@ def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), f
             attention = found[0] if found else attention
             result[method] = caption_scores(references, predictions[method], meteor)
             results_file = out / f"captions_{method}.json"
-            coco_results([image.name for image in images], predictions[method], results_file)
+            coco_results([image.name for image in images], predictions[method], results_file,
+                         [image.image_id for image in images])
             result["results_files"][method] = str(results_file)
         result["majority_baseline"] = majority_baseline(train_captions, references, meteor)
     if meteor.skipped:

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from data.feature_cache import (ExtractionReport, FeatureCacheError, encode_function,
                                 extract_features, load_features)
+from data.files import CACHE_ROOT
 from data.layouts import DatasetError, ImageCaptions, SkipReport
 from data.pipeline import (PipelineConfig, evaluation_dataset, image_file_dataset,
                            image_major_dataset, images_per_batch, training_dataset)
@@ -167,7 +168,7 @@ def default_cache_dir(data, encoder_config: EncoderConfig, kind: str = "pooled")
     kind = check_kind(kind)
     source = Path(data).resolve().name if data else "builtin"
     suffix = "" if kind == "pooled" else f"-{kind}"
-    return Path("cache") / f"{source}-{encoder_id(encoder_config)}{suffix}".replace(
+    return CACHE_ROOT / f"{source}-{encoder_id(encoder_config)}{suffix}".replace(
         "/", "_").replace(":", "_")
 
 

@@ -237,14 +237,21 @@ def _json_default(value):
     raise TypeError(f"evaluation_report cannot write a {type(value).__name__} to JSON: {value!r}")
 
 
-def coco_results(image_names: Sequence[str], captions: Sequence[str], path) -> None:
+def coco_results(image_names: Sequence[str], captions: Sequence[str], path,
+                 image_ids: Sequence[int | None] | None = None) -> None:
     """Writes COCO's results format, [{"image_id": ..., "caption": ...}], so coco-caption scripts
-    can score a run. image_id is a Flickr-style file name's number (1000092795.jpg -> 1000092795),
-    else the file name."""
+    can score a run. image_id is the image's COCO id where the dataset gives one (`image_ids`,
+    data.layouts.ImageCaptions.image_id: COCOEvalCap with COCO's captions_val2014.json scores the
+    file unchanged), else a Flickr-style file name's number (1000092795.jpg -> 1000092795), else
+    the file name."""
     if len(image_names) != len(captions):
         raise ValueError(f"got {len(image_names)} image names for {len(captions)} captions")
-    rows = [{"image_id": int(Path(name).stem) if Path(name).stem.isdigit() else name,
-             "caption": caption} for name, caption in zip(image_names, captions)]
+    image_ids = [None] * len(image_names) if image_ids is None else list(image_ids)
+    if len(image_ids) != len(captions):
+        raise ValueError(f"got {len(image_ids)} image ids for {len(captions)} captions")
+    rows = [{"image_id": image_id if image_id is not None else
+             int(Path(name).stem) if Path(name).stem.isdigit() else name, "caption": caption}
+            for name, image_id, caption in zip(image_names, image_ids, captions)]
     atomic_write(path, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
 
 

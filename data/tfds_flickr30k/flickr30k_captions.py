@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data.layouts import LAYOUTS, ImageCaptions, load_dataset
-from data.splits import split_dataset, uses_karpathy_split
+from data.splits import split_dataset, split_mode
 
 NAME = "flickr30k_captions"
 TFDS_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # ours -> TFDS names
@@ -69,7 +69,7 @@ class Flickr30kCaptions(tfds.core.GeneratorBasedBuilder):
         # Kept in the prepared dataset's metadata.json, so the skips stay visible later.
         self.info.metadata.update({
             "layout": dataset.layout,
-            "split_mode": "karpathy" if uses_karpathy_split(dataset) else "sha1",
+            "split_mode": split_mode(dataset),
             "skipped": dataset.skipped.as_dict(),
         })
         print(f"{NAME}: {dataset.layout} in {dataset.root}; {dataset.skipped.summary()}")

@@ -2,6 +2,7 @@
 that need the image, atomic generation."""
 import inspect
 import io
+import json
 import os
 import shutil
 
@@ -146,3 +147,14 @@ def test_defaults():
     assert str(BUILTIN_ROOT) == os.path.join("datasets", "builtin")
     assert inspect.signature(ensure_builtin).parameters["root"].default == BUILTIN_ROOT
     assert BUILTIN_ROOT / builtin.IMAGE_DIR == BUILTIN_IMAGES  # where generate_builtin writes
+
+
+def test_a_folder_generated_before_the_layouts_were_recorded_is_still_complete(tmp_path):
+    root = ensure_builtin(tmp_path / "builtin", num_images=4, seed=0)
+    manifest = json.loads((root / "builtin.json").read_text())
+    assert manifest.pop("layout") == "flickr30k"
+    (root / "builtin.json").write_text(json.dumps(manifest))
+    assert is_complete(root, 4, 0)   # reused as it is: its feature cache stays valid
+    manifest["layout"] = "coco2014"
+    (root / "builtin.json").write_text(json.dumps(manifest))
+    assert not is_complete(root, 4, 0)

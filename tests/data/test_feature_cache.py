@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data.feature_cache import ERROR_UNREADABLE, FeatureCacheError, extract_features, load_features
+from data.feature_cache import (ERROR_UNREADABLE, FeatureCacheError, extract_features,
+                                load_features, projected_cache_bytes)
 from data.files import TEMP_SUFFIX
 from data.images import (ERROR_BYTES, ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT,
                          MAX_IMAGE_BYTES, decode_one)
@@ -624,3 +625,16 @@ def test_features_command_spatial_prints_the_measured_disk_cost(tmp_path, capsys
     assert "bytes per image (float16 [7x7x2048]" in out and "Flickr30k's 31,783 images" in out
     names, features = load_features(tmp_path / "cache/data-random-seed0-spatial")
     assert features.shape == (3, 7, 7, 2048) and features.dtype == np.float16
+
+
+def test_projected_size_is_the_size_extraction_writes(tmp_path, tiny_encoder):
+    """data.inspect's projection, before any extraction, equals the bytes of the shard files and
+    manifest the extraction then writes (several shards, the last one partial)."""
+    items = _write_images(tmp_path / "images", 7)
+    projected = projected_cache_bytes(items, [8], "float16", encoder_id="tiny", shard_size=3)
+    extract_features(items, tiny_encoder, tmp_path / "cache", encoder_id="tiny", shard_size=3,
+                     feature_dtype="float16", progress=False)
+    written = sorted((tmp_path / "cache").iterdir())
+    assert [p.name for p in written] == [".lock", "manifest.json",
+                                         *(f"shard-0000{i}.npz" for i in range(3))]
+    assert projected == sum(p.stat().st_size for p in written)  # the lock file is empty

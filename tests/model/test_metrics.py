@@ -277,3 +277,15 @@ def test_coco_results_file(tmp_path):
                                              "caption": "a red circle"}]
     with pytest.raises(ValueError, match="2 image names for 1 captions"):
         coco_results(["a.jpg", "b.jpg"], ["x"], path)
+
+
+def test_coco_results_file_takes_coco_ids(tmp_path):
+    path = tmp_path / "coco.json"
+    coco_results(["COCO_val2014_000000391895.jpg", "1000092795.jpg", "scene_00004.jpg"],
+                 ["a man on a bike", "two men", "a red circle"], path, [391895, None, None])
+    assert json.loads(path.read_text()) == [
+        {"image_id": 391895, "caption": "a man on a bike"},
+        {"image_id": 1000092795, "caption": "two men"},
+        {"image_id": "scene_00004.jpg", "caption": "a red circle"}]
+    with pytest.raises(ValueError, match="got 2 image ids for 1 captions"):
+        coco_results(["a.jpg"], ["x"], path, [1, 2])
