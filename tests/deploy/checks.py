@@ -4,6 +4,7 @@ broken copies. Nothing here talks to a cluster: schemas, and agreement with the 
 files (serving/*.config, the clients' defaults, requirements.txt, TF Serving's and model.train's
 flags)."""
 import copy
+import dataclasses
 import inspect
 import json
 import re
@@ -231,7 +232,7 @@ def dev_server_flag_problems(args: list[str]) -> list[str]:
     """The flags the development server shares with tensorflow_model_server parse with its own
     parser (serving.model_server.parse_args), types included."""
     from serving.model_server import ServerSettings, parse_args
-    shared = {f.name for f in __import__("dataclasses").fields(ServerSettings)}
+    shared = {f.name for f in dataclasses.fields(ServerSettings)}
     mine = [a for a in args if a.startswith("--") and a[2:].split("=")[0] in shared]
     try:
         parse_args(mine)
