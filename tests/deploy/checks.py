@@ -94,8 +94,8 @@ def kubernetes_problems(obj: dict) -> list[str]:
 
 
 def strict_schema(schema):
-    """A CRD's openAPIV3Schema that also refuses unknown fields, as the API server does (it
-    prunes them, and `kubectl apply --validate=strict`, the default since 1.27, refuses them).
+    """A CRD's openAPIV3Schema that also refuses unknown fields, as a cluster does (the API
+    server prunes them; kubectl's default field validation, strict, refuses them).
     JSON Schema allows any extra property unless told otherwise, and CRD schemas say so only
     sometimes; so every object schema that lists `properties` gets additionalProperties: false,
     unless it declares its own additionalProperties or x-kubernetes-preserve-unknown-fields (a
