@@ -71,6 +71,17 @@ def test_inferenceservice_crd_schema():
     assert checks.crd_problems(isvc(), checks.crd_schema(ISVC_SCHEMA)) == []
 
 
+def test_the_published_crd_schema_alone_accepts_a_misspelt_field():
+    """Why strict_schema exists: KServe's schema lists the model's properties without
+    additionalProperties: false, so plain JSON Schema lets `storageURI` through."""
+    import jsonschema
+    broken = copy.deepcopy(isvc())
+    broken["spec"]["predictor"]["model"]["storageURI"] = broken["spec"]["predictor"]["model"].pop("storageUri")
+    published = checks.crd_schema(ISVC_SCHEMA)["openAPIV3Schema"]
+    assert not list(jsonschema.Draft202012Validator(published).iter_errors(broken))
+    assert checks.crd_problems(broken, checks.crd_schema(ISVC_SCHEMA))
+
+
 def test_strict_schema_keeps_free_form_objects_open():
     schema = checks.strict_schema({"type": "object", "properties": {
         "fixed": {"type": "object", "properties": {"a": {"type": "string"}}},
@@ -209,7 +220,7 @@ def status_server():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield server.server_address[1], answer
     server.shutdown()
     server.server_close()
