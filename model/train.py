@@ -42,6 +42,7 @@ from model.features import TrainingFeed, default_cache_dir, ensure_features
 from model.history import best_logged, history_summary
 from model.plots import loss_curve_png, reward_curve_png
 from model.cider import CiderReferences, cider_references
+from model.cluster import export_tf_config
 from model.presets import PRESETS, RANDOM_WEIGHTS, build_captioner, preset as chosen_preset
 from model.run_dir import RunPaths, TrainedRun, load_run, weights_digest, write_json
 from model.scst import RECIPE as SCST_RECIPE, ScstConfig, ValidationCider, enable as enable_scst
@@ -245,6 +246,7 @@ def choose_strategy(mode: str, worker_timeout_seconds: float | None = None
     configures collective ops when the runtime starts, and refuses ("Collective ops must be
     configured at program startup") once anything has run."""
     if mode == "multiworker":
+        export_tf_config()  # from an Indexed Job's pod environment, if no TF_CONFIG (model/cluster.py)
         return tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 timeout_seconds=worker_timeout_seconds))

@@ -1,6 +1,8 @@
 """Multi-worker training for real: two `python -m model.train --distribute multiworker` processes
-on 127.0.0.1, each with its own TF_CONFIG (the chief at index 0), one shared run folder and one
-shared feature cache that neither has extracted yet (one worker extracts, the other waits).
+on 127.0.0.1, each with its own worker-only TF_CONFIG (index 0 acts as chief), one shared run folder
+and one shared feature cache that neither has extracted yet (one worker extracts, the other waits).
+The first test gives each process no TF_CONFIG but the environment deploy/training/job.yaml and
+Kubernetes give pod i (WORKER_HOSTS, JOB_COMPLETION_INDEX=i), from which model/cluster.py derives it.
 
 What a user who outgrows one machine needs to hold: both workers finish, train as one model
 (identical weights, one optimizer step per *global* batch), only the chief writes the run folder,
@@ -53,13 +55,39 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def start_workers(run_dir: Path, data: Path, cache: Path, epochs: int) -> list[subprocess.Popen]:
-    """The exact command of the README, once per worker, each with its own TF_CONFIG."""
+def tf_config_environments() -> list[dict]:
+    """Each worker's TF_CONFIG, as in docs/training.md's commands (and as TFJob writes it)."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    return [{"TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
+                                      "task": {"type": "worker", "index": index}})}
+            for index in range(2)]
+
+
+def job_environments(shared: Path) -> list[dict]:
+    """What pod i of deploy/training/job.yaml gets: the manifest's env plus Kubernetes'
+    JOB_COMPLETION_INDEX=i, no TF_CONFIG. The Job's host names resolve in the cluster's DNS only,
+    so each is mapped to a free 127.0.0.1 port; paths on the shared volume go under `shared`."""
+    from tests.deploy.checks import container, objects
+    job = objects("training")["Job/captioner-train"]
+    main = container(job)
+    env = {e["name"]: e["value"] for e in main["env"]}
+    hosts = env["WORKER_HOSTS"].split(",")
+    assert len(hosts) == job["spec"]["completions"] == 2
+    assert main["command"] == ["python", "-m", "model.train"] and "TF_CONFIG" not in env
+    env["WORKER_HOSTS"] = ",".join(f"127.0.0.1:{port}" for port in free_ports(len(hosts)))
+    env = {name: value.replace(main["workingDir"], str(shared), 1) if value.startswith(main["workingDir"])
+           else value for name, value in env.items()}
+    return [{**env, "JOB_COMPLETION_INDEX": str(index)} for index in range(len(hosts))]
+
+
+def start_workers(run_dir: Path, data: Path, cache: Path, epochs: int,
+                  environments: list[dict] | None = None) -> list[subprocess.Popen]:
+    """The exact command of the README, once per worker, each with its own environment (default:
+    its own TF_CONFIG)."""
     workers = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")
+    for index, own in enumerate(environments or tf_config_environments()):
+        env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+        env.update(own, CUDA_VISIBLE_DEVICES="")
         log = open(run_dir.parent / f"{run_dir.name}-worker{index}.log", "ab")
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "model.train", "--distribute", "multiworker",
@@ -115,8 +143,10 @@ def logged_losses(history_csv: Path) -> list[dict]:
 
 
 def test_two_workers_train_one_model(builtin_data, tmp_path):
+    """Started as the Kubernetes Job starts them: no TF_CONFIG, the pod's index and host list."""
     run, cache = tmp_path / "run", tmp_path / "cache"
-    workers = start_workers(run, builtin_data, cache, epochs=2)
+    workers = start_workers(run, builtin_data, cache, epochs=2,
+                            environments=job_environments(tmp_path / "shared"))
     try:
         wait_all(workers, run)
     finally:
