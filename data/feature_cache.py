@@ -37,6 +37,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from data.files import atomic_write, remove_partial_files
+from data.feature_kinds import FEATURE_KINDS
 from data.images import IMAGE_SIZE, MAX_IMAGE_BYTES, PREPROCESSING, decode_batch
 
 FORMAT_VERSION = 2
@@ -46,15 +47,6 @@ FEATURE_DTYPES = ("float32", "float16")
 ERROR_UNREADABLE = "unreadable image"  # missing, no read permission, a folder (as data.layouts)
 FLICKR30K_IMAGES = 31_783  # for the disk-cost projection in ExtractionReport.summary
 DEFAULT_SHARD_SIZE = 256
-# The kinds of ResNet50 feature a cache holds (model/encoder.py builds them): per-image shape and
-# storage dtype. Maps are float16 on disk (half the bytes; their values are far inside float16's
-# range), the pooled vector float32.
-FEATURE_DIM = 2048
-GRID = 7  # ResNet50 downsamples 224 px by 32: a 7x7 grid of locations
-SPATIAL_SHAPE = (GRID, GRID, FEATURE_DIM)
-CONV4_SHAPE = (2 * GRID, 2 * GRID, 1024)
-FEATURE_KINDS = {"pooled": ((FEATURE_DIM,), "float32"), "spatial": (SPATIAL_SHAPE, "float16"),
-                 "conv4": (CONV4_SHAPE, "float16")}
 
 log = logging.getLogger(__name__)
 

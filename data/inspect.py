@@ -17,7 +17,8 @@ import shutil
 import sys
 
 from data.builtin import ensure_builtin
-from data.feature_cache import FEATURE_KINDS, projected_cache_bytes
+from data.feature_cache import projected_cache_bytes
+from data.feature_kinds import FEATURE_KINDS
 from data.files import BUILTIN_ROOT, CACHE_ROOT
 from data.layouts import CaptionDataset, SkipReport, load_dataset
 from data.splits import SPLITS, split_dataset, split_mode

@@ -30,8 +30,7 @@ from urllib.parse import urlsplit
 
 import keras
 
-# Per-image shape and cache dtype of each kind: the feature cache's, which stores them.
-from data.feature_cache import (CONV4_SHAPE, FEATURE_DIM, FEATURE_KINDS, GRID,  # noqa: F401
+from data.feature_kinds import (CONV4_SHAPE, FEATURE_DIM, FEATURE_KINDS, GRID,  # noqa: F401
                                 SPATIAL_SHAPE)
 from data.flags import setting
 from data.images import IMAGE_SIZE

@@ -8,7 +8,7 @@ import pytest
 
 from data import builtin
 from data import inspect as inspect_cli
-from data.feature_cache import FEATURE_KINDS
+from data.feature_kinds import FEATURE_KINDS
 from data.inspect import inspect_dataset
 from data.layouts import (HELDOUT, MISSING_IMAGE, NO_CAPTIONS, UNLISTED_IMAGE, DatasetError,
                           detect_layout, load_dataset)

@@ -39,7 +39,9 @@ def test_inspect_prints_no_tensorflow_noise(served_model_base, red_png):
 def test_storyteller_verbose_brings_the_noise_back(served_model_base, red_png):
     result = run("-m", "export.inspect", served_model_base, "--image", red_png, verbose=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    for needed in ("oneDNN", "cuda", "absl"):
+    # TensorFlow names oneDNN only on CPUs where it turns it on by default (AVX-512 and newer):
+    # the lines every machine without a GPU prints are cuda's and absl's.
+    for needed in ("cuda", "absl"):
         assert needed in result.stderr, result.stderr
 
 
