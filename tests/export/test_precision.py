@@ -258,7 +258,8 @@ import keras
 from model.train import parse_args, train
 assert parse_args(["--mixed-precision"])["mixed_precision"] == "float16"
 summary = train(**parse_args([
-    "--mixed-precision", "bfloat16", "--epochs", "2", "--batch-size", "64", "--min-count", "2",
+    "--preset", "pooled", "--mixed-precision", "bfloat16", "--epochs", "2", "--batch-size", "64",
+    "--min-count", "2",
     "--run-dir", sys.argv[1], "--data", sys.argv[2], "--cache-dir", sys.argv[3],
     "--encoder-weights", "random", "--no-eval"]), verbose=0)
 from model.run_dir import load_run

@@ -91,7 +91,7 @@ def start_workers(run_dir: Path, data: Path, cache: Path, epochs: int,
         log = open(run_dir.parent / f"{run_dir.name}-worker{index}.log", "ab")
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "model.train", "--distribute", "multiworker",
-             "--data", str(data), "--cache-dir", str(cache), "--encoder-weights", "random",
+             "--preset", "pooled", "--data", str(data), "--cache-dir", str(cache), "--encoder-weights", "random",
              "--run-dir", str(run_dir), "--epochs", str(epochs), "--patience", str(epochs),
              "--batch-size", str(GLOBAL_BATCH), "--min-count", "2", "--no-eval",
              "--worker-timeout", str(WORKER_TIMEOUT)],

@@ -332,7 +332,7 @@ def assert_resumed(history, epochs: int) -> None:
 @pytest.mark.slow
 def test_resume_after_kill(small_builtin, feature_caches, tmp_path):
     """SIGKILL a run after its first epoch; the same command resumes from the backup."""
-    args = ["--data", str(small_builtin), "--run-dir", str(tmp_path / "run"),
+    args = ["--preset", "pooled", "--data", str(small_builtin), "--run-dir", str(tmp_path / "run"),
             "--encoder-weights", "random", "--cache-dir", str(feature_caches("pooled")),
             "--epochs", "6", "--patience", "6", "--min-count", "2", "--batch-size", "64",
             "--no-eval"]
@@ -362,7 +362,7 @@ import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from model.train import train
-summary = train(sys.argv[1], data=sys.argv[2], cache_dir=sys.argv[3], verbose=0, evaluate=False,
+summary = train(sys.argv[1], "pooled", data=sys.argv[2], cache_dir=sys.argv[3], verbose=0, evaluate=False,
                 encoder_weights="random", epochs=1, batch_size=64, min_count=2,
                 distribute="mirrored")
 print("REPLICAS", summary["replicas"], "LOSS", summary["final_loss"])
