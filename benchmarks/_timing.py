@@ -18,8 +18,8 @@ from tqdm import tqdm
 from data.files import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
-# bfloat16/AMX decide what ResNet50 and the LSTM matmuls cost, and the CPU under these sessions
-# changes from day to day: every JSON says which ran.
+# bfloat16/AMX decide what ResNet50 and the LSTM matmuls cost, and a benchmark may run on any CPU:
+# every JSON says which ran.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 median = statistics.median
 

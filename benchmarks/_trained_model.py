@@ -1,6 +1,6 @@
 """A small trained and exported captioner, made once under benchmarks/work/ (gitignored):
 `run_dir, model_base = ensure_benchmark_model()`. Built-in data (300 images), random-init
-ResNet50, the pooled preset for 10 epochs (~2-4 min the first time): the captions are poor, but
+ResNet50, the pooled preset for 10 epochs (made the first time only): the captions are poor, but
 speed depends only on their length, which is reported."""
 import dataclasses
 import shutil

@@ -1,6 +1,6 @@
 """The exported captioner through TF Serving's session path (JSON):
 
-    python -m benchmarks.bench_export [--quick]    # +3 min the first time: trains and exports
+    python -m benchmarks.bench_export [--quick]    # the first time, it also trains and exports
                                                    # benchmarks/_trained_model.py's model
 
 serving_default (image bytes -> caption) vs the same ResNet50 on the same images decoded in
@@ -119,8 +119,9 @@ def run_benchmark(config: ExportBenchConfig) -> dict:
         "serving_default_images_per_s": per_s["serving_default"],
         "ratio_beam_over_greedy": round(median(paired(times, "serving_default", "beam_search")), 3)}
     if config.profile:
-        # Differences of calls made within one repetition, then the median over repetitions. A
-        # ~5 s call varies by ~10% on shared cores, so the small stages may come out negative.
+        # Differences of calls made within one repetition, then the median over repetitions. On
+        # shared cores a whole call varies by more than a small stage costs, so those may come out
+        # negative.
         t = {name: np.array(values) for name, values in times.items()}
         stages = {"decode_and_preprocess": t["decode_only"],
                   "resnet50": t["decode_encode"] - t["decode_only"],

@@ -1,6 +1,6 @@
 """float32 vs 16-bit arithmetic, every comparison inside one run (JSON; docs/precision.md):
 
-    python -m benchmarks.bench_precision           # the demo's built-in data; ~30 min the first time
+    python -m benchmarks.bench_precision           # the demo's built-in data; run time: docs/benchmarks.md
     python -m benchmarks.bench_precision --quick   # 300 images (bench_export's model)
     python -m benchmarks.bench_precision --parts serving exports attribution training
 

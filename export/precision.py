@@ -9,15 +9,14 @@
    the encoder and captioner under Keras' mixed policy (float32 variables, 16-bit compute);
    `build_export_encoder` keeps ResNet50's final pooling in float32.
 
-What stays float32, and why: the random-init ResNet50 features of two images differ by ~0.5% of
-their energy (model/base.py), and bfloat16 rounds each value by up to 2**-9 = 0.2%. So the
-final average pooling runs in float32 (it averages the 7x7 16-bit activations without rounding
-the mean), and so does the standardisation after it (captioner.FeatureStandardizer). Measured
-(benchmarks/bench_precision.py, README "Precision"): most of the 16-bit error comes from the
-convolutions themselves (standardised features off by ~0.06-0.07 std, rms); float32 pooling takes
-off only a little of it, a bfloat16 standardisation would add ~0.025 std. The logits (the output
-projection itself, load_export_captioner), the log-softmax and the beam scores are float32 in
-every precision (model/decoding.py).
+What stays float32, and why (the measurements: docs/precision.md#what-stays-float32-and-why):
+the random-init ResNet50 features of two images differ by little more than bfloat16 rounds off
+each value (2**-9). So the final average pooling runs in float32 (it averages the 7x7 16-bit
+activations without rounding the mean), and so does the standardisation after it
+(FeatureStandardizer). Most of the 16-bit error still comes from the convolutions themselves:
+float32 pooling takes off only a little of it, but a bfloat16 standardisation would add more.
+The logits (the output projection itself, load_export_captioner), the log-softmax and the beam
+scores are float32 in every precision (model/decoding.py).
 """
 import contextlib
 
@@ -52,8 +51,8 @@ def mixed_policy(precision: str):
 
 def load_export_captioner(run, precision: str) -> keras.Model:
     """The run's captioner under the export policy. Its output projection is kept float32 in
-    every export (training under mixed_bfloat16 runs it in bfloat16 for speed): the decoder is
-    ~1% of the served time, so exact logits cost nothing here."""
+    every export (training under mixed_bfloat16 runs it in bfloat16 for speed): served, ResNet50
+    takes nearly all the time (docs/benchmarks.md#export), so exact logits cost next to nothing."""
     with mixed_policy(precision):
         captioner = run.load_captioner()
     captioner.to_logits.dtype_policy = keras.DTypePolicy("float32")

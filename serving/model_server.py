@@ -238,7 +238,7 @@ def rest_predict(versions: Versions, name: str, version: int | None, body: bytes
 
 class RestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, which clients' sessions rely on
-    disable_nagle_algorithm = True  # headers and body go in two writes: Nagle + delayed ACK cost 40 ms
+    disable_nagle_algorithm = True  # headers and body go in two writes: Nagle would delay the body
 
     log_message = lambda self, *args: None  # noqa: E731  (a line per request is noise here)
 
@@ -384,4 +384,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     code = main()
     logging.shutdown()
-    os._exit(code)  # skip tearing down TensorFlow's and gRPC's native state (~5 s, nothing to save)
+    os._exit(code)  # skip tearing down TensorFlow's and gRPC's native state (slow, nothing to save)
