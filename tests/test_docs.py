@@ -1,7 +1,8 @@
 """The documentation's links resolve: every relative link and `#anchor` in README.md and docs/*.md
 points to a file that exists and, for a Markdown page, to a heading (GitHub's slug) or an explicit
 `<a id=...>` / `<a name=...>` in it; every pointer to a page from the code (`docs/x.md#anchor`)
-does too. Text only: no TensorFlow."""
+does too, and every repository file a page names in a code span exists. Text only: no
+TensorFlow."""
 import re
 import sys
 from pathlib import Path
@@ -25,6 +26,11 @@ REFERENCE_DEFINITION = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$"
 HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 HTML_ANCHOR = re.compile(r"<a\s[^>]*?\b(?:id|name)\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+# A repository path in a page's code span: `model/attention.py`, `export/artifact.py:publish_version`.
+# Not outputs (benchmarks/results, benchmarks/work) and not patterns (<name>, *, {a,b}).
+CODE_SPAN_PATH = re.compile(r"`((?:data|model|export|serving|benchmarks|tests|deploy|notebooks|\.ci)/"
+                            r"[^`\s<>*{]*)`")
+OUTPUT_FOLDERS = ("benchmarks/results", "benchmarks/work")
 # In code: README.md or docs/NAME.md, optionally with #anchor.
 CODE_POINTER = re.compile(r"(?<![\w/.-])(README\.md|docs/[\w.-]+\.md)(#[\w-]+)?")
 
@@ -123,6 +129,18 @@ def broken_links(page: Path) -> list[str]:
 def test_every_link_resolves(page):
     broken = broken_links(page)
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_file_named_exists(page):
+    """A page that names a module or file in a code span names one that is there (code moves)."""
+    missing = []
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        for match in CODE_SPAN_PATH.finditer(line):
+            path = match.group(1).split(":")[0].rstrip("/")
+            if not path.startswith(OUTPUT_FOLDERS) and not (REPO / path).exists():
+                missing.append(f"{page.relative_to(REPO)}:{number}: `{match.group(1)}`: no {path}")
+    assert not missing, "files named that do not exist:\n" + "\n".join(missing)
 
 
 def code_files():
