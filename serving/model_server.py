@@ -6,7 +6,7 @@ tensorflow/serving:2.21.0 container. It takes tensorflow_model_server's flags fo
     python -m serving.model_server --port=8500 --rest_api_port=8501 \\
         --model_name=captioner --model_base_path=models/captioner
 
-How it handles versions, limits and errors: docs/serving.md, "Development server".
+How it handles versions, limits and errors: docs/serving.md#development-server-no-docker.
 """
 import argparse
 import base64
