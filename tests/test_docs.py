@@ -31,6 +31,9 @@ SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 CODE_SPAN_PATH = re.compile(r"`((?:data|model|export|serving|benchmarks|tests|deploy|notebooks|\.ci)/"
                             r"[^`\s<>*{]*)`")
 OUTPUT_FOLDERS = ("benchmarks/results", "benchmarks/work")
+# A dotted name of the project's code in a code span: `data.images.decode_one`, `serving.client`.
+CODE_SPAN_NAME = re.compile(r"`((?:data|model|export|serving)\.[A-Za-z_][\w.]*)`")
+FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".txt", ".config", ".md")
 # In code: README.md or docs/NAME.md, optionally with #anchor.
 CODE_POINTER = re.compile(r"(?<![\w/.-])(README\.md|docs/[\w.-]+\.md)(#[\w-]+)?")
 
@@ -141,6 +144,45 @@ def test_every_file_named_exists(page):
             if not path.startswith(OUTPUT_FOLDERS) and not (REPO / path).exists():
                 missing.append(f"{page.relative_to(REPO)}:{number}: `{match.group(1)}`: no {path}")
     assert not missing, "files named that do not exist:\n" + "\n".join(missing)
+
+
+def defined_in(module: Path, name: str) -> bool:
+    """Whether `name` is defined or imported at the top level of a module's text."""
+    text = module.read_text(encoding="utf-8")
+    return bool(re.search(rf"^(?:def|class|async def)\s+{name}\b|^{name}\s*[:=]|^(?:from\s+\S+\s+)?"
+                          rf"import\s[^\n]*\b{name}\b", text, re.MULTILINE))
+
+
+def missing_name(dotted: str) -> str | None:
+    """What is missing for a dotted name such as `data.images.decode_one`, or None: the longest
+    prefix that is a module of the repository, then the first name after it, defined there."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        folder = REPO.joinpath(*parts[:end])
+        module = folder.with_suffix(".py") if not folder.is_dir() else folder / "__init__.py"
+        if module.is_file():
+            if end == len(parts) or (end > 1 and defined_in(module, parts[end])):
+                return None
+            if end == 1:
+                return f"no module {'.'.join(parts[:2])}"
+            return f"no {parts[end]} in {module.relative_to(REPO)}"
+    return f"no module {parts[0]}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_module_and_name_exists(page):
+    """A page that names a module, function or class of the project (`data.images.decode_one`)
+    names one that is there."""
+    missing = []
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        for match in CODE_SPAN_NAME.finditer(line):
+            dotted = match.group(1).rstrip(".")
+            if dotted.endswith(FILE_SUFFIXES):
+                continue  # a file name such as serving.kserve.io_inferenceservices.yaml
+            problem_found = missing_name(dotted)
+            if problem_found:
+                missing.append(f"{page.relative_to(REPO)}:{number}: `{dotted}`: {problem_found}")
+    assert not missing, "names that do not exist:\n" + "\n".join(missing)
 
 
 def code_files():
