@@ -10,9 +10,9 @@
    `build_export_encoder` keeps ResNet50's final pooling in float32.
 
 What stays float32, and why: the random-init ResNet50 features of two images differ by ~0.5% of
-their energy (model/base.py), and bfloat16 rounds each value by up to 2**-9 = 0.2%. So the
+their energy (ModelConfig.normalize_features), and bfloat16 rounds each value by up to 2**-9 = 0.2%. So the
 final average pooling runs in float32 (it averages the 7x7 16-bit activations without rounding
-the mean), and so does the standardisation after it (captioner.FeatureStandardizer). Measured
+the mean), and so does the standardisation after it (model.standardizers.FeatureStandardizer). Measured
 (benchmarks/bench_precision.py, README "Precision"): most of the 16-bit error comes from the
 convolutions themselves (standardised features off by ~0.06-0.07 std, rms); float32 pooling takes
 off only a little of it, a bfloat16 standardisation would add ~0.025 std. The logits (the output
@@ -23,8 +23,8 @@ import contextlib
 
 import keras
 
-from model.encoder import EncoderConfig, build_encoder
-from model.base import MIXED_POLICIES
+from model.encoder import build_encoder
+from model.settings import MIXED_POLICIES, EncoderConfig
 
 EXPORT_PRECISIONS = ("float32", "float16", "bfloat16")
 POOLING_LAYER = "avg_pool"                        # Keras ResNet50's name for pooling="avg"
