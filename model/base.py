@@ -1,4 +1,4 @@
-"""What every captioner shares: the training loss, the logits' dtype under mixed precision, and
+"""What every captioner shares: the training losses, the logits' dtype under mixed precision, and
 CaptionerBase (image-major batches, the encoder's trainable top and the word loss as layers its
 family passes in, a training step fit may run instead of cross-entropy's, Keras workarounds,
 build_for). Both model families (model/captioner.py, model/attention.py) build on this module;
@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from data.vocabulary import UNK_ID
 from model.settings import ModelConfig
 
 
@@ -64,7 +65,8 @@ class CaptionerBase(keras.Model):
         maps = self.top(features, training=training)
         pooled = keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
         if training and words is not None and self.word_head is not None:
-            self.add_loss(self.config.word_loss_weight * self.word_head.loss(pooled, *words))
+            loss = word_presence_loss(self.word_head(pooled), *words)
+            self.add_loss(self.config.word_loss_weight * loss)
         return maps if self.config.attention else pooled
 
     def lstm_step(self, tokens, h, c):
@@ -177,3 +179,18 @@ class MaskedCaptionLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def word_presence_loss(logits, tokens, image_index=None):
+    """Mean binary cross-entropy of which words (no special tokens) any caption of each image
+    uses: logits [B, V]; tokens [N, T] of N captions; image_index [N], the image of each caption
+    (None: caption i is image i's only one)."""
+    count, steps = tf.shape(logits)[0], tf.shape(tokens)[1]
+    if image_index is None:
+        image_index = tf.range(tf.shape(tokens)[0])
+    ids = tf.reshape(tf.cast(tokens, tf.int32), [-1])
+    where = tf.stack([tf.repeat(tf.cast(image_index, tf.int32), steps), ids], axis=1)
+    present = tf.tensor_scatter_nd_max(tf.zeros([count, tf.shape(logits)[1]]), where,
+                                       tf.cast(ids > UNK_ID, tf.float32))
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(present,
+                                                                  tf.cast(logits, tf.float32)))

@@ -21,6 +21,7 @@ No TensorFlow here: the data's input pipeline settings (data.pipeline.PipelineCo
 from TrainConfig's by model/train.py.
 """
 import dataclasses
+import textwrap
 from pathlib import Path
 
 from data.feature_kinds import CONV4_SHAPE, FEATURE_DIM, GRID
@@ -395,3 +396,22 @@ def with_overrides(fields: dict, overrides: dict) -> RunConfig:
                      decode=DecodeConfig(**fields["decode"]),
                      encoder=EncoderConfig(**fields["encoder"]),
                      scst=ScstConfig(**fields["scst"]))
+
+
+def presets_text(width: int = 96) -> str:
+    """Every preset's settings, and what a self-critical stage changes, for --help."""
+    lines = ["The defaults shown are the attention preset's, on the built-in data. Presets (a "
+             "setting flag",
+             "given sets its field over the preset's value):"]
+    for name, sections in PRESETS.items():
+        values = " ".join(f"{field}={value}" for fields in sections.values()
+                          for field, value in fields.items())
+        lines += textwrap.wrap(values, width, initial_indent=f"  {name:<10}",
+                               subsequent_indent=" " * 12)
+    lines += ["", "A later stage starts from a trained run (--init-from RUN_DIR) with its "
+                  "settings; --scst then sets:"]
+    lines += textwrap.wrap(" ".join(f"{k}={v}" for k, v in SCST_RECIPE.items()), width,
+                           initial_indent=" " * 12, subsequent_indent=" " * 12)
+    lines += ["  e.g. python -m model.train --init-from runs/builtin --scst   "
+              "(writes runs/builtin-self-critical)"]
+    return "\n".join(lines)

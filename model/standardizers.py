@@ -33,17 +33,25 @@ def chunked_moments(features, rows, shape: tuple) -> tuple[np.ndarray, np.ndarra
 class FeatureStandardizer(keras.layers.Layer):
     """(x - mean) / std per feature of [B, F] vectors, statistics over the training images."""
 
+    def statistics_shape(self, input_shape) -> tuple:
+        """The shape of mean and std: one per feature (the last axis)."""
+        return tuple(input_shape[-1:])
+
     def build(self, input_shape):
-        dim = input_shape[-1]
-        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
-        self.std = self.add_weight(shape=(dim,), initializer="ones", trainable=False, name="std")
+        shape = self.statistics_shape(input_shape)
+        self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=shape, initializer="ones", trainable=False, name="std")
 
     def adapt(self, features):
         features = np.asarray(features, np.float64)
+        self.set_statistics(features.mean(0), np.maximum(features.std(0), 1e-6))
+
+    def set_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Builds the layer for statistics of mean's shape if it is not built, and sets them."""
         if not self.built:
-            self.build(features.shape)
-        self.mean.assign(features.mean(0).astype("float32"))
-        self.std.assign(np.maximum(features.std(0), 1e-6).astype("float32"))
+            self.build((None, *mean.shape))
+        self.mean.assign(mean.astype("float32"))
+        self.std.assign(std.astype("float32"))
 
     def call(self, features):
         return (features - keras.ops.cast(self.mean, features.dtype)) / \
@@ -59,18 +67,12 @@ class SpatialStandardizer(FeatureStandardizer):
 
     adapt() reads the images in chunks (chunked_moments)."""
 
-    def build(self, input_shape):
-        shape = tuple(input_shape[1:])  # (locations, channels)
-        self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="mean")
-        self.std = self.add_weight(shape=shape, initializer="ones", trainable=False, name="std")
+    def statistics_shape(self, input_shape) -> tuple:
+        return tuple(input_shape[1:])  # (locations, channels)
 
     def adapt(self, features, rows=None):
         shape = (int(np.prod(features.shape[1:-1])), int(features.shape[-1]))  # (locations, C)
-        mean, std = chunked_moments(features, rows, shape)
-        if not self.built:
-            self.build((None, *shape))
-        self.mean.assign(mean)
-        self.std.assign(std)
+        self.set_statistics(*chunked_moments(features, rows, shape))
 
 
 class ChannelStandardizer(FeatureStandardizer):
@@ -78,8 +80,4 @@ class ChannelStandardizer(FeatureStandardizer):
     all their locations (the head's convolutions are the same at every location)."""
 
     def adapt(self, features, rows=None):
-        mean, std = chunked_moments(features, rows, (int(features.shape[-1]),))
-        if not self.built:
-            self.build((None, len(mean)))
-        self.mean.assign(mean)
-        self.std.assign(std)
+        self.set_statistics(*chunked_moments(features, rows, (int(features.shape[-1]),)))

@@ -1,7 +1,8 @@
 """The encoder's trainable top: it turns the frozen trunk's conv4_x maps [B, 14, 14, 1024] (the
 "conv4" feature kind, model/encoder.py) into the 7x7 map the captioner reads, and trains with the
 decoder (`--fine-tune-encoder`, ModelConfig.encoder_top). top_layers makes the layers a family
-passes to CaptionerBase.set_config: the top, and the word loss's head on its pooled map.
+passes to CaptionerBase.set_config: the top, and the head on its pooled map whose logits the word
+loss scores (model.base.word_presence_loss).
 
 - "head", for random-init weights (the built-in data): conv4 standardised per channel with the
   training images' statistics, then Conv2D(64, 1), Conv2D(256, 3, stride 2) and Conv2D(256, 3),
@@ -18,7 +19,6 @@ The pooled family averages the top's map, the attention family attends over its 
 import keras
 import tensorflow as tf
 
-from data.vocabulary import UNK_ID
 from model.encoder import build_conv5
 from model.settings import EncoderConfig, ModelConfig
 from model.standardizers import ChannelStandardizer
@@ -73,29 +73,6 @@ class Conv5Top(keras.layers.Layer):
 TOP_CHANNELS = {"head": HEAD_LAYERS[-1][0], "conv5": 2048}
 
 
-class WordHead(keras.layers.Dense):
-    """Dense(vocabulary) on the top's pooled map: the word loss's logits."""
-
-    def loss(self, pooled, tokens, image_index=None):
-        """The word loss of a training batch (word_presence_loss)."""
-        return word_presence_loss(self(pooled), tokens, image_index)
-
-
-def word_presence_loss(logits, tokens, image_index=None):
-    """Mean binary cross-entropy of which words (no special tokens) any caption of each image
-    uses: logits [B, V]; tokens [N, T] of N captions; image_index [N], the image of each caption
-    (None: caption i is image i's only one)."""
-    count, steps = tf.shape(logits)[0], tf.shape(tokens)[1]
-    if image_index is None:
-        image_index = tf.range(tf.shape(tokens)[0])
-    ids = tf.reshape(tf.cast(tokens, tf.int32), [-1])
-    where = tf.stack([tf.repeat(tf.cast(image_index, tf.int32), steps), ids], axis=1)
-    present = tf.tensor_scatter_nd_max(tf.zeros([count, tf.shape(logits)[1]]), where,
-                                       tf.cast(ids > UNK_ID, tf.float32))
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(present,
-                                                                  tf.cast(logits, tf.float32)))
-
-
 def top_layers(config: ModelConfig) -> tuple:
     """(the top layer named by config.encoder_top, or None for ""; its word head, or None
     without a word loss): what CaptionerBase.set_config takes."""
@@ -107,6 +84,7 @@ def top_layers(config: ModelConfig) -> tuple:
            else Conv5Top(name="encoder_top"))
     if not config.word_loss_weight:
         return top, None
-    word_head = WordHead(config.vocab_size, name="word_head", dtype="float32")
+    # Dense itself, not a subclass: a weights file names a model's layers by their classes.
+    word_head = keras.layers.Dense(config.vocab_size, name="word_head", dtype="float32")
     word_head.build((None, TOP_CHANNELS[config.encoder_top]))
     return top, word_head

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import logging
 import sys
-import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -45,9 +44,9 @@ from model.cluster import export_tf_config
 from model.families import build_captioner
 from model.run_dir import RunPaths, TrainedRun, load_run, weights_digest, write_json
 from model.scst import ValidationCider, enable as enable_scst
-from model.settings import (MIXED_POLICIES, PRESETS, SCST_RECIPE, SECTIONS, ModelConfig,
-                            RunConfig, TrainConfig, check_overrides, init_run_fields,
-                            preset_fields, with_overrides)
+from model.settings import (MIXED_POLICIES, PRESETS, SECTIONS, ModelConfig, RunConfig,
+                            TrainConfig, check_overrides, init_run_fields, preset_fields,
+                            presets_text, with_overrides)
 
 log = logging.getLogger("train")
 # How long a worker waits for another one extracting into the same feature cache (Flickr30k's
@@ -59,18 +58,20 @@ WORKER_LOST = ("multi-worker training stopped: another worker died or stopped an
 WORKER_LOST_EXIT_CODE = 3
 
 
-def run_config(preset: str | None = None, *, data=None, **overrides) -> RunConfig:
+def run_config(preset: str | None = None, *, data=None, init: TrainedRun | None = None,
+               **overrides) -> RunConfig:
     """The preset's settings (default: TrainConfig.preset's) with `overrides` over them: field
     names of TrainConfig, ModelConfig, DecodeConfig, and EncoderConfig's and ScstConfig's with
     "encoder_" and "scst_" before them (model.settings.OVERRIDES). Without encoder_weights, the
     built-in data gets random weights (no ImageNet weights offline), any other data ImageNet's.
 
     With init_from, the settings of that run instead of a preset's (its data too), then for a
-    self-critical stage (scst) model.settings.SCST_RECIPE, then the overrides."""
+    self-critical stage (scst) model.settings.SCST_RECIPE, then the overrides. `init`: that
+    run, if the caller has loaded it already."""
     check_overrides(overrides)
-    init_from = overrides.get("init_from")
-    if init_from:
-        fields = init_run_fields(load_run(init_from).settings, init_from, preset, data, overrides)
+    if overrides.get("init_from"):
+        init = init or load_run(overrides["init_from"])
+        fields = init_run_fields(init.settings, init.paths.root, preset, data, overrides)
     else:
         fields = preset_fields(preset or TrainConfig.preset, data,
                                overrides.get("encoder_weights"))
@@ -290,7 +291,8 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
     """The whole run: data -> vocabulary -> features -> fit -> curve -> test scores -> summary.
     `overrides` set single settings over the preset's, or over those of the run named by
     init_from (run_config). Returns the summary dict (also written to summary.json)."""
-    config = run_config(preset, data=data, **overrides)
+    init = load_run(overrides["init_from"]) if overrides.get("init_from") else None
+    config = run_config(preset, data=data, init=init, **overrides)
     recipe = config.train
     # First TensorFlow work: see choose_strategy.
     strategy = choose_strategy(recipe.distribute, recipe.worker_timeout_seconds)
@@ -302,24 +304,14 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
     if recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(MIXED_POLICIES[recipe.mixed_precision])
 
-    init = load_run(recipe.init_from) if recipe.init_from else None
     if init is not None:
         if paths.root.resolve() == init.paths.root.resolve():
             raise ValueError(f"run_dir {run_dir} is the run it starts from: a later stage writes "
                              "a run folder of its own (--run-dir)")
         data = init_run_data(init.settings["data"]["source"])
     dataset, splits, vocabulary, model_config = start_run(paths.root, config, data, init)
-    # Pooled vectors, ResNet50's 7x7 maps (attention) or conv4 maps (a trainable top).
-    kind = model_config.feature_kind
-    cache_dir = feature_cache_dir(cache_dir, data, config, init, kind)
-    # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
-    lock_wait = CACHE_LOCK_WAIT_SECONDS if recipe.distribute == "multiworker" else 0
-    # Training from images caches only the test split's features, for the evaluation.
-    cached = splits["test"] if config.encoder.train_from_images else dataset.images
-    extraction = ensure_features(cached, cache_dir, config.encoder, kind=kind,
-                                 lock_wait_seconds=lock_wait)
-    dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
-    names, features = extraction.names, extraction.features
+    cache_dir = feature_cache_dir(cache_dir, data, config, init, model_config.feature_kind)
+    names, features = cached_features(config, model_config, dataset, splits, cache_dir)
     # After the features: building the random-weights encoder seeds the generators itself, so
     # seeding earlier would give one seed two inits (features cached or not).
     keras.utils.set_random_seed(recipe.seed)
@@ -355,6 +347,36 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
         reward_curve_png(paths.history, paths.reward_curve)
     else:
         loss_curve_png(paths.history, paths.loss_curve)
+    summary = run_summary(settings, recipe, fit, captioner, paths, strategy, steps_per_epoch,
+                          start_score)
+    if evaluate and is_chief:  # one evaluation per run, not one per worker
+        from model.evaluate import evaluate_run
+        summary["test"] = evaluate_run(paths.root, data=data, features=(names, features),
+                                       dataset=dataset)
+    write_json(paths.summary, summary)
+    return summary
+
+
+def cached_features(config: RunConfig, model_config: ModelConfig, dataset, splits,
+                    cache_dir: Path):
+    """(image names, feature matrix) of the kind the model reads (pooled vectors, ResNet50's 7x7
+    maps for attention, conv4 maps for a trainable top), extracted into cache_dir unless there
+    already. Training from images caches only the test split's, for the evaluation. Images that
+    fail to decode join the dataset's skips."""
+    # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
+    lock_wait = CACHE_LOCK_WAIT_SECONDS if config.train.distribute == "multiworker" else 0
+    cached = splits["test"] if config.encoder.train_from_images else dataset.images
+    extraction = ensure_features(cached, cache_dir, config.encoder,
+                                 kind=model_config.feature_kind, lock_wait_seconds=lock_wait)
+    dataset.skipped.merge(extraction.skipped)
+    return extraction.names, extraction.features
+
+
+def run_summary(settings: dict, recipe: TrainConfig, fit: Fit, captioner, paths: RunPaths,
+                strategy: tf.distribute.Strategy, steps_per_epoch: int,
+                start_score: float | None) -> dict:
+    """summary.json but the test scores: the settings, how the run was split and stepped, and
+    its history's best epoch (with the score of the weights it started from, if any)."""
     summary = {"settings": settings, "replicas": strategy.num_replicas_in_sync,
                "global_batch_size": recipe.batch_size,
                ("train_images" if recipe.scst else "train_captions"): fit.examples,
@@ -363,11 +385,6 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
                **history_summary(paths.history, fit.monitor, fit.mode)}
     if start_score is not None:
         summary[f"start_{fit.monitor}"] = start_score
-    if evaluate and is_chief:  # one evaluation per run, not one per worker
-        from model.evaluate import evaluate_run
-        summary["test"] = evaluate_run(paths.root, data=data, features=(names, features),
-                                       dataset=dataset)
-    write_json(paths.summary, summary)
     return summary
 
 
@@ -437,25 +454,6 @@ def starting_score(captioner, fit: Fit, paths: RunPaths) -> float:
         captioner.save_weights(paths.weights)
     log.info("starting weights: %s %.4f", fit.monitor, score)
     return float(score)
-
-
-def presets_text(width: int = 96) -> str:
-    """Every preset's settings, and what a self-critical stage changes, for --help."""
-    lines = ["The defaults shown are the attention preset's, on the built-in data. Presets (a "
-             "setting flag",
-             "given sets its field over the preset's value):"]
-    for name, sections in PRESETS.items():
-        values = " ".join(f"{field}={value}" for fields in sections.values()
-                          for field, value in fields.items())
-        lines += textwrap.wrap(values, width, initial_indent=f"  {name:<10}",
-                               subsequent_indent=" " * 12)
-    lines += ["", "A later stage starts from a trained run (--init-from RUN_DIR) with its "
-                  "settings; --scst then sets:"]
-    lines += textwrap.wrap(" ".join(f"{k}={v}" for k, v in SCST_RECIPE.items()), width,
-                           initial_indent=" " * 12, subsequent_indent=" " * 12)
-    lines += ["  e.g. python -m model.train --init-from runs/builtin --scst   "
-              "(writes runs/builtin-self-critical)"]
-    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> dict:

@@ -273,7 +273,7 @@ def test_init_from_refuses_another_family(trained_run):
 
 
 def test_word_presence_loss_targets_the_words_of_each_images_captions():
-    from model.top import word_presence_loss
+    from model.base import word_presence_loss
     logits = np.random.default_rng(4).normal(size=[2, 9]).astype(np.float32)
     tokens = np.array([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 5, 8, 8, 2]], np.int32)
     present = np.zeros([2, 9], np.float32)
