@@ -11,9 +11,9 @@ is unbiased (it does not depend on the sample it judges) and centres each image'
 image whose captions all score alike teaches nothing either way.
 
 The step runs inside `keras fit` (`enable` installs a SelfCritical step, which
-CaptionerBase.train_step runs instead of cross-entropy's), so checkpoints, BackupAndRestore, the progress bar and history.csv
-work as in cross-entropy training; `ValidationCider` adds the validation CIDEr-D that
-checkpointing and early stopping watch.
+CaptionerBase.train_step runs instead of cross-entropy's), so checkpoints, BackupAndRestore, the
+progress bar and history.csv work as in cross-entropy training; `ValidationCider` adds the
+validation CIDEr-D that checkpointing and early stopping watch.
 """
 import keras
 import numpy as np
