@@ -32,13 +32,12 @@ from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
 from model.evaluate import evaluate_run, report_lines
 from model.run_dir import weights_digest
-from model.scst import SHORT_STAGE
-from model.train import TrainConfig, train
+from model.settings import SHORT_STAGE, TrainConfig
+from model.train import train
 
 RUN_DIR = Path("runs/demo")
 SCST_DIR = Path("runs/demo-scst")
 MODEL_BASE = Path("models/captioner")
-
 
 
 def later_stages(args) -> list[tuple[Path, dict]]:
@@ -154,7 +153,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, help="epochs at most (default: the preset's)")
     p.add_argument("--scst-epochs", type=int, default=SHORT_STAGE["epochs"],
                    help="epochs of the self-critical stage after the cross-entropy run (0: "
-                        "none; model/scst.py SHORT_STAGE)")
+                        "none; model/settings.py SHORT_STAGE)")
     p.add_argument("--retrain", action="store_true", help="train again even if the runs are done")
     args = p.parse_args(argv)
     start = time.time()

@@ -22,7 +22,8 @@ from benchmarks._timing import machine, median, paired, parse, report, round_rob
 from data.feature_cache import FLICKR30K_IMAGES, encode_function, extract_features
 from data.images import decode_one
 from data.pipeline import PipelineConfig, training_dataset
-from model.encoder import EncoderConfig, build_encoder
+from model.encoder import build_encoder
+from model.settings import EncoderConfig
 
 BATCH, VOCAB = 32, 20_013
 

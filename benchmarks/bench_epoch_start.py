@@ -19,9 +19,10 @@ import numpy as np
 from benchmarks._synthetic import synthetic_captions
 from benchmarks._timing import machine, median, parse, report, rounded
 from data.pipeline import PipelineConfig, image_major_dataset
-from model.base import MaskedCaptionLoss, ModelConfig
+from model.base import MaskedCaptionLoss
 from model.encoder import CONV4_SHAPE
-from model.presets import PRESETS, RANDOM_WEIGHTS, build_captioner
+from model.families import build_captioner
+from model.settings import PRESETS, RANDOM_WEIGHTS, ModelConfig
 
 
 @dataclasses.dataclass

@@ -117,7 +117,7 @@ def bench_attribution(run_dir: Path, images) -> dict:
     from data.images import decode_batch
     from export.precision import build_export_encoder, load_export_captioner
     from model.encoder import build_encoder
-    from model.evaluate import caption_features
+    from model.decoding import caption_features
     from model.run_dir import load_run
 
     run = load_run(run_dir)

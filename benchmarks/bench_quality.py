@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 
 from benchmarks._timing import REPO, machine, median, parse, report, round_robin
-from model.scst import SHORT_STAGE
+from model.settings import SHORT_STAGE
 
 # name: stages; a stage is (preset, overrides), "init" = the row's previous stage. The attention
-# preset already trains the encoder's top with random weights (model.presets.RANDOM_WEIGHTS).
-# The self-critical stage is the demo's (model.scst.SHORT_STAGE).
+# preset already trains the encoder's top with random weights (model.settings.RANDOM_WEIGHTS).
+# The self-critical stage is the demo's (model.settings.SHORT_STAGE).
 SCST_STAGE = ("init", {"scst": True, **SHORT_STAGE})
 ROWS = {
     "attention": [("attention", {})],

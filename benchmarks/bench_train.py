@@ -25,9 +25,10 @@ from benchmarks._synthetic import FEATURE_DIM, synthetic_captions
 from benchmarks._timing import machine, median, parse, report, round_robin, rounded
 from data.pipeline import PipelineConfig, training_dataset
 from data.vocabulary import END_ID
-from model.base import MaskedCaptionLoss, ModelConfig
-from model.decoding import DecodeConfig, decode_features
-from model.presets import PRESETS, build_captioner
+from model.base import MaskedCaptionLoss
+from model.decoding import decode_features
+from model.families import build_captioner
+from model.settings import PRESETS, DecodeConfig, ModelConfig
 
 
 @dataclasses.dataclass

@@ -13,8 +13,9 @@ What stays float32, and why (the measurements: docs/precision.md#what-stays-floa
 the random-init ResNet50 features of two images differ by little more than bfloat16 rounds off
 each value (2**-9). So the final average pooling runs in float32 (it averages the 7x7 16-bit
 activations without rounding the mean), and so does the standardisation after it
-(FeatureStandardizer). Most of the 16-bit error still comes from the convolutions themselves:
-float32 pooling takes off only a little of it, but a bfloat16 standardisation would add more.
+(model.standardizers.FeatureStandardizer). Most of the 16-bit error still comes from the
+convolutions themselves: float32 pooling takes off only a little of it, but a bfloat16
+standardisation would add more.
 The logits (the output projection itself, load_export_captioner), the log-softmax and the beam
 scores are float32 in every precision (model/decoding.py).
 """
@@ -22,8 +23,8 @@ import contextlib
 
 import keras
 
-from model.encoder import EncoderConfig, build_encoder
-from model.base import MIXED_POLICIES
+from model.encoder import build_encoder
+from model.settings import MIXED_POLICIES, EncoderConfig
 
 EXPORT_PRECISIONS = ("float32", "float16", "bfloat16")
 POOLING_LAYER = "avg_pool"                        # Keras ResNet50's name for pooling="avg"

@@ -15,7 +15,8 @@ import tensorflow as tf
 from data.images import decode_batch
 from export.contract import (ALTERNATIVE_SCORES, ALTERNATIVES, ATTENTION, BEAM_SEARCH,
                              CAPTION_FEATURES, FEATURES_INPUT, IMAGE_INPUT, OUTPUTS, SERVING_DEFAULT)
-from model.decoding import DecodeConfig, decode_features, ids_to_captions, words_table
+from model.decoding import decode_features, ids_to_captions, words_table
+from model.settings import DecodeConfig
 
 IMAGE_SPEC = tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)
 

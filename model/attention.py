@@ -19,34 +19,12 @@ an epoch costs little more than the pooled model's. Decoding (model/decoding.py)
 the interface the pooled Captioner has: the same LSTM cell one token at a time, then attention.
 """
 import keras
-import numpy as np
 import tensorflow as tf
 
-from model.base import (CaptionerBase, FeatureStandardizer, ModelConfig, chunked_moments,
-                        logits_dtype)
-
-
-class SpatialStandardizer(FeatureStandardizer):
-    """Standardises [B, locations, C] maps per location and channel, statistics over images.
-
-    Per location, not per channel alone: a ResNet50 map carries a fixed layout, which statistics
-    pooled over locations would leave in; over images only, each cell keeps what tells images
-    apart, as the pooled model's standardisation does for its vector.
-
-    adapt() reads the images in chunks (model.base.chunked_moments)."""
-
-    def build(self, input_shape):
-        shape = tuple(input_shape[1:])  # (locations, channels)
-        self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="mean")
-        self.std = self.add_weight(shape=shape, initializer="ones", trainable=False, name="std")
-
-    def adapt(self, features, rows=None):
-        shape = (int(np.prod(features.shape[1:-1])), int(features.shape[-1]))  # (locations, C)
-        mean, std = chunked_moments(features, rows, shape)
-        if not self.built:
-            self.build((None, *shape))
-        self.mean.assign(mean)
-        self.std.assign(std)
+from model.base import CaptionerBase, logits_dtype
+from model.settings import ModelConfig
+from model.standardizers import SpatialStandardizer
+from model.top import top_layers
 
 
 class AttentionCaptioner(CaptionerBase):
@@ -55,7 +33,7 @@ class AttentionCaptioner(CaptionerBase):
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        self.set_config(config)
+        self.set_config(config, *top_layers(config))
         # float32 for the reason given in Captioner.
         self.feature_norm = (SpatialStandardizer(name="feature_norm", dtype="float32")
                              if config.standardizes_decoder_input else None)

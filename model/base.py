@@ -1,160 +1,26 @@
-"""What every captioner shares: its settings (ModelConfig), the feature standardiser, the
-training loss, the logits' dtype under mixed precision, and CaptionerBase (the encoder's
-trainable top, image-major batches, Keras workarounds, build_for). Both model families
-(model/captioner.py, model/attention.py) build on this module; model/presets.py picks the family.
+"""What every captioner shares: the training losses, the logits' dtype under mixed precision, and
+CaptionerBase (image-major batches, the encoder's trainable top and the word loss as layers its
+family passes in, a training step fit may run instead of cross-entropy's, Keras workarounds,
+build_for). Both model families (model/captioner.py, model/attention.py) build on this module;
+model/families.py picks the family; their settings are model/settings.py's ModelConfig.
 """
-import dataclasses
+from typing import Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from data.flags import check_choices, setting
-from model.encoder import CONV4_SHAPE, FEATURE_DIM, GRID
-
-# Training's Keras dtype policies by precision name; logits and loss stay float32 under both
-# 16-bit policies (logits_dtype, MaskedCaptionLoss).
-MIXED_POLICIES = {"": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-FAMILIES = ("pooled", "attention")  # model/captioner.py, model/attention.py
-ENCODER_TOPS = ("", "head", "conv5", "auto")  # model/top.py; "auto" is resolved by the weights
-ADAPT_ROWS_PER_CHUNK = 256  # images per chunk when computing feature statistics
-ADAPT_VALUES_PER_CHUNK = 256 * 49 * 2048  # and at most this many values (float64) per chunk
+from data.vocabulary import UNK_ID
+from model.settings import ModelConfig
 
 
-@dataclasses.dataclass
-class ModelConfig:
-    # Given by the data and the encoder, never by a preset or a flag.
-    vocab_size: int
-    feature_dim: int = FEATURE_DIM
-    feature_grid: int = GRID          # locations per side of ResNet50's last map (attention)
-    # Settings.
-    family: str = setting("pooled", "pooled: the decoder reads ResNet50's pooled vector; "
-                          "attention: soft attention over its 7x7 map at every word (model/attention.py)",
-                          choices=FAMILIES)
-    embed_dim: int = setting(256, "word embedding width")
-    units: int = setting(512, "LSTM width")
-    dropout: float = setting(0.0, "dropout on embeddings and LSTM outputs (never recurrent: "
-                             "cuDNN's condition)")
-    image_init_cell: bool = setting(False, "pooled family: c0 = tanh(Dense(features)) instead "
-                                    "of zeros")
-    normalize_features: bool = setting(
-        False, "standardise features with the training images' statistics (saved with the "
-        "weights); random-init encoders need it: their features differ little between images")
-    attention_units: int = setting(512, "attention family: width of the additive attention's "
-                                   "hidden layer")
-    attention_regularizer: float = setting(
-        0.0, "attention family: weight (lambda) of the doubly stochastic regulariser; "
-        "Show, Attend and Tell used 1; 0 = off")
-    word_loss: float | None = setting(
-        None, "with an encoder top: weight of an auxiliary loss, which words an image's "
-        "captions use, predicted from the top's pooled map (a direct signal for every visual "
-        "word, which the captioning loss gives the top slowly); none = 1 for the head (what "
-        "taught it shape), 0 for conv5 (not measured there); 0 = off")
-    encoder_top: str = setting(
-        "", "train the encoder's top with the decoder, from the frozen trunk's conv4_x maps "
-        "(14x14x1024, cached): head = a small conv head, attention family only (what random "
-        "weights need), conv5 = ResNet50's conv5_x stage, BatchNorm frozen (ImageNet weights or "
-        "a file; with --init-from a run on frozen features and a lower --learning-rate); the "
-        "bare flag picks by --encoder-weights", choices=ENCODER_TOPS, flag="fine-tune-encoder", const="auto")
+class TrainStep(Protocol):
+    """A training step keras fit runs instead of the cross-entropy one (model.scst.SelfCritical,
+    set by model.scst.enable)."""
+    metrics: list  # logged, and reset every epoch, with the model's own
 
-    def __post_init__(self):
-        check_choices(self)
-        for name in ("vocab_size", "feature_dim", "embed_dim", "units", "feature_grid",
-                     "attention_units"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.attention_regularizer < 0:
-            raise ValueError("ModelConfig.attention_regularizer must be >= 0, "
-                             f"got {self.attention_regularizer!r}")
-        if self.word_loss is not None and self.word_loss < 0:
-            raise ValueError(f"ModelConfig.word_loss must be >= 0, got {self.word_loss!r}")
-        if self.encoder_top == "auto":
-            raise ValueError("ModelConfig.encoder_top 'auto' is chosen by the encoder weights "
-                             "first (model.top.resolve_encoder_top)")
-        if self.encoder_top == "head" and self.family == "pooled":
-            raise ValueError("the conv head (encoder_top 'head', random weights) trains under "
-                             "the attention family only: averaged for the pooled family it "
-                             "scored below frozen pooled features (docs/attention.md#measured); "
-                             "use --preset attention")
-
-    @property
-    def attention(self) -> bool:
-        """Whether this is the attention family (what export/ asks)."""
-        return self.family == "attention"
-
-    @property
-    def word_loss_weight(self) -> float:
-        """word_loss, or its default for the top (the field's help)."""
-        if self.word_loss is not None:
-            return float(self.word_loss) if self.encoder_top else 0.0
-        return 1.0 if self.encoder_top == "head" else 0.0
-
-    @property
-    def standardizes_decoder_input(self) -> bool:
-        """normalize_features standardises what the decoder reads, but after the head: that
-        standardises its own conv4 input and ends in BatchNorm, and statistics fixed before
-        training would go stale as it learns."""
-        return self.normalize_features and self.encoder_top != "head"
-
-    @property
-    def feature_kind(self) -> str:
-        """The encoder features the model reads (model.encoder.FEATURE_KINDS)."""
-        if self.encoder_top:
-            return "conv4"
-        return "spatial" if self.attention else "pooled"
-
-    @property
-    def feature_shape(self) -> tuple:
-        """One image's features as the model takes them."""
-        if self.encoder_top:
-            return CONV4_SHAPE
-        if self.attention:
-            return (self.feature_grid, self.feature_grid, self.feature_dim)
-        return (self.feature_dim,)
-
-
-def chunked_moments(features, rows, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (mean, std) of features[rows] viewed as [-1, *shape], read in chunks (a float64
-    copy of Flickr30k's training maps would not fit in memory), the chunks' means and variances
-    combined exactly (Chan et al.). std is at least 1e-6."""
-    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
-    count, mean, squares = 0, np.zeros(shape), np.zeros(shape)
-    step = max(1, min(ADAPT_ROWS_PER_CHUNK,
-                      ADAPT_VALUES_PER_CHUNK // max(1, int(np.prod(features.shape[1:])))))
-    for start in range(0, len(rows), step):
-        chunk = np.asarray(features[rows[start:start + step]], np.float64).reshape(-1, *shape)
-        n, chunk_mean = len(chunk), chunk.mean(0)
-        delta = chunk_mean - mean
-        total = count + n
-        squares += ((chunk - chunk_mean) ** 2).sum(0) + delta ** 2 * count * n / total
-        mean += delta * n / total
-        count = total
-    std = np.maximum(np.sqrt(squares / max(count, 1)), 1e-6)
-    return mean.astype("float32"), std.astype("float32")
-
-
-class FeatureStandardizer(keras.layers.Layer):
-    """(x - mean) / std with statistics set once from the training features by `adapt`; they are
-    non-trainable weights, so checkpoints and the exported SavedModel carry them."""
-
-    def build(self, input_shape):
-        dim = input_shape[-1]
-        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
-        self.std = self.add_weight(shape=(dim,), initializer="ones", trainable=False, name="std")
-
-    def adapt(self, features):
-        features = np.asarray(features, np.float64)
-        if not self.built:
-            self.build(features.shape)
-        self.mean.assign(features.mean(0).astype("float32"))
-        self.std.assign(np.maximum(features.std(0), 1e-6).astype("float32"))
-
-    def call(self, features):
-        return (features - keras.ops.cast(self.mean, features.dtype)) / \
-            keras.ops.cast(self.std, features.dtype)
+    def __call__(self, model: keras.Model, data) -> dict:
+        """One optimiser step on a batch; returns the logs."""
 
 
 def logits_dtype() -> str | None:
@@ -163,18 +29,21 @@ def logits_dtype() -> str | None:
 
 
 class CaptionerBase(keras.Model):
-    """What both model families share: the encoder's trainable top (model/top.py), image-major
-    batches, self-critical training (model/scst.py), Keras 3.15 workarounds for multi-worker fit,
+    """What both model families share: image-major batches, the encoder's trainable top and its
+    word head (layers of model/top.py the family passes to set_config), a training step that
+    replaces cross-entropy's (train_step_override), Keras 3.15 workarounds for multi-worker fit,
     and build_for. Subclasses call set_config and define initial_state, call and step."""
 
-    self_critical = None  # a model.scst.SelfCritical once model.scst.enable() was called
+    train_step_override: TrainStep | None = None  # model.scst.enable sets one
     image_trunk = None  # set by train_from_images: the frozen trunk run inside the step
 
-    def set_config(self, config: ModelConfig) -> None:
-        from model.top import build_top, word_head  # model/top.py builds on this module
+    def set_config(self, config: ModelConfig, top=None, word_head=None) -> None:
+        """top: the encoder's trainable top (None: the model reads frozen features); word_head:
+        the word loss's head on its pooled map (None: no word loss). model.top.top_layers makes
+        both from the config."""
         self.config = config
-        self.top = build_top(config.encoder_top)
-        self.word_head = word_head(config) if config.word_loss_weight else None
+        self.top = top
+        self.word_head = word_head
 
     def input_features(self, inputs):
         """inputs["features"], or the frozen trunk's conv4 maps of inputs["images"] (decoded
@@ -196,7 +65,6 @@ class CaptionerBase(keras.Model):
         maps = self.top(features, training=training)
         pooled = keras.ops.mean(keras.ops.cast(maps, "float32"), axis=(1, 2))
         if training and words is not None and self.word_head is not None:
-            from model.top import word_presence_loss
             loss = word_presence_loss(self.word_head(pooled), *words)
             self.add_loss(self.config.word_loss_weight * loss)
         return maps if self.config.attention else pooled
@@ -224,25 +92,31 @@ class CaptionerBase(keras.Model):
         if self.feature_norm is None:
             return
         if self.top is not None:
-            from model.top import top_features
-            features, rows = top_features(self, features, rows), None
+            features, rows = self.top_outputs(features, rows), None
         if features.ndim > 2:  # maps: per location and channel, read in chunks
             self.feature_norm.adapt(features, rows=rows)
         else:
             self.feature_norm.adapt(features if rows is None else features[rows])
 
+    def top_outputs(self, features: np.ndarray, rows, batch_size: int = 64) -> np.ndarray:
+        """The top's output for features[rows] as the decoder reads it (pooled for the pooled
+        family), float32, computed in batches: what the decoder's own standardiser adapts to."""
+        outputs = []
+        rows = np.asarray(rows)
+        for start in range(0, len(rows), batch_size):
+            batch = tf.constant(np.asarray(features[rows[start:start + batch_size]], np.float32))
+            outputs.append(np.asarray(self.top_output(batch), np.float32))
+        return np.concatenate(outputs) if outputs else np.zeros([0], np.float32)
+
     @property
     def metrics(self):
-        extra = [self.self_critical.mean_reward] if self.self_critical else []
+        extra = self.train_step_override.metrics if self.train_step_override else []
         return super().metrics + extra  # Keras resets and logs these every epoch
 
     # --- Keras 3.15 under MultiWorkerMirroredStrategy: two workarounds, found by running it ----
     def train_step(self, data):
-        if self.self_critical is not None:
-            # model.scst (and the metrics it validates with) only once enable() has run: the
-            # export and serving stages load captioners without them.
-            from model.scst import self_critical_step
-            return self._logs_for_multi_worker(self_critical_step(self, data))
+        if self.train_step_override is not None:
+            return self._logs_for_multi_worker(self.train_step_override(self, data))
         return self._logs_for_multi_worker(super().train_step(data))
 
     def test_step(self, data):
@@ -305,3 +179,18 @@ class MaskedCaptionLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def word_presence_loss(logits, tokens, image_index=None):
+    """Mean binary cross-entropy of which words (no special tokens) any caption of each image
+    uses: logits [B, V]; tokens [N, T] of N captions; image_index [N], the image of each caption
+    (None: caption i is image i's only one)."""
+    count, steps = tf.shape(logits)[0], tf.shape(tokens)[1]
+    if image_index is None:
+        image_index = tf.range(tf.shape(tokens)[0])
+    ids = tf.reshape(tf.cast(tokens, tf.int32), [-1])
+    where = tf.stack([tf.repeat(tf.cast(image_index, tf.int32), steps), ids], axis=1)
+    present = tf.tensor_scatter_nd_max(tf.zeros([count, tf.shape(logits)[1]]), where,
+                                       tf.cast(ids > UNK_ID, tf.float32))
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(present,
+                                                                  tf.cast(logits, tf.float32)))

@@ -12,7 +12,10 @@ Training runs the whole sequence through keras.layers.LSTM (cuDNN on a GPU); dec
 import keras
 import tensorflow as tf
 
-from model.base import CaptionerBase, FeatureStandardizer, ModelConfig, logits_dtype
+from model.base import CaptionerBase, logits_dtype
+from model.settings import ModelConfig
+from model.standardizers import FeatureStandardizer
+from model.top import top_layers
 
 
 class Captioner(CaptionerBase):
@@ -23,7 +26,7 @@ class Captioner(CaptionerBase):
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        self.set_config(config)
+        self.set_config(config, *top_layers(config))
         # float32 under mixed precision too: features differ little between images, so rounding
         # them to 16 bits before the mean is subtracted would drown that difference, for no speed.
         self.feature_norm = (FeatureStandardizer(name="feature_norm", dtype="float32")

@@ -1,4 +1,5 @@
-"""The one decoder: batched greedy search, beam search and sampling as explicit tf.while_loops.
+"""The one decoder: batched greedy search, beam search and sampling as explicit tf.while_loops,
+and CaptionDecoder, which captions image features with them in process.
 
 Evaluation calls these in a tf.function; export/ puts the very same functions into the SavedModel
 (ExportArchive endpoints are traced with autograph off, hence explicit tf.while_loop, no Python
@@ -6,29 +7,15 @@ loops over tensors); self-critical training samples its captions with them. Ever
 `step_fn(tokens [N], state) -> (logits [N, V], state)` so tests can drive it with a fake
 next-token function whose best answer is known.
 """
-import dataclasses
-
+import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from data.captions import clean_caption_tensor
-from data.flags import setting
 from data.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
+from model.settings import DecodeConfig
+
 NEG_INF = -1e9  # finite, so that -inf + -inf or 0 * -inf never makes a NaN
-
-
-@dataclasses.dataclass
-class DecodeConfig:
-    max_new_tokens: int = setting(30, "decoding: tokens generated at most, <end> included")
-    beam_width: int = setting(3, "beam search: beams kept per image")
-    length_penalty: float = setting(0.7, "beam search: score = log_prob / length ** this")
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.beam_width < 1:
-            raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
-        if self.length_penalty < 0:
-            raise ValueError(f"length_penalty must be >= 0, got {self.length_penalty}")
 
 
 def greedy_search(step_fn, state, batch_size, max_new_tokens, start_id=START_ID,
@@ -258,3 +245,59 @@ def ids_to_captions(ids, table):
     words = tf.ragged.boolean_mask(table.lookup(flat), flat > UNK_ID)
     captions = clean_caption_tensor(tf.strings.reduce_join(words, axis=-1, separator=" "))
     return tf.reshape(captions, shape[:-1])
+
+
+class CaptionDecoder:
+    """In-process captions of image features through the one in-graph decoder, traced once per
+    method for a captioner: evaluation and each epoch's validation reuse it (a tf.function made
+    per call would trace the decoding loops again every time)."""
+
+    def __init__(self, captioner, tokens, decode: DecodeConfig, feature_shape):
+        self.captioner, self.decode = captioner, decode
+        self.table = words_table(tokens=tokens)
+        self.spec = tf.TensorSpec([None, *feature_shape], tf.float32)
+        self._traced = {}
+
+    def _function(self, method: str, return_attention: bool):
+        key = (method, return_attention)
+        if key not in self._traced:
+            @tf.function(input_signature=[self.spec])
+            def run(batch):
+                ids, log_prob, *maps = decode_features(self.captioner, batch, self.decode,
+                                                       method, return_attention)
+                return (ids_to_captions(ids, self.table), log_prob, *maps)
+            self._traced[key] = run
+        return self._traced[key]
+
+    def tracing_counts(self) -> dict:
+        """{(method, return_attention): times traced}: once each, however often it is called."""
+        return {key: run.experimental_get_tracing_count() for key, run in self._traced.items()}
+
+    def __call__(self, features: np.ndarray, method="greedy", batch_size=64, progress=True,
+                 return_attention=False):
+        """(captions list[str], log_probs np.ndarray [n]) for features [n, ...], plus with
+        return_attention the per-word maps [n, max_new_tokens, 7, 7] (attention models)."""
+        run = self._function(method, return_attention)
+        captions, log_probs, attention = [], [], []
+        starts = range(0, len(features), batch_size)
+        for start in tqdm(starts, desc=f"{method} decoding", unit="batch", disable=not progress):
+            batch = np.asarray(features[start:start + batch_size], np.float32)  # float16 caches
+            text, log_prob, *maps = run(tf.constant(batch))
+            captions += [t.decode("utf-8") for t in text.numpy()]
+            log_probs.append(log_prob.numpy())
+            attention += [m.numpy() for m in maps]
+        log_probs = np.concatenate(log_probs) if log_probs else np.zeros([0], np.float32)
+        if not return_attention:
+            return captions, log_probs
+        grid = tuple(self.spec.shape[1:3])
+        empty = np.zeros([0, self.decode.max_new_tokens, *grid], np.float32)
+        return captions, log_probs, (np.concatenate(attention) if attention else empty)
+
+
+def caption_features(captioner, tokens, features: np.ndarray, decode: DecodeConfig,
+                     method="greedy", batch_size=64, progress=True, return_attention=False):
+    """One call of a CaptionDecoder made for it: captions of features [n, F] (or [n, 7, 7, F]
+    for the attention model). Returns (captions, log_probs [n]), plus with return_attention the
+    per-word maps [n, max_new_tokens, 7, 7]."""
+    decoder = CaptionDecoder(captioner, tokens, decode, features.shape[1:])
+    return decoder(features, method, batch_size, progress, return_attention)

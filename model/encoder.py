@@ -8,7 +8,7 @@ ResNet50's own preprocess_input). Output, by feature kind (FEATURE_KINDS):
   captioners that train the encoder's top themselves (model/top.py). `build_conv5` is the rest of
   ResNet50 (its conv5_x stage), the trainable top of ImageNet-weight runs.
 
-Weights come from one of three places (EncoderConfig.weights):
+Weights come from one of three places (model.settings.EncoderConfig.weights):
 - "imagenet": Keras' published ImageNet weights. They are looked up in the Keras cache
   (~/.keras/models, or $KERAS_HOME/models) first and only downloaded when absent; without network
   the download fails quickly with EncoderWeightsError explaining how to pass a local copy.
@@ -25,15 +25,14 @@ import os
 import pathlib
 import socket
 import threading
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import keras
 
 from data.feature_kinds import (CONV4_SHAPE, FEATURE_DIM, FEATURE_KINDS, GRID,  # noqa: F401
                                 SPATIAL_SHAPE)
-from data.flags import setting
 from data.images import IMAGE_SIZE
+from model.settings import EncoderConfig
 
 CONV4_LAYER = "conv4_block6_out"  # the last layer before ResNet50's conv5_x stage
 
@@ -49,19 +48,6 @@ DOWNLOAD_SOCKET_TIMEOUT = 30.0  # per blocking socket operation during the downl
 
 class EncoderWeightsError(RuntimeError):
     """The requested encoder weights cannot be obtained or do not fit ResNet50."""
-
-
-@dataclass
-class EncoderConfig:
-    weights: str = setting("imagenet", "imagenet | random | path to a local ResNet50 notop .h5 "
-                           "file (training's default: random for the built-in data, imagenet "
-                           "otherwise)")
-    seed: int = setting(0, "seed of the random weights")
-    # Not part of encoder_id: it changes where features are computed, not what they are.
-    train_from_images: bool = setting(
-        False, "with --fine-tune-encoder: decode the images in the input pipeline and run the "
-        "frozen trunk inside every training step instead of reading cached conv4 maps (for "
-        "GPUs, where the trunk costs little)", flag="train-from-images")
 
 
 def build_encoder(config: EncoderConfig, kind: str = "pooled") -> keras.Model:

@@ -9,15 +9,11 @@ import argparse
 import logging
 import sys
 
-import numpy as np
-import tensorflow as tf
-from tqdm import tqdm
-
 from data.feature_cache import load_features
 from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset
-from model.decoding import DecodeConfig, decode_features, ids_to_captions, words_table
+from model.decoding import CaptionDecoder
 from model.attributes import attribute_line, attribute_scores, builtin_scenes
 from model.metrics import (MeteorScorer, caption_scores, coco_results, evaluation_report,
                            majority_baseline, score_line)
@@ -26,62 +22,6 @@ from model.run_dir import load_run
 
 log = logging.getLogger("evaluate")
 NUM_SAMPLES = 9
-
-
-class CaptionDecoder:
-    """In-process captions of image features through the one in-graph decoder, traced once per
-    method for a captioner: evaluation and each epoch's validation reuse it (a tf.function made
-    per call would trace the decoding loops again every time)."""
-
-    def __init__(self, captioner, tokens, decode: DecodeConfig, feature_shape):
-        self.captioner, self.decode = captioner, decode
-        self.table = words_table(tokens=tokens)
-        self.spec = tf.TensorSpec([None, *feature_shape], tf.float32)
-        self._traced = {}
-
-    def _function(self, method: str, return_attention: bool):
-        key = (method, return_attention)
-        if key not in self._traced:
-            @tf.function(input_signature=[self.spec])
-            def run(batch):
-                ids, log_prob, *maps = decode_features(self.captioner, batch, self.decode,
-                                                       method, return_attention)
-                return (ids_to_captions(ids, self.table), log_prob, *maps)
-            self._traced[key] = run
-        return self._traced[key]
-
-    def tracing_counts(self) -> dict:
-        """{(method, return_attention): times traced}: once each, however often it is called."""
-        return {key: run.experimental_get_tracing_count() for key, run in self._traced.items()}
-
-    def __call__(self, features: np.ndarray, method="greedy", batch_size=64, progress=True,
-                 return_attention=False):
-        """(captions list[str], log_probs np.ndarray [n]) for features [n, ...], plus with
-        return_attention the per-word maps [n, max_new_tokens, 7, 7] (attention models)."""
-        run = self._function(method, return_attention)
-        captions, log_probs, attention = [], [], []
-        starts = range(0, len(features), batch_size)
-        for start in tqdm(starts, desc=f"{method} decoding", unit="batch", disable=not progress):
-            batch = np.asarray(features[start:start + batch_size], np.float32)  # float16 caches
-            text, log_prob, *maps = run(tf.constant(batch))
-            captions += [t.decode("utf-8") for t in text.numpy()]
-            log_probs.append(log_prob.numpy())
-            attention += [m.numpy() for m in maps]
-        log_probs = np.concatenate(log_probs) if log_probs else np.zeros([0], np.float32)
-        if not return_attention:
-            return captions, log_probs
-        grid = tuple(self.spec.shape[1:3])
-        empty = np.zeros([0, self.decode.max_new_tokens, *grid], np.float32)
-        return captions, log_probs, (np.concatenate(attention) if attention else empty)
-
-
-def caption_features(captioner, tokens, features: np.ndarray, decode: DecodeConfig,
-                     method="greedy", batch_size=64, progress=True, return_attention=False):
-    """One call of a CaptionDecoder made for it: captions of features [n, F] (or [n, 7, 7, F]
-    for the attention model). Returns (captions, log_probs [n]), plus with return_attention the
-    per-word maps [n, max_new_tokens, 7, 7]."""
-    decoder = CaptionDecoder(captioner, tokens, decode, features.shape[1:])
-    return decoder(features, method, batch_size, progress, return_attention)
 
 
 def evaluate_run(run_dir, data=None, split="test", methods=("greedy", "beam"), features=None,

@@ -32,8 +32,9 @@ from data.layouts import DatasetError, ImageCaptions, SkipReport
 from data.pipeline import (PipelineConfig, evaluation_dataset, image_file_dataset,
                            image_major_dataset, images_per_batch, training_dataset)
 from data.sources import open_dataset
-from model.encoder import (FEATURE_KINDS, EncoderConfig, EncoderWeightsError, build_encoder,
-                           check_kind, encoder_id)
+from model.encoder import (FEATURE_KINDS, EncoderWeightsError, build_encoder, check_kind,
+                           encoder_id)
+from model.settings import EncoderConfig
 
 
 class Features(NamedTuple):

@@ -22,10 +22,8 @@ from pathlib import Path
 
 from data.files import atomic_write
 from data.vocabulary import Vocabulary
-from model.base import ModelConfig
-from model.presets import build_captioner
-from model.decoding import DecodeConfig
-from model.encoder import EncoderConfig
+from model.families import build_captioner
+from model.settings import DecodeConfig, EncoderConfig, ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

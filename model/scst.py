@@ -10,60 +10,20 @@ Baseline: the mean reward of the image's OTHER samples (as in ruotianluo/self-cr
 is unbiased (it does not depend on the sample it judges) and centres each image's rewards, so an
 image whose captions all score alike teaches nothing either way.
 
-The step runs inside `keras fit` (CaptionerBase.train_step calls `self_critical_step` once
-`enable` has been called), so checkpoints, BackupAndRestore, the progress bar and history.csv
-work as in cross-entropy training; `ValidationCider` adds the validation CIDEr-D that
-checkpointing and early stopping watch.
+The step runs inside `keras fit` (`enable` installs a SelfCritical step, which
+CaptionerBase.train_step runs instead of cross-entropy's), so checkpoints, BackupAndRestore, the
+progress bar and history.csv work as in cross-entropy training; `ValidationCider` adds the
+validation CIDEr-D that checkpointing and early stopping watch.
 """
-import dataclasses
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-from data.flags import setting
 from data.vocabulary import PAD_ID, START_ID
 from model.cider import CiderD, CiderReferences
-from model.decoding import DecodeConfig, decode_features
+from model.decoding import CaptionDecoder, decode_features
 from model.metrics import cider_d
-
-
-@dataclasses.dataclass
-class ScstConfig:
-    samples: int = setting(5, "self-critical stage: captions sampled per image; each one's "
-                           "baseline is the mean reward of the others")
-
-    def __post_init__(self):
-        if self.samples < 2:
-            raise ValueError(f"self-critical training needs >= 2 samples per image (the "
-                             f"baseline is the other samples' mean), got {self.samples}")
-
-
-# What a self-critical stage changes in the recipe of the run it starts from (TrainConfig fields;
-# flags still override them). batch_size counts images, each with ScstConfig.samples captions.
-# Adam at 5e-5, constant, as self-critical fine-tuning is usually run on COCO and Flickr30k; on the
-# built-in data validation CIDEr-D was still rising after 4 epochs at it (docs/training.md).
-RECIPE = {"learning_rate": 5e-5, "lr_schedule": "constant", "batch_size": 50, "epochs": 10,
-          "patience": 3, "label_smoothing": 0.0, "clipnorm": 5.0}
-# A short stage, the demo's: 3 epochs at 4x the recipe's rate gain more validation CIDEr-D in
-# their time than the recipe's rate does (docs/attention.md#measured).
-SHORT_STAGE = {"epochs": 3, "learning_rate": 2e-4}
-
-
-@dataclasses.dataclass
-class SelfCritical:
-    """What CaptionerBase.train_step needs to train self-critically (see `enable`)."""
-    reward: CiderD
-    decode: DecodeConfig
-    samples: int
-    mean_reward: keras.metrics.Mean  # an epoch's mean sample reward, in the logs as "reward"
-
-
-def enable(model, references: CiderReferences, decode: DecodeConfig, config: ScstConfig) -> None:
-    """Makes model.fit train self-critically on batches of (features [B, ...], reference token
-    ids [B, R, L]) (data.pipeline.image_batches)."""
-    model.self_critical = SelfCritical(CiderD(references), decode, config.samples,
-                                       keras.metrics.Mean(name="reward"))
+from model.settings import DecodeConfig, ScstConfig
 
 
 def policy_gradient_loss(log_probs, ids, advantage):
@@ -75,31 +35,45 @@ def policy_gradient_loss(log_probs, ids, advantage):
     return -tf.reduce_sum(weighted) / tf.maximum(tf.reduce_sum(real), 1.0)
 
 
-def self_critical_step(model, data):
-    """One optimiser step; returns the logs (loss, mean reward of the samples)."""
-    settings = model.self_critical
-    features, references = data
-    k = settings.samples
-    ids, _ = decode_features(model, features, settings.decode, "sample", num_samples=k)
-    ids = tf.stop_gradient(ids)
-    rewards = tf.reshape(tf.cast(settings.reward(ids, tf.repeat(references, k, axis=0)),
-                                 tf.float32), [-1, k])
-    baseline = (tf.reduce_sum(rewards, 1, keepdims=True) - rewards) / (k - 1)
-    advantage = tf.reshape(rewards - baseline, [-1])
-    inputs = tf.concat([tf.fill([tf.shape(ids)[0], 1], START_ID), ids[:, :-1]], axis=1)
-    repeated = tf.repeat(features, k, axis=0)
-    with tf.GradientTape() as tape:
-        # No dropout: the gradient is of the policy that drew the samples.
-        logits = model({"features": repeated, "tokens": inputs}, training=False)
-        loss = policy_gradient_loss(tf.nn.log_softmax(tf.cast(logits, tf.float32)), ids,
-                                    advantage)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        scaled = model.optimizer.scale_loss(loss / replicas)  # gradients are summed over replicas
-    gradients = tape.gradient(scaled, model.trainable_weights)
-    model.optimizer.apply_gradients(zip(gradients, model.trainable_weights))
-    model._loss_tracker.update_state(loss)  # Keras' own "loss" mean, reset every epoch
-    settings.mean_reward.update_state(tf.reduce_mean(rewards))
-    return {"loss": model._loss_tracker.result(), "reward": settings.mean_reward.result()}
+class SelfCritical:
+    """The self-critical training step (a model.base.TrainStep): CaptionerBase.train_step runs
+    it once `enable` has installed it."""
+
+    def __init__(self, reward: CiderD, decode: DecodeConfig, samples: int):
+        self.reward, self.decode, self.samples = reward, decode, samples
+        self.mean_reward = keras.metrics.Mean(name="reward")  # an epoch's, logged as "reward"
+        self.metrics = [self.mean_reward]
+
+    def __call__(self, model, data) -> dict:
+        """One optimiser step; returns the logs (loss, mean reward of the samples)."""
+        features, references = data
+        k = self.samples
+        ids, _ = decode_features(model, features, self.decode, "sample", num_samples=k)
+        ids = tf.stop_gradient(ids)
+        rewards = tf.reshape(tf.cast(self.reward(ids, tf.repeat(references, k, axis=0)),
+                                     tf.float32), [-1, k])
+        baseline = (tf.reduce_sum(rewards, 1, keepdims=True) - rewards) / (k - 1)
+        advantage = tf.reshape(rewards - baseline, [-1])
+        inputs = tf.concat([tf.fill([tf.shape(ids)[0], 1], START_ID), ids[:, :-1]], axis=1)
+        repeated = tf.repeat(features, k, axis=0)
+        with tf.GradientTape() as tape:
+            # No dropout: the gradient is of the policy that drew the samples.
+            logits = model({"features": repeated, "tokens": inputs}, training=False)
+            loss = policy_gradient_loss(tf.nn.log_softmax(tf.cast(logits, tf.float32)), ids,
+                                        advantage)
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = model.optimizer.scale_loss(loss / replicas)  # gradients summed over replicas
+        gradients = tape.gradient(scaled, model.trainable_weights)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_weights))
+        model._loss_tracker.update_state(loss)  # Keras' own "loss" mean, reset every epoch
+        self.mean_reward.update_state(tf.reduce_mean(rewards))
+        return {"loss": model._loss_tracker.result(), "reward": self.mean_reward.result()}
+
+
+def enable(model, references: CiderReferences, decode: DecodeConfig, config: ScstConfig) -> None:
+    """Makes model.fit train self-critically on batches of (features [B, ...], reference token
+    ids [B, R, L]) (data.pipeline.image_batches)."""
+    model.train_step_override = SelfCritical(CiderD(references), decode, config.samples)
 
 
 class ValidationCider(keras.callbacks.Callback):
@@ -116,8 +90,6 @@ class ValidationCider(keras.callbacks.Callback):
 
     def score(self, model) -> float:
         if self.decoder is None or self.decoder.captioner is not model:
-            # Imported here: model.evaluate imports the model families, which import this module.
-            from model.evaluate import CaptionDecoder
             self.decoder = CaptionDecoder(model, self.tokens, self.decode,
                                           self.features.shape[1:])
         captions, _ = self.decoder(self.features, progress=False)

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import logging
 import sys
-import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -29,24 +28,25 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from data.flags import add_flags, check_choices, setting, settings_fields
+from data.flags import add_flags
 from data.layouts import DatasetError
 from data.pipeline import PipelineConfig, image_batches
 from data.sources import open_dataset
 from data.splits import split_dataset
 from data.vocabulary import Vocabulary
-from model.base import MIXED_POLICIES, MaskedCaptionLoss, ModelConfig
-from model.decoding import DecodeConfig
-from model.encoder import EncoderConfig, EncoderWeightsError
+from model.base import MaskedCaptionLoss
+from model.encoder import EncoderWeightsError
 from model.features import TrainingFeed, default_cache_dir, ensure_features
 from model.history import best_logged, history_summary
 from model.plots import loss_curve_png, reward_curve_png
 from model.cider import CiderReferences, cider_references
 from model.cluster import export_tf_config
-from model.presets import PRESETS, RANDOM_WEIGHTS, build_captioner, preset as chosen_preset
+from model.families import build_captioner
 from model.run_dir import RunPaths, TrainedRun, load_run, weights_digest, write_json
-from model.scst import RECIPE as SCST_RECIPE, ScstConfig, ValidationCider, enable as enable_scst
-from model.top import init_from_run, resolve_encoder_top
+from model.scst import ValidationCider, enable as enable_scst
+from model.settings import (MIXED_POLICIES, PRESETS, SECTIONS, ModelConfig, RunConfig,
+                            TrainConfig, check_overrides, init_run_fields, preset_fields,
+                            presets_text, with_overrides)
 
 log = logging.getLogger("train")
 # How long a worker waits for another one extracting into the same feature cache (Flickr30k's
@@ -58,177 +58,24 @@ WORKER_LOST = ("multi-worker training stopped: another worker died or stopped an
 WORKER_LOST_EXIT_CODE = 3
 
 
-
-@dataclasses.dataclass
-class TrainConfig:
-    preset: str = setting("attention", "the named settings (model/presets.py) that the other "
-                          "flags override: attention (the best measured), pooled (the "
-                          "cheapest), seed (the original project's)", choices=tuple(PRESETS))
-    epochs: int = setting(20, "epochs at most (EarlyStopping may stop sooner)")
-    batch_size: int = setting(128, "the global batch, split between replicas and workers")
-    learning_rate: float = setting(1e-3, "Adam's learning rate (the start of the schedule)")
-    lr_schedule: str = setting("constant", "cosine: decays to 0 over all epochs",
-                               choices=("constant", "cosine"))
-    clipnorm: float | None = setting(None, "clip every gradient to this norm (none: no clipping)")
-    label_smoothing: float = setting(0.0, "share of each target spread over the vocabulary")
-    patience: int = setting(4, "EarlyStopping: epochs without a better validation loss")
-    min_count: int = setting(5, "vocabulary: words seen at least this often in training captions")
-    max_caption_tokens: int = setting(40, "cut longer training captions (tokens, <start> and "
-                                      "<end> included; <end> is kept)")
-    seed: int = setting(0, "seeds Python, NumPy, TensorFlow and the caption shuffling")
-    mixed_precision: str = setting(
-        "", "float16 (the bare flag): mixed_float16 with loss scaling, for GPU tensor cores; "
-        "bfloat16: mixed_bfloat16, for AMX CPUs, TPUs, Ampere+ GPUs",
-        choices=tuple(MIXED_POLICIES), const="float16", metavar="{float16,bfloat16}")
-    jit_compile: bool = setting(False, "XLA; off by default: slower for the LSTM on CPU, and "
-                                "bucketed shapes recompile per bucket", flag="xla")
-    distribute: str = setting("auto", "auto: MirroredStrategy on >1 GPU; multiworker reads "
-                              "TF_CONFIG (docs/training.md#several-machines)",
-                              choices=("auto", "mirrored", "multiworker", "none"))
-    deterministic: bool = setting(False, "also turn on TensorFlow's op determinism")
-    init_from: str = setting("", "a finished run folder whose best weights start this run "
-                             "(those its model shares, by layer name)")
-    # A frozen or unreachable worker then stops the others instead of hanging them (a killed
-    # one is noticed at once: its port refuses).
-    worker_timeout_seconds: float = setting(
-        300.0, "multiworker: seconds an all-reduce waits for the other workers before failing; "
-        "keep it above their skew at the first step (tracing: ~30 s on 2 busy cores)",
-        flag="worker-timeout")
-    # A later stage: a run that starts where another one ended.
-    init_from: str | None = setting(
-        None, "start from this run's best weights, with its data, vocabulary, model, encoder, "
-        "feature cache and recipe (flags still override the recipe)", metavar="RUN_DIR")
-    scst: bool = setting(False, "self-critical stage (needs --init-from): optimise the CIDEr-D "
-                         "of sampled captions; checkpoints and early stopping watch validation "
-                         "CIDEr-D (model/scst.py RECIPE sets the recipe)")
-
-    def __post_init__(self):
-        check_choices(self)
-        for name in ("epochs", "batch_size", "min_count"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_caption_tokens < 3:  # <start>, at least one word, <end>
-            raise ValueError(f"max_caption_tokens must be >= 3, got {self.max_caption_tokens}")
-        if self.worker_timeout_seconds <= 0:
-            raise ValueError("worker_timeout_seconds must be > 0, "
-                             f"got {self.worker_timeout_seconds}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.scst and not self.init_from:
-            raise ValueError("scst: a self-critical stage starts from a trained run; name it "
-                             "with init_from (--init-from RUN_DIR)")
-
-    @property
-    def stage(self) -> str:
-        return "self-critical" if self.scst else "cross-entropy"
-
-
-# A run's settings dataclasses by section (of presets and settings.json), with the prefix their
-# fields take as train()'s overrides and as flags (EncoderConfig.seed is not TrainConfig.seed).
-SECTIONS = {"train": (TrainConfig, ""), "model": (ModelConfig, ""),
-            "decode": (DecodeConfig, ""), "encoder": (EncoderConfig, "encoder_"),
-            "scst": (ScstConfig, "scst_")}
-# {setting's name as an override and a flag: (section, field)}
-OVERRIDES = {prefix + field.name: (section, field.name)
-             for section, (cls, prefix) in SECTIONS.items() for field in settings_fields(cls)}
-# What a run started from another one keeps from it: these decide its vocabulary and the shapes
-# of the weights it starts from.
-KEPT_FROM_INIT_RUN = ("preset", "min_count", "family", "embed_dim", "units", "attention_units",
-                      "image_init_cell", "normalize_features")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Every setting of a run; the model's sizes come from the data (model_config)."""
-    train: TrainConfig
-    model: dict          # every ModelConfig setting
-    decode: DecodeConfig
-    encoder: EncoderConfig
-    scst: ScstConfig
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, **self.model)
-
-    def by_name(self) -> dict:
-        """{override name: value} of every setting."""
-        sections = {section: self.model if section == "model"
-                    else dataclasses.asdict(getattr(self, section)) for section in SECTIONS}
-        return {name: sections[section][field] for name, (section, field) in OVERRIDES.items()}
-
-
-def run_config(preset: str | None = None, *, data=None, **overrides) -> RunConfig:
+def run_config(preset: str | None = None, *, data=None, init: TrainedRun | None = None,
+               **overrides) -> RunConfig:
     """The preset's settings (default: TrainConfig.preset's) with `overrides` over them: field
     names of TrainConfig, ModelConfig, DecodeConfig, and EncoderConfig's and ScstConfig's with
-    "encoder_" and "scst_" before them (OVERRIDES). Without encoder_weights, the built-in data gets
-    random weights (no ImageNet weights offline), any other data ImageNet's.
+    "encoder_" and "scst_" before them (model.settings.OVERRIDES). Without encoder_weights, the
+    built-in data gets random weights (no ImageNet weights offline), any other data ImageNet's.
 
     With init_from, the settings of that run instead of a preset's (its data too), then for a
-    self-critical stage (scst) model.scst.RECIPE, then the overrides."""
-    unknown = sorted(set(overrides) - set(OVERRIDES))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; expected any of {sorted(OVERRIDES)}")
-    init_from = overrides.get("init_from")
-    if init_from:
-        fields = init_run_fields(load_run(init_from), preset, data, overrides)
+    self-critical stage (scst) model.settings.SCST_RECIPE, then the overrides. `init`: that
+    run, if the caller has loaded it already."""
+    check_overrides(overrides)
+    if overrides.get("init_from"):
+        init = init or load_run(overrides["init_from"])
+        fields = init_run_fields(init.settings, init.paths.root, preset, data, overrides)
     else:
         fields = preset_fields(preset or TrainConfig.preset, data,
                                overrides.get("encoder_weights"))
-    if overrides.get("scst"):
-        fields["train"].update(SCST_RECIPE)
-    for name, value in overrides.items():
-        section, field = OVERRIDES[name]
-        fields[section][field] = value
-    fields["model"]["encoder_top"] = resolve_encoder_top(fields["model"]["encoder_top"],
-                                                         fields["encoder"]["weights"])
-    return RunConfig(train=TrainConfig(**fields["train"]), model=fields["model"],
-                     decode=DecodeConfig(**fields["decode"]),
-                     encoder=EncoderConfig(**fields["encoder"]),
-                     scst=ScstConfig(**fields["scst"]))
-
-
-def preset_fields(preset: str, data, weights: str | None = None) -> dict:
-    """{section: {field: value}} of a preset, over the dataclasses' defaults, with its
-    RANDOM_WEIGHTS settings when the encoder's weights (`weights`, else the data's default) are
-    random."""
-    fields = {section: {} for section in SECTIONS}
-    fields["model"] = {field.name: field.default for field in settings_fields(ModelConfig)}
-    fields["encoder"]["weights"] = "imagenet" if data else "random"
-    random_weights = (weights or fields["encoder"]["weights"]) == "random"
-    sections = [chosen_preset(preset), RANDOM_WEIGHTS.get(preset, {}) if random_weights else {}]
-    for section, values in (item for part in sections for item in part.items()):
-        fields[section].update(values)
-    fields["train"]["preset"] = preset
-    return fields
-
-
-def init_run_fields(init: TrainedRun, preset, data, overrides: dict) -> dict:
-    """{section: {field: value}} of the run a new one starts from, but its stage (init_from,
-    scst). Refuses a preset, data or override that would change what the new run keeps from it
-    (KEPT_FROM_INIT_RUN)."""
-    saved = init.settings
-    fields = {}
-    for section, (cls, _) in SECTIONS.items():
-        known = {field.name for field in settings_fields(cls)}
-        values = saved.get(section, {})
-        fields[section] = {name: values[name] for name in known if name in values}
-    fields["train"].update(init_from=None, scst=False)
-    if data and not same_data(data, saved["data"]["source"]):
-        raise ValueError(f"data {data}: a run started from {init.paths.root} trains on its data "
-                         f"({saved['data']['source']}); leave --data out")
-    given = dict(overrides, **({"preset": preset} if preset else {}))
-    for name in KEPT_FROM_INIT_RUN:
-        section, field = OVERRIDES[name]
-        if name in given and given[name] != fields[section].get(field):
-            raise ValueError(f"{name}={given[name]!r}: a run started from {init.paths.root} "
-                             f"keeps its {name} ({fields[section].get(field)!r})")
-    return fields
-
-
-def same_data(data, source: str) -> bool:
-    """Whether `data` (given now) names the dataset a run recorded as its source."""
-    if source == "builtin":
-        return not data
-    return bool(data) and Path(data).expanduser().resolve() == Path(source).expanduser().resolve()
+    return with_overrides(fields, overrides)
 
 
 def init_run_data(source: str):
@@ -444,7 +291,8 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
     """The whole run: data -> vocabulary -> features -> fit -> curve -> test scores -> summary.
     `overrides` set single settings over the preset's, or over those of the run named by
     init_from (run_config). Returns the summary dict (also written to summary.json)."""
-    config = run_config(preset, data=data, **overrides)
+    init = load_run(overrides["init_from"]) if overrides.get("init_from") else None
+    config = run_config(preset, data=data, init=init, **overrides)
     recipe = config.train
     # First TensorFlow work: see choose_strategy.
     strategy = choose_strategy(recipe.distribute, recipe.worker_timeout_seconds)
@@ -456,24 +304,14 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
     if recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(MIXED_POLICIES[recipe.mixed_precision])
 
-    init = load_run(recipe.init_from) if recipe.init_from else None
     if init is not None:
         if paths.root.resolve() == init.paths.root.resolve():
             raise ValueError(f"run_dir {run_dir} is the run it starts from: a later stage writes "
                              "a run folder of its own (--run-dir)")
         data = init_run_data(init.settings["data"]["source"])
     dataset, splits, vocabulary, model_config = start_run(paths.root, config, data, init)
-    # Pooled vectors, ResNet50's 7x7 maps (attention) or conv4 maps (a trainable top).
-    kind = model_config.feature_kind
-    cache_dir = feature_cache_dir(cache_dir, data, config, init, kind)
-    # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
-    lock_wait = CACHE_LOCK_WAIT_SECONDS if recipe.distribute == "multiworker" else 0
-    # Training from images caches only the test split's features, for the evaluation.
-    cached = splits["test"] if config.encoder.train_from_images else dataset.images
-    extraction = ensure_features(cached, cache_dir, config.encoder, kind=kind,
-                                 lock_wait_seconds=lock_wait)
-    dataset.skipped.merge(extraction.skipped)  # undecodable images join the reader's skips
-    names, features = extraction.names, extraction.features
+    cache_dir = feature_cache_dir(cache_dir, data, config, init, model_config.feature_kind)
+    names, features = cached_features(config, model_config, dataset, splits, cache_dir)
     # After the features: building the random-weights encoder seeds the generators itself, so
     # seeding earlier would give one seed two inits (features cached or not).
     keras.utils.set_random_seed(recipe.seed)
@@ -509,6 +347,36 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
         reward_curve_png(paths.history, paths.reward_curve)
     else:
         loss_curve_png(paths.history, paths.loss_curve)
+    summary = run_summary(settings, recipe, fit, captioner, paths, strategy, steps_per_epoch,
+                          start_score)
+    if evaluate and is_chief:  # one evaluation per run, not one per worker
+        from model.evaluate import evaluate_run
+        summary["test"] = evaluate_run(paths.root, data=data, features=(names, features),
+                                       dataset=dataset)
+    write_json(paths.summary, summary)
+    return summary
+
+
+def cached_features(config: RunConfig, model_config: ModelConfig, dataset, splits,
+                    cache_dir: Path):
+    """(image names, feature matrix) of the kind the model reads (pooled vectors, ResNet50's 7x7
+    maps for attention, conv4 maps for a trainable top), extracted into cache_dir unless there
+    already. Training from images caches only the test split's, for the evaluation. Images that
+    fail to decode join the dataset's skips."""
+    # Workers sharing one cache folder take turns: one extracts, the others wait and reuse it.
+    lock_wait = CACHE_LOCK_WAIT_SECONDS if config.train.distribute == "multiworker" else 0
+    cached = splits["test"] if config.encoder.train_from_images else dataset.images
+    extraction = ensure_features(cached, cache_dir, config.encoder,
+                                 kind=model_config.feature_kind, lock_wait_seconds=lock_wait)
+    dataset.skipped.merge(extraction.skipped)
+    return extraction.names, extraction.features
+
+
+def run_summary(settings: dict, recipe: TrainConfig, fit: Fit, captioner, paths: RunPaths,
+                strategy: tf.distribute.Strategy, steps_per_epoch: int,
+                start_score: float | None) -> dict:
+    """summary.json but the test scores: the settings, how the run was split and stepped, and
+    its history's best epoch (with the score of the weights it started from, if any)."""
     summary = {"settings": settings, "replicas": strategy.num_replicas_in_sync,
                "global_batch_size": recipe.batch_size,
                ("train_images" if recipe.scst else "train_captions"): fit.examples,
@@ -517,11 +385,6 @@ def train(run_dir, preset: str | None = None, *, data=None, cache_dir=None, eval
                **history_summary(paths.history, fit.monitor, fit.mode)}
     if start_score is not None:
         summary[f"start_{fit.monitor}"] = start_score
-    if evaluate and is_chief:  # one evaluation per run, not one per worker
-        from model.evaluate import evaluate_run
-        summary["test"] = evaluate_run(paths.root, data=data, features=(names, features),
-                                       dataset=dataset)
-    write_json(paths.summary, summary)
     return summary
 
 
@@ -537,8 +400,37 @@ def initial_captioner(model_config: ModelConfig, init: TrainedRun | None, feed: 
         if init.model_config.encoder_top == model_config.encoder_top:
             captioner.load_weights(init.paths.weights)
         else:
-            init_from_run(captioner, init.paths.root)
+            init_from_run(captioner, init)
     return captioner
+
+
+def init_from_run(captioner, init: TrainedRun) -> list[str]:
+    """Initialises `captioner` from a finished run's best weights (`--init-from RUN`): all of
+    them when the architectures agree; otherwise every layer the two share by name and shape
+    (a run trained on frozen pooled features gives a conv5-top run its decoder and
+    standardiser). Returns the names of the layers copied; refuses a run sharing none."""
+    source, run_dir = init.load_captioner(), init.paths.root
+    if source.config.family != captioner.config.family:
+        raise ValueError(f"--init-from {run_dir}: that run's captioner is of the "
+                         f"{source.config.family} family, this one of the "
+                         f"{captioner.config.family} family")
+    copied = []
+    for layer in captioner.layers:
+        match = next((other for other in source.layers if other.name == layer.name), None)
+        if match is None or layer.name == "encoder_top":
+            continue
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if shapes and shapes == [tuple(w.shape) for w in match.weights]:
+            layer.set_weights(match.get_weights())
+            copied.append(layer.name)
+    if source.top is not None and captioner.top is not None \
+            and source.config.encoder_top == captioner.config.encoder_top:
+        captioner.top.set_weights(source.top.get_weights())
+        copied.append("encoder_top")
+    if not copied:
+        raise ValueError(f"--init-from {run_dir}: its captioner shares no layer with this one")
+    log.info("initialised from %s: %s", run_dir, ", ".join(copied))
+    return copied
 
 
 def compile_for(captioner, config: RunConfig, fit: Fit, steps_per_epoch: int) -> None:
@@ -562,25 +454,6 @@ def starting_score(captioner, fit: Fit, paths: RunPaths) -> float:
         captioner.save_weights(paths.weights)
     log.info("starting weights: %s %.4f", fit.monitor, score)
     return float(score)
-
-
-def presets_text(width: int = 96) -> str:
-    """Every preset's settings, and what a self-critical stage changes, for --help."""
-    lines = ["The defaults shown are the attention preset's, on the built-in data. Presets (a "
-             "setting flag",
-             "given sets its field over the preset's value):"]
-    for name, sections in PRESETS.items():
-        values = " ".join(f"{field}={value}" for fields in sections.values()
-                          for field, value in fields.items())
-        lines += textwrap.wrap(values, width, initial_indent=f"  {name:<10}",
-                               subsequent_indent=" " * 12)
-    lines += ["", "A later stage starts from a trained run (--init-from RUN_DIR) with its "
-                  "settings; --scst then sets:"]
-    lines += textwrap.wrap(" ".join(f"{k}={v}" for k, v in SCST_RECIPE.items()), width,
-                           initial_indent=" " * 12, subsequent_indent=" " * 12)
-    lines += ["  e.g. python -m model.train --init-from runs/builtin --scst   "
-              "(writes runs/builtin-self-critical)"]
-    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> dict:

@@ -69,7 +69,7 @@ def write_untrained_run(run_dir: Path, data: Path, family: str) -> Path:
     fit, so its standardiser keeps mean 0 / std 1. Its settings name a feature cache that does
     not exist."""
     import keras
-    from model.presets import build_captioner
+    from model.families import build_captioner
     from model.run_dir import RunPaths, write_json
     from model.train import run_config, run_settings, start_run
 

@@ -18,7 +18,8 @@ from data.feature_cache import (ERROR_UNREADABLE, FeatureCacheError, extract_fea
 from data.files import TEMP_SUFFIX
 from data.images import (ERROR_BYTES, ERROR_CORRUPT, ERROR_EMPTY, ERROR_FORMAT,
                          MAX_IMAGE_BYTES, decode_one)
-from model.encoder import EncoderConfig, build_encoder, encoder_id
+from model.encoder import build_encoder, encoder_id
+from model.settings import EncoderConfig
 from tests.helpers import REPO
 
 
@@ -273,7 +274,8 @@ def test_bad_arguments(tmp_path, tiny_encoder):
 CHILD = """
 import pathlib, sys
 from data.feature_cache import extract_features
-from model.encoder import EncoderConfig, build_encoder, encoder_id
+from model.encoder import build_encoder, encoder_id
+from model.settings import EncoderConfig
 items = [(p.name, p) for p in sorted(pathlib.Path(sys.argv[1]).iterdir())]
 config = EncoderConfig("random", seed=0)
 spatial = sys.argv[3] == "spatial"

@@ -9,7 +9,7 @@ import pytest
 
 from data.layouts import load_dataset
 from data.splits import split_dataset
-from model.evaluate import caption_features
+from model.decoding import caption_features
 from model.run_dir import load_run
 from serving.client import GrpcClient, RestClient
 from tests.helpers import (CHROMIUM, AppProcess, captioned_page, encoder_features,

@@ -22,7 +22,7 @@ from data.splits import split_dataset
 from export.artifact import SessionModel, export_settings
 from model.encoder import build_encoder
 from model.run_dir import load_run
-from model.decoding import DecodeConfig
+from model.settings import DecodeConfig
 from tests.helpers import REPO, encoder_features, huge_png_header, in_process_alternatives
 
 IMAGE_SIGNATURES = ("serving_default", "beam_search")

@@ -17,7 +17,7 @@ from data.splits import split_dataset
 from export.artifact import SessionModel, export_settings
 from export.saved_model import ExportConfig, export_run
 from model.encoder import CONV4_SHAPE, build_encoder
-from model.evaluate import caption_features
+from model.decoding import caption_features
 from model.run_dir import load_run
 from model.train import train
 from tests.helpers import REPO

@@ -19,7 +19,7 @@ from data.layouts import load_dataset
 from data.splits import split_dataset
 from export.artifact import WARMUP, SessionModel
 from export.contract import ALTERNATIVE_SCORES, ALTERNATIVES
-from model.evaluate import caption_features
+from model.decoding import caption_features
 from model.run_dir import load_run
 from tests.helpers import (REPO, SIGNATURES, encoder_features, graph_ops, in_process_alternatives,
                            unregistered_ops)

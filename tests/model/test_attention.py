@@ -7,12 +7,13 @@ import pytest
 import tensorflow as tf
 
 from data.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
-from model.attention import AttentionCaptioner, SpatialStandardizer
-from model.base import MaskedCaptionLoss, ModelConfig
+from model.attention import AttentionCaptioner
+from model.base import MaskedCaptionLoss
 from model.captioner import Captioner
-from model.presets import build_captioner
-from model.decoding import DecodeConfig, aligned_attention, beam_search, decode_features
-from model.presets import PRESETS
+from model.decoding import aligned_attention, beam_search, decode_features
+from model.families import build_captioner
+from model.settings import PRESETS, DecodeConfig, ModelConfig
+from model.standardizers import SpatialStandardizer
 
 VOCAB = 20
 
@@ -94,8 +95,8 @@ def test_the_location_embedding_tells_where_the_model_looked():
 
 
 def test_spatial_standardizer_adapts_in_chunks_like_numpy(monkeypatch):
-    import model.base as base
-    monkeypatch.setattr(base, "ADAPT_ROWS_PER_CHUNK", 3)  # several chunks, one uneven
+    import model.standardizers as standardizers
+    monkeypatch.setattr(standardizers, "ADAPT_ROWS_PER_CHUNK", 3)  # several chunks, one uneven
     maps = (features(11) * 5 + 2).astype(np.float16)
     rows = [0, 2, 3, 5, 6, 7, 10]
     norm = SpatialStandardizer(dtype="float32")

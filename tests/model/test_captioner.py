@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.base import MaskedCaptionLoss, ModelConfig
-from model.presets import build_captioner
+from model.base import MaskedCaptionLoss
 from model.decoding import greedy_search
-from model.presets import PRESETS
+from model.families import build_captioner
+from model.settings import PRESETS, ModelConfig
 
 
 def test_seed_preset_has_the_original_shapes():

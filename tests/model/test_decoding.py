@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from data.vocabulary import END_ID, SPECIAL_TOKENS, START_ID
-from model.decoding import (DecodeConfig, beam_search, greedy_search, ids_to_captions,
-                            sample_search, words_table)
+from model.decoding import beam_search, greedy_search, ids_to_captions, sample_search, words_table
+from model.settings import DecodeConfig
 
 # Tokens: 0 <pad>, 1 <start>, 2 <end>, 3 <unk>, 4 "a", 5 "b", 6 "c".
 TOKENS = [*SPECIAL_TOKENS, "a", "b", "c"]

@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 
 import model.encoder as encoder_module
-from model.encoder import (GRID, IMAGENET_FILE, SPATIAL_SHAPE, EncoderConfig, EncoderWeightsError,
-                           build_encoder, encoder_id)
+from model.encoder import (GRID, IMAGENET_FILE, SPATIAL_SHAPE, EncoderWeightsError, build_encoder,
+                           encoder_id)
+from model.settings import EncoderConfig
 from tests.helpers import REPO
 
 
 WEIGHTS_DIGEST = """
 import hashlib, sys
-from model.encoder import EncoderConfig, build_encoder
+from model.encoder import build_encoder
+from model.settings import EncoderConfig
 digest = hashlib.sha256()
 for w in build_encoder(EncoderConfig("random", seed=int(sys.argv[1]))).get_weights():
     digest.update(w.tobytes())

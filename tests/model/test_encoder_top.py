@@ -14,15 +14,14 @@ from data.feature_cache import FeatureCacheError, load_features
 from data.layouts import load_dataset
 from data.pipeline import PipelineConfig, image_file_dataset, image_major_dataset
 from data.splits import split_dataset
-from model.base import ModelConfig
-from model.encoder import (CONV4_SHAPE, SPATIAL_SHAPE, EncoderConfig, build_conv5,
-                           build_encoder)
-from model.evaluate import caption_features
+from model.decoding import caption_features
+from model.encoder import CONV4_SHAPE, SPATIAL_SHAPE, build_conv5, build_encoder
+from model.families import build_captioner
 from model.features import TrainingFeed, default_cache_dir, ensure_features
-from model.presets import build_captioner
 from model.run_dir import load_run
-from model.top import ChannelStandardizer, init_from_run, resolve_encoder_top
-from model.train import parse_args, run_config, train
+from model.settings import EncoderConfig, ModelConfig, resolve_encoder_top
+from model.standardizers import ChannelStandardizer
+from model.train import init_from_run, parse_args, run_config, train
 
 RANDOM = EncoderConfig("random", seed=0)
 
@@ -78,8 +77,8 @@ def test_fine_tune_encoder_picks_the_top_by_the_weights(tmp_path):
 
 
 def test_channel_standardizer_reads_rows_in_chunks_like_numpy(monkeypatch):
-    import model.base as base
-    monkeypatch.setattr(base, "ADAPT_ROWS_PER_CHUNK", 4)
+    import model.standardizers as standardizers
+    monkeypatch.setattr(standardizers, "ADAPT_ROWS_PER_CHUNK", 4)
     maps = np.random.default_rng(1).normal(3, 2, size=[11, 5, 5, 6]).astype(np.float16)
     rows = [0, 1, 4, 5, 7, 9, 10]
     norm = ChannelStandardizer(dtype="float32")
@@ -253,7 +252,7 @@ def test_conv5_top_started_from_a_frozen_feature_run_captions_as_that_run(traine
     config = ModelConfig(**{**source.settings["model"], "encoder_top": "conv5"})
     captioner = build_captioner(config)
     captioner.top.load_encoder_weights(source.encoder_config)
-    copied = init_from_run(captioner, trained_run.run)
+    copied = init_from_run(captioner, source)
     assert {"feature_norm", "image_to_h", "embedding", "lstm", "to_logits"} <= set(copied)
     test = split_dataset(load_dataset(trained_run.data))["test"][:6]
     from data.images import decode_batch
@@ -270,11 +269,11 @@ def test_conv5_top_started_from_a_frozen_feature_run_captions_as_that_run(traine
 def test_init_from_refuses_another_family(trained_run):
     captioner = build_captioner(small_config(family="attention", encoder_top="head"))
     with pytest.raises(ValueError, match="of the pooled family, this one of the attention family"):
-        init_from_run(captioner, trained_run.run)
+        init_from_run(captioner, load_run(trained_run.run))
 
 
 def test_word_presence_loss_targets_the_words_of_each_images_captions():
-    from model.top import word_presence_loss
+    from model.base import word_presence_loss
     logits = np.random.default_rng(4).normal(size=[2, 9]).astype(np.float32)
     tokens = np.array([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 5, 8, 8, 2]], np.int32)
     present = np.zeros([2, 9], np.float32)

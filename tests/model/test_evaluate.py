@@ -11,7 +11,8 @@ from data import builtin
 from data.feature_cache import load_features
 from data.sources import open_dataset
 from data.splits import split_dataset
-from model.evaluate import CaptionDecoder, caption_features, evaluate_run, report_lines
+from model.decoding import CaptionDecoder, caption_features
+from model.evaluate import evaluate_run, report_lines
 from model.run_dir import load_run
 
 SCORES = {"bleu1", "bleu2", "bleu3", "bleu4", "coco_bleu4", "meteor", "rouge_l", "cider_d"}

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from model.base import FAMILIES
+from model.settings import FAMILIES
 from model.run_dir import load_run
 
 

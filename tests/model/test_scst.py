@@ -10,10 +10,10 @@ import tensorflow as tf
 from data.pipeline import image_batches
 from data.vocabulary import SPECIAL_TOKENS
 from model import scst
-from model.base import FAMILIES, ModelConfig
 from model.cider import CiderD, cider_references
-from model.decoding import DecodeConfig, decode_features
-from model.presets import build_captioner
+from model.decoding import decode_features
+from model.families import build_captioner
+from model.settings import FAMILIES, DecodeConfig, ModelConfig, ScstConfig
 
 WORDS = ["red", "blue", "green", "circle", "square", "a", "big", "small"]
 TOKENS = list(SPECIAL_TOKENS) + WORDS
@@ -42,7 +42,7 @@ def test_policy_gradient_loss_by_hand():
 
 def test_needs_two_samples():
     with pytest.raises(ValueError, match=">= 2 samples"):
-        scst.ScstConfig(samples=1)
+        ScstConfig(samples=1)
 
 
 def small_captioner(family="pooled"):
@@ -71,7 +71,7 @@ def test_fit_raises_the_reward_and_logs_like_cross_entropy_training(tmp_path, fa
     model = small_captioner(family)
     before = greedy_cider(model, features, references)
     decode = DecodeConfig(max_new_tokens=6)
-    scst.enable(model, references, decode, scst.ScstConfig(samples=6))
+    scst.enable(model, references, decode, ScstConfig(samples=6))
     model.compile(optimizer=keras.optimizers.Adam(2e-2))
     history_file = tmp_path / "history.csv"
     weights = tmp_path / "best.weights.h5"

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 from data.flags import settings_fields
-from model.base import FAMILIES, ModelConfig
-from model.decoding import DecodeConfig
-from model.encoder import EncoderConfig
-from model.presets import FAMILY_CLASSES, PRESETS
+from model.families import FAMILY_CLASSES
 from model.run_dir import load_run, weights_digest
-from model.scst import RECIPE as SCST_RECIPE, ScstConfig, ValidationCider
-from model.train import OVERRIDES, SECTIONS, TrainConfig, parse_args, run_config, train
+from model.scst import ValidationCider
+from model.settings import (FAMILIES, OVERRIDES, PRESETS, SCST_RECIPE, SECTIONS, DecodeConfig,
+                            EncoderConfig, ModelConfig, ScstConfig, TrainConfig)
+from model.train import parse_args, run_config, train
 from data.feature_cache import load_features
 from data.sources import open_dataset
 from data.splits import split_dataset
@@ -383,8 +382,9 @@ def test_mirrored_strategy_on_two_logical_cpus(small_builtin, feature_caches, tm
 MIXED = """
 import keras, tensorflow as tf, numpy as np
 keras.mixed_precision.set_global_policy("mixed_float16")
-from model.base import ModelConfig, MaskedCaptionLoss
-from model.presets import build_captioner
+from model.base import MaskedCaptionLoss
+from model.families import build_captioner
+from model.settings import ModelConfig
 from model.decoding import greedy_search
 m = build_captioner(ModelConfig(vocab_size=20, normalize_features=True))
 m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=MaskedCaptionLoss(0.1))
