@@ -23,6 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset

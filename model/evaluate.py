@@ -9,6 +9,10 @@ import argparse
 import logging
 import sys
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
