@@ -31,7 +31,7 @@ from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset
 from export.artifact import SessionModel, export_settings, latest_version
-from export.contract import ModelLoadError
+from export.loaded_model import ModelLoadError
 from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
 from model.evaluate import evaluate_run, report_lines
