@@ -23,11 +23,15 @@ import sys
 import time
 from pathlib import Path
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 from data.layouts import DatasetError
 from data.sources import open_dataset
 from data.splits import split_dataset
 from export.artifact import SessionModel, export_settings, latest_version
-from export.contract import ModelLoadError
+from export.loaded_model import ModelLoadError
 from export.saved_model import export_run
 from model.encoder import EncoderWeightsError
 from model.evaluate import evaluate_run, report_lines

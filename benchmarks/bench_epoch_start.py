@@ -13,6 +13,10 @@ the ways alternate round by round, each with a new model from the same seed.
 import dataclasses
 import time
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 import keras
 import numpy as np
 

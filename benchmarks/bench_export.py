@@ -11,6 +11,10 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 import numpy as np
 import tensorflow as tf
 

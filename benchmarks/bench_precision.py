@@ -14,6 +14,12 @@ import multiprocessing
 import time
 from pathlib import Path
 
+# A command (and the training child it spawns, which runs this file as __mp_main__): TensorFlow's
+# start-up noise is hidden before anything loads it.
+if __name__ in ("__main__", "__mp_main__"):
+    from data.quiet import quiet_command
+    quiet_command()
+
 import numpy as np
 
 from benchmarks._synthetic import photo_jpegs

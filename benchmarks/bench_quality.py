@@ -20,6 +20,10 @@ import statistics
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 from benchmarks._timing import REPO, machine, median, parse, report, round_robin
 from model.settings import SHORT_STAGE
 

@@ -16,6 +16,10 @@ import resource
 import sys
 import time
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 import keras
 import numpy as np
 import tensorflow as tf

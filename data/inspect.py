@@ -16,6 +16,10 @@ import pathlib
 import shutil
 import sys
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 from data.builtin import ensure_builtin
 from data.feature_cache import projected_cache_bytes
 from data.feature_kinds import FEATURE_KINDS

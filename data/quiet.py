@@ -1,10 +1,12 @@
 """TensorFlow's start-up noise, hidden in the project's commands; `STORYTELLER_VERBOSE=1` shows it.
 
-Every package's __init__ calls `quiet_tensorflow()`, so `python -m data.x / model.x / export.x /
-serving.x` and demo.py are covered before anything imports TensorFlow. It sets
-TF_CPP_MIN_LOG_LEVEL=2 (C++ INFO and WARNING lines) where the user has not set it, and drops these
-lines, which no setting reaches (C++ static initialisers print them while `import tensorflow` loads
-the libraries, before TensorFlow reads its environment):
+Only commands change how their process imports and logs: every `python -m data.x / model.x /
+export.x / serving.x / benchmarks.x` and demo.py calls `quiet_command()` under its
+`if __name__ == "__main__":` guard, placed above its first import that could load TensorFlow
+(importing those modules as a library changes nothing). It sets TF_CPP_MIN_LOG_LEVEL=2 (C++ INFO
+and WARNING lines) where the user has not set it, and drops these lines, which no setting reaches
+(C++ static initialisers print them while `import tensorflow` loads the libraries, before
+TensorFlow reads its environment):
 
   WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
   I... port.cc] oneDNN custom operations are on. ...
@@ -38,8 +40,9 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE, "") not in ("", "0")
 
 
-def quiet_tensorflow() -> None:
-    """Called by the package __init__ files; does nothing with STORYTELLER_VERBOSE=1."""
+def quiet_command() -> None:
+    """For a command's process only, before TensorFlow is imported; does nothing with
+    STORYTELLER_VERBOSE=1."""
     if verbose():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -19,7 +19,7 @@ from typing import Callable
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from export.contract import LoadedModel, ModelLoadError
+from export.loaded_model import LoadedModel, ModelLoadError
 
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"  # inside a version folder
 SETTINGS = Path("assets") / "export_settings.json"  # what export.saved_model recorded
@@ -132,7 +132,7 @@ _load = getattr(tf.compat.v1.saved_model.loader.load, "__wrapped__", tf.compat.v
 class SessionModel(LoadedModel):
     """A version loaded by the C++ SavedModel loader into a TF1 session, its signatures run by
     tensor names: the path tensorflow_model_server takes. `run` is safe to call from many threads.
-    A failed load raises ModelLoadError; a bad request ValueError (export/contract.py)."""
+    A failed load raises ModelLoadError; a bad request ValueError (export/loaded_model.py)."""
 
     def __init__(self, export_dir, config: tf.compat.v1.ConfigProto | None = None):
         self.export_dir = Path(export_dir)

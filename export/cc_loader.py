@@ -8,7 +8,7 @@ wheel's `libtensorflow_cc.so.2`), and feed/fetch the signatures by tensor name a
 This module never imports TensorFlow's Python package: loading the C library next to it crashes
 the process (clashing symbols). Signature names come from the MetaGraphDef the loader itself
 returns, parsed with TensorBoard's copy of the protos (no TensorFlow import either). CcSavedModel
-has SessionModel's interface and errors (export/contract.py: LoadedModel, ModelLoadError,
+has SessionModel's interface and errors (export/loaded_model.py: LoadedModel, ModelLoadError,
 ValueError for a bad request).
 """
 import argparse
@@ -18,10 +18,15 @@ import json
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 import numpy as np
 
 from data.quiet import dropping_noise
-from export.contract import IMAGE_SIGNATURES, LoadedModel, ModelLoadError, SERVING_DEFAULT
+from export.contract import IMAGE_SIGNATURES, SERVING_DEFAULT
+from export.loaded_model import LoadedModel, ModelLoadError
 
 SERVE_TAG = b"serve"
 TF_STRING = 7

@@ -8,9 +8,14 @@ import argparse
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 from export.artifact import (SERVER_MIXED_PRECISIONS, SessionModel, export_settings, latest_version,
                              session_config)
-from export.contract import DTYPE_NAMES, IMAGE_SIGNATURES, SERVING_DEFAULT, ModelLoadError
+from export.contract import IMAGE_SIGNATURES, SERVING_DEFAULT
+from export.loaded_model import DTYPE_NAMES, ModelLoadError
 
 
 def export_precision(export_dir) -> str:

@@ -9,6 +9,10 @@ import argparse
 import logging
 import sys
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 from data.feature_cache import load_features
 from data.layouts import DatasetError
 from data.sources import open_dataset

@@ -25,6 +25,10 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 import keras
 import tensorflow as tf
 

@@ -14,16 +14,18 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
 
-import gradio as gr  # noqa: E402  (after the analytics switch)
-from PIL import Image  # noqa: E402
+import gradio as gr
+from PIL import Image
 
-from data.files import BUILTIN_IMAGES, IMAGE_EXTENSIONS  # noqa: E402
-from export.contract import BEAM_SEARCH, SERVING_DEFAULT, CaptionResult  # noqa: E402
-from model.attention_maps import strip_of_file  # noqa: E402
-from serving.client import DEFAULT_REST, add_server_arguments, make_client  # noqa: E402
-from serving.protocol import ServingError, UnavailableError  # noqa: E402
+from data.files import BUILTIN_IMAGES, IMAGE_EXTENSIONS
+from export.contract import BEAM_SEARCH, SERVING_DEFAULT, CaptionResult
+from model.attention_maps import strip_of_file
+from serving.client import DEFAULT_REST, add_server_arguments, make_client
+from serving.protocol import ServingError, UnavailableError
 
 MODES = {"greedy": SERVING_DEFAULT, "beam search": BEAM_SEARCH}
 MAX_EXAMPLES = 6
@@ -80,7 +82,8 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
         beams = beam_list(captioned)
         return text + problem, gr.Textbox(beams, visible=bool(beams)), strip, gr.Column(visible=strip is not None)
 
-    with gr.Blocks(title="Neural Storyteller") as app:
+    # Analytics off by argument, not by environment: importing this module changes nothing.
+    with gr.Blocks(title="Neural Storyteller", analytics_enabled=False) as app:
         gr.Markdown(f"# Neural Storyteller\nCaptions from the model server at `{server_label}`.")
         with gr.Row():
             with gr.Column():

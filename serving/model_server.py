@@ -22,6 +22,10 @@ import signal
 import threading
 from pathlib import Path
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up noise is hidden before anything loads it
+    from data.quiet import quiet_command
+    quiet_command()
+
 import grpc
 import numpy as np
 import tensorflow as tf

@@ -195,7 +195,7 @@ def test_both_loaders_refuse_the_same_mistakes_alike(default_export, tmp_path):
     cc = json.loads(result.stdout)
     session = json.loads(json.dumps(runpy.run_path(str(script))["attempt"](SessionModel, str(default_export))))
     assert cc == session
-    assert cc["load"] == ["export.contract.ModelLoadError", True]
+    assert cc["load"] == ["export.loaded_model.ModelLoadError", True]
     assert {case: kind for case, (kind, _) in cc.items() if case != "load"} == {
         "unknown signature": "ValueError", "unknown input": "ValueError", "missing input": "ValueError",
         "number for string": "ValueError", "string for number": "ValueError"}
