@@ -23,7 +23,9 @@ from export.artifact import SessionModel, export_settings
 from model.encoder import build_encoder
 from model.run_dir import load_run
 from model.decoding import DecodeConfig
-from tests.helpers import REPO, encoder_features, huge_png_header, in_process_alternatives
+from tests.helpers import REPO
+from tests.helpers.images import huge_png_header
+from tests.helpers.reference import encoder_features, in_process_alternatives
 
 IMAGE_SIGNATURES = ("serving_default", "beam_search")
 

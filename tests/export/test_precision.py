@@ -26,7 +26,9 @@ from export.artifact import WARMUP, SessionModel, session_config
 from export.contract import ALTERNATIVE_SCORES, ALTERNATIVES
 from export.inspect import export_precision
 from export.precision import check_export_precision, mixed_policy
-from tests.helpers import REPO, SIGNATURES, graph_ops, running_server, unregistered_ops
+from tests.helpers import REPO
+from tests.helpers.ops import SIGNATURES, graph_ops, unregistered_ops
+from tests.helpers.servers import running_server
 
 # Measured on the 30 test images of the shared trained_run (AMX Xeon, TF 2.21): server bfloat16
 # mode 0.83, float16 export 0.90, bfloat16 export 0.87; the threshold leaves room for other CPUs'

@@ -47,7 +47,7 @@ def test_load_run_names_settings_its_dataclass_does_not_have(untrained_run, tmp_
 def test_export_run_exports_an_untrained_run(untrained_run_factory, family, tmp_path):
     from export.artifact import SessionModel, export_settings
     from export.saved_model import export_run
-    from tests.helpers import image_bytes
+    from tests.helpers.images import image_bytes
 
     version = export_run(untrained_run_factory(family), tmp_path / "captioner", "auto")
     assert version.name == "1" and (version / "saved_model.pb").is_file()

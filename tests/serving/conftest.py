@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.helpers import IS_STANDIN, MODEL_NAME, running_server  # noqa: F401
+from tests.helpers.servers import IS_STANDIN, MODEL_NAME, running_server  # noqa: F401
 
 _cache = {}
 

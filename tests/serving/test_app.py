@@ -7,10 +7,9 @@ import os
 
 import pytest
 
-from tests.helpers import (ARTIFACTS, CHROMIUM, BLUE, IS_STANDIN, RED, AppProcess, captioned_page,
-                           wait_for_captions,
-                           free_port, image_bytes, red_corner_image,
-                           running_server)
+from tests.helpers.browser import ARTIFACTS, CHROMIUM, captioned_page, wait_for_captions
+from tests.helpers.images import BLUE, RED, image_bytes, red_corner_image
+from tests.helpers.servers import IS_STANDIN, AppProcess, free_port, running_server
 
 
 @pytest.fixture(scope="module")

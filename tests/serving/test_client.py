@@ -13,8 +13,10 @@ import pytest
 from export.artifact import SessionModel, latest_version
 from serving.client import ClientSettings, GrpcClient, RestClient, make_client
 from serving.protocol import InvalidArgumentError, NotFoundError, UnavailableError
-from tests.helpers import (BLUE, IS_STANDIN, REPO, RED, RED_CORNER, ServerProcess, free_port,
-                           image_bytes, red_corner_image, running_server, subprocess_env)
+from tests.helpers import REPO
+from tests.helpers.images import BLUE, RED, RED_CORNER, image_bytes, red_corner_image
+from tests.helpers.servers import (IS_STANDIN, ServerProcess, free_port, running_server,
+                                   subprocess_env)
 
 
 @pytest.fixture(scope="module")

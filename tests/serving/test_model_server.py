@@ -18,8 +18,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from serving.model_server import MAX_REQUEST_BYTES
-from tests.helpers import (BLUE, IS_STANDIN, MODEL_NAME, REPO, RED, hostile_images, image_bytes,
-                           running_server, subprocess_env)
+from tests.helpers import REPO
+from tests.helpers.images import BLUE, RED, hostile_images, image_bytes
+from tests.helpers.servers import IS_STANDIN, MODEL_NAME, running_server, subprocess_env
 
 
 @pytest.fixture(scope="module")

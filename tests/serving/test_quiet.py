@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.helpers import RED, REPO, image_bytes
+from tests.helpers import REPO
+from tests.helpers.images import RED, image_bytes
 
 NOISE = re.compile(r"oneDNN|cuda|absl|cpu_feature_guard|is deprecated", re.IGNORECASE)
 
