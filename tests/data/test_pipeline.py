@@ -185,6 +185,7 @@ def test_float16_features_stay_float16_in_the_variable_float32_stay_float32():
     np.testing.assert_array_equal(batch, pooled16.astype(np.float32))
 
 
+@pytest.mark.slow  # fast tier: test_spatial_float16_maps_come_out_as_float32_batches_of_the_right_rows
 def test_keras_fit_runs_on_spatial_float16_features():
     maps = _spatial_maps(8, channels=6)
     _, rows, tokens = _captions(num_images=8, per_image=2, longest=6)
@@ -212,6 +213,7 @@ def test_flickr30k_sized_input_builds_and_iterates():
     assert x["features"].shape == (128, 2048) and y.shape == (128, 3)
 
 
+@pytest.mark.slow  # fast tier: the shared trained runs fit the captioner on these datasets
 def test_keras_fit_runs_several_epochs_over_the_dataset():
     features, rows, tokens = _captions(num_images=8, per_image=2, longest=6)
     tokens = [[t if t < 1000 else 3 for t in ids] for ids in tokens]  # vocabulary of 4

@@ -135,21 +135,9 @@ def test_conv4_features_have_their_own_cache(small_builtin, tmp_path):
                                rtol=2e-3, atol=2e-3)  # float16 storage
 
 
-@pytest.fixture(scope="module")
-def head_run(small_builtin, feature_caches, tmp_path_factory):
-    """The attention preset on the small built-in data (random weights: the head), small and
-    2 epochs: (base folder, its run in base/run, summary, the conv4 cache)."""
-    base = tmp_path_factory.mktemp("head-run")
-    summary = train(base / "run", "attention", data=small_builtin,
-                    cache_dir=feature_caches("conv4"), verbose=0, epochs=2, patience=2,
-                    batch_size=64, min_count=2, units=64, embed_dim=32,
-                    encoder_weights="random", evaluate=False)
-    return base, summary, feature_caches("conv4")
-
-
-def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_run):
-    base, summary, cache = head_run
-    run = load_run(base / "run")
+def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_top_run):
+    summary, cache = head_top_run.summary, head_top_run.cache
+    run = load_run(head_top_run.run)
     assert run.model_config.encoder_top == "head" and summary["epochs"] == 2
     assert run.settings["data"]["feature_cache"] == str(cache)
     names, features = load_features(cache)
@@ -163,9 +151,10 @@ def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_run):
     assert -(-train_images // 13) <= summary["steps_per_epoch"] < -(-train_images // 13) + 8
 
 
-def test_training_from_images_writes_the_cached_paths_checkpoint(head_run, small_builtin,
+@pytest.mark.slow  # a third training; the fast tier reads image files into image-major batches in
+# tests/data/test_pipeline.py (test_image_file_dataset_leaves_out_a_broken_image_with_its_captions)
+def test_training_from_images_writes_the_cached_paths_checkpoint(head_top_run, small_builtin,
                                                                   tmp_path):
-    base = head_run[0]
     summary = train(tmp_path / "run", "attention", data=small_builtin,
                     cache_dir=tmp_path / "cache", verbose=0, epochs=2, batch_size=64,
                     min_count=2, units=64, embed_dim=32, encoder_weights="random",
@@ -181,7 +170,7 @@ def test_training_from_images_writes_the_cached_paths_checkpoint(head_run, small
             found = {}
             f.visititems(lambda name, item: found.setdefault(name, getattr(item, "shape", None)))
             return found
-    assert layout(tmp_path / "run" / "best.weights.h5") == layout(base / "run" / "best.weights.h5")
+    assert layout(tmp_path / "run" / "best.weights.h5") == layout(head_top_run.run / "best.weights.h5")
     run = load_run(tmp_path / "run")  # and a conv4-fed captioner loads it
     names, features = load_features(tmp_path / "cache")
     captions, _ = caption_features(run.load_captioner(), run.vocabulary.tokens, features[:4],
@@ -189,6 +178,8 @@ def test_training_from_images_writes_the_cached_paths_checkpoint(head_run, small
     assert len(captions) == 4
 
 
+@pytest.mark.slow  # three ResNet50s; the fast tier builds and runs conv5 tops of both families in
+# test_image_major_batch_gives_the_logits_of_one_row_per_caption
 def test_conv5_top_started_from_a_frozen_feature_run_captions_as_that_run(trained_run):
     """Same weights, so at the start conv5(conv4 maps) is the pooled run's feature map: the
     decoder and its standardiser carry over and the captions are the run's own."""

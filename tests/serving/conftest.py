@@ -1,5 +1,5 @@
-"""Fixtures of the serving tests: the model folder they serve, an in-process reference and the
-attention stand-in's server.
+"""Fixtures of the serving tests: the model folder they serve, an in-process reference, the server
+of it and the attention stand-in's server.
 
 `served_model_base` is THE model folder every serving test uses (a base path holding version 1).
 By default it is the stand-in model (tests/serving/standin_model.py) built once per session; set
@@ -40,6 +40,16 @@ def attention_model_base(tmp_path_factory) -> str:
         publish_standin(base, 1, attention=True)
         _cache["attention_base"] = base
     return _cache["attention_base"]
+
+
+@pytest.fixture(scope="session")
+def server(served_model_base, tmp_path_factory):
+    """serving.model_server serving `served_model_base` (REST and gRPC) for the session: the one
+    server the model server's, the client's and the app's tests talk to (the tests that send it
+    abuse check it still serves; its clean shutdown is checked when the session ends)."""
+    log = str(tmp_path_factory.mktemp("server") / "server.log")
+    with running_server(log, base=served_model_base) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

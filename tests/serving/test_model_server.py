@@ -24,13 +24,6 @@ from tests.helpers.servers import IS_STANDIN, MODEL_NAME, running_server, subpro
 
 
 @pytest.fixture(scope="module")
-def server(served_model_base, tmp_path_factory):
-    log = str(tmp_path_factory.mktemp("api") / "server.log")
-    with running_server(log, base=served_model_base) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def channel(server):
     with grpc.insecure_channel(server.grpc_target, options=[
             ("grpc.max_send_message_length", 32 << 20),
