@@ -109,17 +109,6 @@ def test_export_precision_is_checked_and_the_policy_restored():
     assert keras.mixed_precision.global_policy().name == before
 
 
-def test_deployment_files_have_the_bfloat16_variant():
-    import yaml
-    compose = yaml.safe_load((REPO / "serving" / "docker-compose.yml").read_text())
-    plain, bf16 = compose["services"]["serving"], compose["services"]["serving-bf16"]
-    assert bf16["profiles"] == ["bf16"] and bf16["image"] == plain["image"]  # CPU image
-    assert bf16["command"] == plain["command"] + ["--mixed_precision=bfloat16"]
-    assert bf16["volumes"] == plain["volumes"]
-    readme = (REPO / "docs" / "serving.md").read_text()
-    assert "  --mixed_precision=bfloat16\n```" in readme and "--profile bf16" in readme
-
-
 # ---- the server's bfloat16 mode on the float32 export -------------------------------------------
 
 @pytest.fixture(scope="module")

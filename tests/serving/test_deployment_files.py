@@ -89,6 +89,16 @@ def test_docker_compose():
         assert mounts["/models/captioner"].startswith("${MODEL_DIR")
 
 
+def test_deployment_files_have_the_bfloat16_variant():
+    compose = yaml.safe_load((REPO / "serving" / "docker-compose.yml").read_text())
+    plain, bf16 = compose["services"]["serving"], compose["services"]["serving-bf16"]
+    assert bf16["profiles"] == ["bf16"] and bf16["image"] == plain["image"]  # CPU image
+    assert bf16["command"] == plain["command"] + ["--mixed_precision=bfloat16"]
+    assert bf16["volumes"] == plain["volumes"]
+    readme = (REPO / "docs" / "serving.md").read_text()
+    assert "  --mixed_precision=bfloat16\n```" in readme and "--profile bf16" in readme
+
+
 def test_readme_has_the_docker_and_curl_commands():
     with open(os.path.join(REPO, "docs", "serving.md")) as f:
         text = f.read()
