@@ -67,3 +67,11 @@ def reference(served_model_base):
     from export.artifact import SessionModel, latest_version
     with SessionModel(latest_version(served_model_base)) as model:
         yield model
+
+
+@pytest.fixture(scope="session")
+def attention_reference(attention_model_base):
+    """The attention stand-in run in this process as TF Serving runs it (as `reference`)."""
+    from export.artifact import SessionModel, latest_version
+    with SessionModel(latest_version(attention_model_base)) as model:
+        yield model

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 
-from export.artifact import SessionModel, latest_version
 from serving.client import ClientSettings, GrpcClient, RestClient, make_client
 from serving.protocol import InvalidArgumentError, NotFoundError, UnavailableError
 from tests.helpers import REPO
@@ -60,17 +59,16 @@ def attention_client(request, attention_server):
         yield c
 
 
-def test_attention_maps_equal_in_process(attention_client, attention_model_base):
+def test_attention_maps_equal_in_process(attention_client, attention_reference):
     images = [red_corner_image(), image_bytes(BLUE, fmt="JPEG"), b"not an image"]
-    with SessionModel(latest_version(attention_model_base)) as reference:
-        for signature in ("serving_default", "beam_search"):
-            results = attention_client.caption(images, signature)
-            expected = reference.run(signature, {"image_bytes": np.array(images, dtype=object)})
-            assert [r.caption for r in results] == [c.decode() for c in expected["caption"]]
-            for result, maps in zip(results, expected["attention"]):
-                assert result.attention.dtype == np.float32 and result.attention.shape == (30, 7, 7)
-                np.testing.assert_allclose(result.attention, maps, atol=1e-6)
-            assert not np.any(results[2].attention)  # the bad image: all zeros
+    for signature in ("serving_default", "beam_search"):
+        results = attention_client.caption(images, signature)
+        expected = attention_reference.run(signature, {"image_bytes": np.array(images, dtype=object)})
+        assert [r.caption for r in results] == [c.decode() for c in expected["caption"]]
+        for result, maps in zip(results, expected["attention"]):
+            assert result.attention.dtype == np.float32 and result.attention.shape == (30, 7, 7)
+            np.testing.assert_allclose(result.attention, maps, atol=1e-6)
+        assert not np.any(results[2].attention)  # the bad image: all zeros
 
 
 def test_attention_word_maps_show_where_the_colour_is(attention_client):
