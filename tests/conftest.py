@@ -162,6 +162,16 @@ def trained_attention_run(request, small_builtin, feature_caches,
 
 
 @pytest.fixture(scope="session")
+def head_top_run(small_builtin, feature_caches, tmp_path_factory) -> TrainedFixture:
+    """The attention preset with random weights, whose trainable encoder top is the conv head,
+    trained 2 small epochs on the conv4 maps of the small built-in data, not evaluated: the one run
+    that the tests of training (tests/model/test_encoder_top.py) and of exporting
+    (tests/export/test_encoder_top.py) a run with a top share."""
+    return train_preset("attention", small_builtin, tmp_path_factory.mktemp("head-top-run"),
+                        feature_caches("conv4"), 2, 2, units=64, embed_dim=32, evaluate=False)
+
+
+@pytest.fixture(scope="session")
 def exported_model(trained_run, tmp_path_factory) -> Path:
     """The trained run exported as <base>/1 (the folder TF Serving would be pointed at: .parent):
     for tests that judge the served captions' quality (contract tests: untrained_export)."""

@@ -16,6 +16,13 @@ def encode(image, fmt, **kwargs):
     return buffer.getvalue()
 
 
+# decode_batch as the export and the feature cache run it: traced once into a graph (autograph
+# off, as in the export), then only executed. Each eager call traces its tf.data map anew (~1 s on
+# 2 cores): the tests below call this one, test_red_image_matches_between_formats and
+# test_decode_one_preprocessing_is_resnet_caffe keep the eager path.
+decode_traced = tf.function(decode_batch, input_signature=[tf.TensorSpec([None], tf.string)],
+                            autograph=False)
+
 RED = Image.new("RGB", (60, 40), (200, 30, 30))
 PNG = encode(RED, "PNG")
 JPEG = encode(RED, "JPEG")
@@ -35,7 +42,7 @@ def variants():
 
 @pytest.mark.parametrize("name", list(variants()))
 def test_variants_decode(name):
-    batch, errors = decode_batch(tf.constant([variants()[name]]))
+    batch, errors = decode_traced(tf.constant([variants()[name]]))
     assert errors.numpy()[0] == b"", name
     assert batch.shape == (1, images.IMAGE_SIZE, images.IMAGE_SIZE, 3)
     assert np.abs(batch.numpy()).sum() > 0
@@ -52,12 +59,12 @@ def test_bad_items_get_reasons_and_good_ones_survive():
     huge = encode(Image.new("L", (8000, 8000)), "PNG")  # 64 Mpx, refused from its header
     batch = [PNG, b"", b"just some text", PNG[: len(PNG) // 2], encode(RED, "TIFF"), huge,
              PNG[:30], b"<html><body>no</body></html>", JPEG]
-    pixels, errors = decode_batch(tf.constant(batch))
+    pixels, errors = decode_traced(tf.constant(batch))
     errors = [e.decode() for e in errors.numpy()]
     assert errors == ["", images.ERROR_EMPTY, images.ERROR_FORMAT, images.ERROR_CORRUPT,
                       images.ERROR_FORMAT, images.ERROR_PIXELS, images.ERROR_CORRUPT,
                       images.ERROR_FORMAT, ""]
-    good = decode_batch(tf.constant([PNG]))[0]
+    good = decode_traced(tf.constant([PNG]))[0]
     np.testing.assert_allclose(pixels[0], good[0], atol=1e-5)  # neighbours don't disturb it
     assert np.all(pixels.numpy()[1:8] == 0)
 
@@ -65,22 +72,22 @@ def test_bad_items_get_reasons_and_good_ones_survive():
 def test_inputs_shorter_than_any_magic_are_an_unsupported_format():
     # Shorter than the 12 bytes the sniffer reads (WebP's "RIFF....WEBP"): never "corrupt".
     short = [b"x", b"GIF8", b"\x89PN", b"RIFF", b"RIFF\x00\x00\x00\x00WEB", b"\xff\xd8"]
-    _, errors = decode_batch(tf.constant(short))
+    _, errors = decode_traced(tf.constant(short))
     assert [e.decode() for e in errors.numpy()] == [images.ERROR_FORMAT] * len(short)
 
 
 def test_truncated_jpeg_recovered_or_refused_never_raises():
     big = encode(Image.fromarray(np.random.RandomState(0).randint(0, 255, (200, 300, 3), np.uint8)), "JPEG")
     for fraction in (0.3, 0.6, 0.9):
-        _, errors = decode_batch(tf.constant([big[: int(len(big) * fraction)], PNG]))
+        _, errors = decode_traced(tf.constant([big[: int(len(big) * fraction)], PNG]))
         assert errors.numpy()[0] in (b"", images.ERROR_CORRUPT.encode())
         assert errors.numpy()[1] == b""
 
 
 def test_all_bad_and_empty_batches():
-    pixels, errors = decode_batch(tf.constant([b"", b"x"]))
+    pixels, errors = decode_traced(tf.constant([b"", b"x"]))
     assert pixels.shape[0] == 2 and all(e != b"" for e in errors.numpy())
-    pixels, errors = decode_batch(tf.constant([], tf.string))
+    pixels, errors = decode_traced(tf.constant([], tf.string))
     assert pixels.shape[0] == 0 and errors.shape == (0,)
 
 
@@ -120,7 +127,7 @@ def webp_kinds():
 
 
 def errors_of(items):
-    return [e.decode() for e in decode_batch(tf.constant(items))[1].numpy()]
+    return [e.decode() for e in decode_traced(tf.constant(items))[1].numpy()]
 
 
 def test_format_error_names_webp():
@@ -138,7 +145,7 @@ def test_webp_decodes_like_pillow(name):
     # convert("RGB") does), then through the same resize and preprocessing.
     pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     np.testing.assert_array_equal(images._decode_rgb(tf.constant(data), fmt), pillow)
-    batch, errors = decode_batch(tf.constant([data]))
+    batch, errors = decode_traced(tf.constant([data]))
     assert errors.numpy()[0] == b""
     expected = images.preprocess_for_encoder(tf.constant(pillow))
     np.testing.assert_allclose(batch[0], expected, atol=1e-3)

@@ -42,10 +42,10 @@ def test_text_report(dataset_dir, tmp_path):
     assert "(sha1 split)" in out and "vocabulary:" in out and "min count 3" in out
 
 
-def test_json_report(dataset_dir, tmp_path):
-    result = run(dataset_dir, "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+def test_json_report(dataset_dir, capsys):
+    # In this process: test_text_report (slow) runs the command in its own interpreter.
+    assert inspect_cli.main([str(dataset_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["layout"] == "kaggle_captions_txt"
     assert (report["images"], report["captions"]) == (40, 200)
     assert report["skipped"]["counts"] == {"missing image": 1, "wrong number of fields": 1}

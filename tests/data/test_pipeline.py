@@ -1,11 +1,13 @@
-"""data/pipeline.py: element structure, teacher-forcing shift, padding, bucketing, order, seeds."""
+"""data/pipeline.py: element structure, teacher-forcing shift, padding, bucketing, order, seeds;
+image-major batches (each image once, its captions pointing at it) from features or image files."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from data.layouts import load_dataset
 from data.pipeline import (PipelineConfig, _feature_table, caption_examples, evaluation_dataset,
-                           training_dataset)
+                           image_file_dataset, image_major_dataset, training_dataset)
 
 START, END = 1, 2
 
@@ -183,6 +185,7 @@ def test_float16_features_stay_float16_in_the_variable_float32_stay_float32():
     np.testing.assert_array_equal(batch, pooled16.astype(np.float32))
 
 
+@pytest.mark.slow  # fast tier: test_spatial_float16_maps_come_out_as_float32_batches_of_the_right_rows
 def test_keras_fit_runs_on_spatial_float16_features():
     maps = _spatial_maps(8, channels=6)
     _, rows, tokens = _captions(num_images=8, per_image=2, longest=6)
@@ -210,6 +213,7 @@ def test_flickr30k_sized_input_builds_and_iterates():
     assert x["features"].shape == (128, 2048) and y.shape == (128, 3)
 
 
+@pytest.mark.slow  # fast tier: the shared trained runs fit the captioner on these datasets
 def test_keras_fit_runs_several_epochs_over_the_dataset():
     features, rows, tokens = _captions(num_images=8, per_image=2, longest=6)
     tokens = [[t if t < 1000 else 3 for t in ids] for ids in tokens]  # vocabulary of 4
@@ -226,3 +230,62 @@ def test_keras_fit_runs_several_epochs_over_the_dataset():
                                                            PipelineConfig(batch_size=4)),
                         epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2
+
+
+# --- image-major batches (one row per image, its captions pointing at it: model/top.py's feed)
+
+def test_image_major_dataset_holds_every_caption_once_with_its_image():
+    features = np.arange(6, dtype=np.float32)[:, None] * np.ones([6, 3], np.float32)
+    rows = [4, 4, 1, 1, 1, 5, 0, 4]
+    tokens = [[1, 10 + i, 2] if i % 2 else [1, 10 + i, 7, 2] for i in range(len(rows))]
+    config = PipelineConfig(batch_size=3, seed=1)  # 3 captions' worth: 2 of the 4 images
+    batches = list(image_major_dataset(features, rows, tokens, config))
+    assert len(batches) == 2
+    seen = []
+    for inputs, targets in batches:
+        image_of = inputs["features"].numpy()[inputs["image_index"].numpy(), 0]
+        words = inputs["tokens"].numpy()[:, 1]
+        seen += list(zip(words, image_of))
+        np.testing.assert_array_equal(targets.numpy()[:, 0], words)
+    assert sorted(seen) == sorted((10 + i, float(r)) for i, r in enumerate(rows))
+    unshuffled = [b[0]["features"].numpy()[:, 0] for b in
+                  image_major_dataset(features, rows, tokens, config, shuffle=False)]
+    assert np.concatenate(unshuffled).tolist() == [0, 1, 4, 5]
+
+
+def test_image_major_training_batches_images_of_similar_longest_captions():
+    """Every caption of a batch is padded to its longest: training batches images whose longest
+    captions fall in one bucket_width-wide bucket; every caption still comes once an epoch."""
+    rng = np.random.default_rng(4)
+    rows = np.repeat(np.arange(40), 3)
+    tokens = [[1] + [5] * int(rng.integers(1, 20)) + [2] for _ in rows]
+    config = PipelineConfig(batch_size=12, seed=0, bucket_width=4)  # 4 images a batch
+    dataset = image_major_dataset(np.zeros([40, 2], np.float32), rows, tokens, config)
+    longest = np.array([max(len(t) - 1 for t, r in zip(tokens, rows) if r == image)
+                        for image in range(40)])
+    boundaries = np.arange(5, longest.max() + 1, 4)
+    seen = 0
+    for inputs, _ in dataset:
+        images = inputs["features"].shape[0]
+        index = inputs["image_index"].numpy()
+        steps = (inputs["tokens"].numpy() > 0).sum(1)   # <start> + words, per caption
+        per_image = [steps[index == i].max() for i in range(images)]
+        assert len(set(np.searchsorted(boundaries, per_image, side="right"))) == 1
+        assert inputs["tokens"].shape[1] == max(per_image)
+        seen += len(index)
+    assert seen == len(rows) and int(dataset.cardinality()) == len(list(dataset))
+
+
+def test_image_file_dataset_leaves_out_a_broken_image_with_its_captions(tmp_path, small_builtin):
+    good = [image.path for image in load_dataset(small_builtin).images[:2]]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(good[0].read_bytes()[:300])
+    files = [str(good[0]), str(broken), str(good[1])]
+    rows, tokens = [0, 1, 1, 2], [[1, 5, 2], [1, 6, 2], [1, 7, 2], [1, 8, 2]]
+    batches = list(image_file_dataset(files, rows, tokens, PipelineConfig(batch_size=8),
+                                      shuffle=False))
+    assert len(batches) == 1
+    inputs, targets = batches[0]
+    assert inputs["images"].shape == (2, 224, 224, 3)
+    assert inputs["tokens"][:, 1].numpy().tolist() == [5, 8]  # the broken image's are gone
+    assert inputs["image_index"].numpy().tolist() == [0, 1]

@@ -12,8 +12,9 @@ from data.splits import split_dataset
 from model.decoding import caption_features
 from model.run_dir import load_run
 from serving.client import GrpcClient, RestClient
-from tests.helpers import (CHROMIUM, AppProcess, captioned_page, encoder_features,
-                           in_process_alternatives, running_server, wait_for_captions)
+from tests.helpers.browser import CHROMIUM, captioned_page, wait_for_captions
+from tests.helpers.reference import encoder_features, in_process_alternatives
+from tests.helpers.servers import AppProcess, running_server
 
 # Full tier only: the whole path again through a server process and a browser (~25 s); the fast
 # tier covers each piece (export, C++ loader, client, page) on its own.

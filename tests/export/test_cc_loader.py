@@ -23,7 +23,9 @@ from export.artifact import SessionModel, export_settings
 from model.encoder import build_encoder
 from model.run_dir import load_run
 from model.settings import DecodeConfig
-from tests.helpers import REPO, encoder_features, huge_png_header, in_process_alternatives
+from tests.helpers import REPO
+from tests.helpers.images import huge_png_header
+from tests.helpers.reference import encoder_features, in_process_alternatives
 
 IMAGE_SIGNATURES = ("serving_default", "beam_search")
 
@@ -112,12 +114,15 @@ def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, export_kind, ho
             assert [len(r["alternatives"]) for r in rows] == [0 if e else width for e in HOSTILE_ERRORS]
             assert all(r["alternatives"][0]["caption"] == r["caption"] for r in rows if r["alternatives"])
             if signature == "beam_search" and export_kind.precision == "float32":
-                # and they are what the decoder computes in process, from the same images
+                # and they are what the decoder computes in process with the export's decode
+                # settings, from the same images (for the run's own settings, test_saved_model.py
+                # compares the session's alternatives with the decoder's)
                 run, good = load_run(export_kind.run), [i for i, e in enumerate(HOSTILE_ERRORS) if not e]
                 decode = DecodeConfig(**export_settings(export_dir)["decode"])
-                features = encoder_features(run, [hostile_files[i] for i in good])
-                assert [[a["caption"] for a in rows[i]["alternatives"]] for i in good] == \
-                    [[c for c, _ in a] for a in in_process_alternatives(run, features, decode)]
+                if decode != run.decode_config:
+                    features = encoder_features(run, [hostile_files[i] for i in good])
+                    assert [[a["caption"] for a in rows[i]["alternatives"]] for i in good] == \
+                        [[c for c, _ in a] for a in in_process_alternatives(run, features, decode)]
             if expected[0].attention is not None:  # the attention export's per-word maps
                 np.testing.assert_allclose([r["attention"] for r in rows],
                                            [e.attention for e in expected], atol=1e-5)
@@ -127,24 +132,10 @@ def test_cc_loader_equals_session_on_a_hostile_batch(export_dir, export_kind, ho
             assert all(r["caption"] for r in rows if not r["error"])  # real captions
 
 
-def test_cc_loader_runs_without_tensorflow_python_and_reports_errors(default_export, tmp_path):
-    script = ("import sys, numpy as np\n"
-              "from export.cc_loader import CcSavedModel\n"
-              f"with CcSavedModel({str(default_export)!r}) as m:\n"
-              "    out = m.run('caption_features', {'features': np.zeros([2, 2048], np.float32)})\n"
-              "print(len(out['caption']), 'tensorflow' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["2", "False"]
-
-    missing = cc_loader_cli(str(tmp_path / "no-such-export"))
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert "no-such-export" in missing.stderr and "loading the SavedModel failed" in missing.stderr
-
-
 # The same mistakes made to a loader: run in this process with SessionModel and, from the same file,
-# in a fresh process with CcSavedModel (its C API cannot share a process with TensorFlow's Python).
+# in a fresh process with CcSavedModel (its C API cannot share a process with TensorFlow's Python),
+# which also runs the command line on a missing export and tells whether TensorFlow's Python
+# package was ever imported.
 MISTAKES_SCRIPT = """
 import json, sys
 import numpy as np
@@ -176,27 +167,42 @@ def attempt(loader, export_dir):  # {case: [exception type, message]}; for the l
                 outcome[case] = None
             except Exception as error:
                 outcome[case] = [type(error).__qualname__, str(error)]
+        out = model.run("caption_features", {"features": np.zeros([2, 2048], np.float32)})
+        outcome["captions of features"] = len(out["caption"])
     return outcome
 
 
 if __name__ == "__main__":
-    from export.cc_loader import CcSavedModel
-    print(json.dumps(attempt(CcSavedModel, sys.argv[1])))
+    import contextlib, io
+    from export.cc_loader import CcSavedModel, main
+    outcome = attempt(CcSavedModel, sys.argv[1])
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):  # `python -m export.cc_loader MISSING`
+        code = main([sys.argv[1] + "-no-such-export"])
+    print(json.dumps({"loader": outcome, "cli": [code, stderr.getvalue()],
+                      "tensorflow imported": "tensorflow" in sys.modules}))
 """
 
 
-def test_both_loaders_refuse_the_same_mistakes_alike(default_export, tmp_path):
+def test_both_loaders_refuse_the_same_mistakes_alike_and_cc_needs_no_tensorflow_python(
+        default_export, tmp_path):
     script = tmp_path / "mistakes.py"
     script.write_text(MISTAKES_SCRIPT)
     result = subprocess.run([sys.executable, str(script), str(default_export)], cwd=REPO,
                             capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr[-3000:]
-    cc = json.loads(result.stdout)
+    answer = json.loads(result.stdout)
+    assert answer["tensorflow imported"] is False  # the C API alone
+    code, stderr = answer["cli"]
+    assert code == 2 and "no-such-export" in stderr and "loading the SavedModel failed" in stderr
+    cc = answer["loader"]
     session = json.loads(json.dumps(runpy.run_path(str(script))["attempt"](SessionModel, str(default_export))))
     assert cc == session
+    assert cc["captions of features"] == 2
     assert cc["load"] == ["export.loaded_model.ModelLoadError", True]
-    assert {case: kind for case, (kind, _) in cc.items() if case != "load"} == {
+    assert {case: outcome[0] for case, outcome in cc.items()
+            if case not in ("load", "captions of features")} == {
         "unknown signature": "ValueError", "unknown input": "ValueError", "missing input": "ValueError",
         "number for string": "ValueError", "string for number": "ValueError"}
     assert cc["unknown signature"][1] == 'Serving signature name: "nope" not found in signature def'

@@ -19,18 +19,14 @@ from export.saved_model import ExportConfig, export_run
 from model.encoder import CONV4_SHAPE, build_encoder
 from model.decoding import caption_features
 from model.run_dir import load_run
-from model.train import train
 from tests.helpers import REPO
 
 @pytest.fixture(scope="module")
-def top_export(small_builtin, feature_caches, tmp_path_factory):
-    """(run folder, its export) of the attention preset's head-top run: small, 2 epochs, random
-    weights."""
-    base = tmp_path_factory.mktemp("top-attention")
-    train(base / "run", "attention", data=small_builtin, cache_dir=feature_caches("conv4"),
-          verbose=0, epochs=2, patience=2, batch_size=64, min_count=2, units=64, embed_dim=32,
-          encoder_weights="random", evaluate=False)
-    return base / "run", export_run(base / "run", base / "models", "auto", warmup_images=[])
+def top_export(head_top_run, tmp_path_factory):
+    """(run folder, its export) of the attention preset's head-top run (tests/conftest.py), the
+    one the training tests of the top use."""
+    models = tmp_path_factory.mktemp("top-attention") / "models"
+    return head_top_run.run, export_run(head_top_run.run, models, "auto", warmup_images=[])
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +75,9 @@ def test_served_captions_are_the_in_process_ones(top_export, test_files, signatu
     np.testing.assert_allclose([r.log_prob for r in served], log_probs, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # one more interpreter loading TensorFlow's C library: the fast tier runs the C++
+# loader on the default export (tests/export/test_cc_loader.py), and this export through TF's
+# session loader above
 def test_cc_loader_serves_the_same_captions(top_export, test_files):
     _, export_dir = top_export
     result = subprocess.run([sys.executable, "-m", "export.cc_loader", str(export_dir), "--image",

@@ -26,7 +26,9 @@ from export.artifact import WARMUP, SessionModel, session_config
 from export.contract import ALTERNATIVE_SCORES, ALTERNATIVES
 from export.inspect import export_precision
 from export.precision import check_export_precision, mixed_policy
-from tests.helpers import REPO, SIGNATURES, graph_ops, running_server, unregistered_ops
+from tests.helpers import REPO
+from tests.helpers.ops import SIGNATURES, graph_ops, unregistered_ops
+from tests.helpers.servers import running_server
 
 # Measured on the 30 test images of the shared trained_run (AMX Xeon, TF 2.21): server bfloat16
 # mode 0.83, float16 export 0.90, bfloat16 export 0.87; the threshold leaves room for other CPUs'
@@ -105,17 +107,6 @@ def test_export_precision_is_checked_and_the_policy_restored():
             assert policy == keras.mixed_precision.global_policy().name == "mixed_bfloat16"
             raise RuntimeError("restored even when building fails")
     assert keras.mixed_precision.global_policy().name == before
-
-
-def test_deployment_files_have_the_bfloat16_variant():
-    import yaml
-    compose = yaml.safe_load((REPO / "serving" / "docker-compose.yml").read_text())
-    plain, bf16 = compose["services"]["serving"], compose["services"]["serving-bf16"]
-    assert bf16["profiles"] == ["bf16"] and bf16["image"] == plain["image"]  # CPU image
-    assert bf16["command"] == plain["command"] + ["--mixed_precision=bfloat16"]
-    assert bf16["volumes"] == plain["volumes"]
-    readme = (REPO / "docs" / "serving.md").read_text()
-    assert "  --mixed_precision=bfloat16\n```" in readme and "--profile bf16" in readme
 
 
 # ---- the server's bfloat16 mode on the float32 export -------------------------------------------

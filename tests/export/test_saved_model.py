@@ -21,8 +21,9 @@ from export.artifact import WARMUP, SessionModel
 from export.contract import ALTERNATIVE_SCORES, ALTERNATIVES
 from model.decoding import caption_features
 from model.run_dir import load_run
-from tests.helpers import (REPO, SIGNATURES, encoder_features, graph_ops, in_process_alternatives,
-                           unregistered_ops)
+from tests.helpers import REPO
+from tests.helpers.ops import SIGNATURES, graph_ops, unregistered_ops
+from tests.helpers.reference import encoder_features, in_process_alternatives
 
 # Both model families honour the whole contract; the attention export adds its `attention` output.
 FAMILIES = ("attention", "pooled")

@@ -63,10 +63,25 @@ def test_label_smoothing_mixes_in_the_uniform_loss():
     np.testing.assert_allclose(float(MaskedCaptionLoss(0.1)(targets, logits)), expected, rtol=1e-5)
 
 
-def test_greedy_through_the_model_stops_at_max_new_tokens():
+def test_greedy_through_the_model_picks_the_teacher_forced_argmax():
+    """Greedy search through the model's step (test_decoding.py drives it with fake steps) picks at
+    every position the word the whole model ranks first after the words it chose, and its log_prob
+    is theirs summed: decoding and training run one model."""
+    import keras
+    keras.utils.set_random_seed(3)
     model = build_captioner(ModelConfig(vocab_size=12))
-    ids, log_prob = greedy_search(model.step, model.initial_state(tf.zeros([2, 2048])), 2, 7)
-    assert ids.shape[0] == 2 and ids.shape[1] <= 7 and log_prob.shape == (2,)
+    features = tf.random.normal([3, 2048], seed=3)
+    ids, log_prob = greedy_search(model.step, model.initial_state(features), 3, 7)
+    assert ids.shape[0] == 3 and 1 <= ids.shape[1] <= 7 and log_prob.shape == (3,)
+    for row, (caption, total) in enumerate(zip(ids.numpy(), log_prob.numpy())):
+        ended = np.flatnonzero(caption == 2)  # <end> kept, <pad> (0) after it
+        words = caption[:ended[0] + 1] if len(ended) else caption
+        assert not caption[len(words):].any()
+        tokens = np.concatenate([[1], words[:-1]])[None].astype(np.int32)  # <start> + the prefix
+        log_probs = tf.nn.log_softmax(model({"features": features[row:row + 1],
+                                             "tokens": tokens})[0]).numpy()
+        assert log_probs.argmax(-1).tolist() == words.tolist(), row
+        np.testing.assert_allclose(total, log_probs[np.arange(len(words)), words].sum(), rtol=1e-4)
 
 
 def test_config_errors_name_the_field():

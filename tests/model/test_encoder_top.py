@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from data.feature_cache import FeatureCacheError, load_features
 from data.layouts import load_dataset
-from data.pipeline import PipelineConfig, image_file_dataset, image_major_dataset
+from data.pipeline import PipelineConfig
 from data.splits import split_dataset
 from model.decoding import caption_features
 from model.encoder import CONV4_SHAPE, SPATIAL_SHAPE, build_conv5, build_encoder
@@ -101,25 +101,6 @@ def test_image_major_batch_gives_the_logits_of_one_row_per_caption(family, top):
     assert model.config.feature_shape == CONV4_SHAPE
 
 
-def test_image_major_dataset_holds_every_caption_once_with_its_image():
-    features = np.arange(6, dtype=np.float32)[:, None] * np.ones([6, 3], np.float32)
-    rows = [4, 4, 1, 1, 1, 5, 0, 4]
-    tokens = [[1, 10 + i, 2] if i % 2 else [1, 10 + i, 7, 2] for i in range(len(rows))]
-    config = PipelineConfig(batch_size=3, seed=1)  # 3 captions' worth: 2 of the 4 images
-    batches = list(image_major_dataset(features, rows, tokens, config))
-    assert len(batches) == 2
-    seen = []
-    for inputs, targets in batches:
-        image_of = inputs["features"].numpy()[inputs["image_index"].numpy(), 0]
-        words = inputs["tokens"].numpy()[:, 1]
-        seen += list(zip(words, image_of))
-        np.testing.assert_array_equal(targets.numpy()[:, 0], words)
-    assert sorted(seen) == sorted((10 + i, float(r)) for i, r in enumerate(rows))
-    unshuffled = [b[0]["features"].numpy()[:, 0] for b in
-                  image_major_dataset(features, rows, tokens, config, shuffle=False)]
-    assert np.concatenate(unshuffled).tolist() == [0, 1, 4, 5]
-
-
 @pytest.mark.parametrize("family, top, image_major", [
     ("pooled", "", False), ("pooled", "conv5", True), ("attention", "", True),
     ("attention", "head", True)])
@@ -134,44 +115,6 @@ def test_training_feed_batches_by_image_where_the_image_part_is_costly(family, t
     assert feed.image_major == image_major
     assert ("image_index" in inputs) == image_major
     assert inputs["features"].shape[0] == (3 if image_major else 4)
-
-
-def test_image_major_training_batches_images_of_similar_longest_captions():
-    """Every caption of a batch is padded to its longest: training batches images whose longest
-    captions fall in one bucket_width-wide bucket; every caption still comes once an epoch."""
-    rng = np.random.default_rng(4)
-    rows = np.repeat(np.arange(40), 3)
-    tokens = [[1] + [5] * int(rng.integers(1, 20)) + [2] for _ in rows]
-    config = PipelineConfig(batch_size=12, seed=0, bucket_width=4)  # 4 images a batch
-    dataset = image_major_dataset(np.zeros([40, 2], np.float32), rows, tokens, config)
-    longest = np.array([max(len(t) - 1 for t, r in zip(tokens, rows) if r == image)
-                        for image in range(40)])
-    boundaries = np.arange(5, longest.max() + 1, 4)
-    seen = 0
-    for inputs, _ in dataset:
-        images = inputs["features"].shape[0]
-        index = inputs["image_index"].numpy()
-        steps = (inputs["tokens"].numpy() > 0).sum(1)   # <start> + words, per caption
-        per_image = [steps[index == i].max() for i in range(images)]
-        assert len(set(np.searchsorted(boundaries, per_image, side="right"))) == 1
-        assert inputs["tokens"].shape[1] == max(per_image)
-        seen += len(index)
-    assert seen == len(rows) and int(dataset.cardinality()) == len(list(dataset))
-
-
-def test_image_file_dataset_leaves_out_a_broken_image_with_its_captions(tmp_path, small_builtin):
-    good = [image.path for image in load_dataset(small_builtin).images[:2]]
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(good[0].read_bytes()[:300])
-    files = [str(good[0]), str(broken), str(good[1])]
-    rows, tokens = [0, 1, 1, 2], [[1, 5, 2], [1, 6, 2], [1, 7, 2], [1, 8, 2]]
-    batches = list(image_file_dataset(files, rows, tokens, PipelineConfig(batch_size=8),
-                                      shuffle=False))
-    assert len(batches) == 1
-    inputs, targets = batches[0]
-    assert inputs["images"].shape == (2, 224, 224, 3)
-    assert inputs["tokens"][:, 1].numpy().tolist() == [5, 8]  # the broken image's are gone
-    assert inputs["image_index"].numpy().tolist() == [0, 1]
 
 
 def test_conv4_features_have_their_own_cache(small_builtin, tmp_path):
@@ -191,21 +134,9 @@ def test_conv4_features_have_their_own_cache(small_builtin, tmp_path):
                                rtol=2e-3, atol=2e-3)  # float16 storage
 
 
-@pytest.fixture(scope="module")
-def head_run(small_builtin, feature_caches, tmp_path_factory):
-    """The attention preset on the small built-in data (random weights: the head), small and
-    2 epochs: (base folder, its run in base/run, summary, the conv4 cache)."""
-    base = tmp_path_factory.mktemp("head-run")
-    summary = train(base / "run", "attention", data=small_builtin,
-                    cache_dir=feature_caches("conv4"), verbose=0, epochs=2, patience=2,
-                    batch_size=64, min_count=2, units=64, embed_dim=32,
-                    encoder_weights="random", evaluate=False)
-    return base, summary, feature_caches("conv4")
-
-
-def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_run):
-    base, summary, cache = head_run
-    run = load_run(base / "run")
+def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_top_run):
+    summary, cache = head_top_run.summary, head_top_run.cache
+    run = load_run(head_top_run.run)
     assert run.model_config.encoder_top == "head" and summary["epochs"] == 2
     assert run.settings["data"]["feature_cache"] == str(cache)
     names, features = load_features(cache)
@@ -219,9 +150,10 @@ def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_run):
     assert -(-train_images // 13) <= summary["steps_per_epoch"] < -(-train_images // 13) + 8
 
 
-def test_training_from_images_writes_the_cached_paths_checkpoint(head_run, small_builtin,
+@pytest.mark.slow  # a third training; the fast tier reads image files into image-major batches in
+# tests/data/test_pipeline.py (test_image_file_dataset_leaves_out_a_broken_image_with_its_captions)
+def test_training_from_images_writes_the_cached_paths_checkpoint(head_top_run, small_builtin,
                                                                   tmp_path):
-    base = head_run[0]
     summary = train(tmp_path / "run", "attention", data=small_builtin,
                     cache_dir=tmp_path / "cache", verbose=0, epochs=2, batch_size=64,
                     min_count=2, units=64, embed_dim=32, encoder_weights="random",
@@ -237,7 +169,7 @@ def test_training_from_images_writes_the_cached_paths_checkpoint(head_run, small
             found = {}
             f.visititems(lambda name, item: found.setdefault(name, getattr(item, "shape", None)))
             return found
-    assert layout(tmp_path / "run" / "best.weights.h5") == layout(base / "run" / "best.weights.h5")
+    assert layout(tmp_path / "run" / "best.weights.h5") == layout(head_top_run.run / "best.weights.h5")
     run = load_run(tmp_path / "run")  # and a conv4-fed captioner loads it
     names, features = load_features(tmp_path / "cache")
     captions, _ = caption_features(run.load_captioner(), run.vocabulary.tokens, features[:4],
@@ -245,6 +177,8 @@ def test_training_from_images_writes_the_cached_paths_checkpoint(head_run, small
     assert len(captions) == 4
 
 
+@pytest.mark.slow  # three ResNet50s; the fast tier builds and runs conv5 tops of both families in
+# test_image_major_batch_gives_the_logits_of_one_row_per_caption
 def test_conv5_top_started_from_a_frozen_feature_run_captions_as_that_run(trained_run):
     """Same weights, so at the start conv5(conv4 maps) is the pooled run's feature map: the
     decoder and its standardiser carry over and the captions are the run's own."""

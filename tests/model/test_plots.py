@@ -1,4 +1,5 @@
-"""model/plots.py writes real, valid PNGs from real files, and survives bad images."""
+"""model/plots.py draws what a run logged (each curve's values by epoch, the best epoch ringed,
+read back from the figure it saves) into real, valid PNGs from real files, and survives bad images."""
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,36 +32,88 @@ def _write_csv(path, text):
     return path
 
 
-def test_loss_curve_from_csvlogger_file(tmp_path):
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures model/plots.py saves, kept as they are handed to the PNG writer: what the
+    tests read the plotted lines, labels and title from (the PNG is still written)."""
+    import model.plots
+    figures, save = [], model.plots._save
+    monkeypatch.setattr(model.plots, "_save",
+                        lambda fig, out, dpi: (figures.append(fig), save(fig, out, dpi)))
+    return figures
+
+
+def _plotted(fig) -> dict:
+    """{legend label: (x values, y values)} of the figure's one axes, with its title and labels."""
+    [ax] = fig.axes
+    lines = {line.get_label(): (np.asarray(line.get_xdata(), float).tolist(),
+                                np.asarray(line.get_ydata(), float).tolist())
+             for line in ax.get_lines()}
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    return {"title": ax.get_title(), "ylabel": ax.get_ylabel(), "xlabel": ax.get_xlabel(),
+            "legend": legend, "lines": lines}
+
+
+def test_loss_curve_from_csvlogger_file(tmp_path, drawn):
     history = _write_csv(tmp_path / "history.csv",
                          "epoch,loss,masked_accuracy,val_loss,val_masked_accuracy\n"
                          "0,3.9365,0.21,3.40,0.25\n1,3.1909,0.30,3.10,0.30\n2,2.9069,0.33,2.95,0.32\n"
                          "3,2.7046,0.35,2.93,0.33\n4,2.5412,0.37,2.97,0.33\n")
     loss_curve_png(history, tmp_path / "out" / "loss_curve.png")
     _open_png(tmp_path / "out" / "loss_curve.png")
+    [fig] = drawn
+    plot = _plotted(fig)
+    assert (plot["title"], plot["xlabel"], plot["ylabel"]) == ("Training and validation loss",
+                                                               "epoch", "loss")
+    epochs = [1.0, 2.0, 3.0, 4.0, 5.0]  # counted from 1, as Keras prints them (the CSV's from 0)
+    assert plot["lines"]["training loss"] == (epochs, [3.9365, 3.1909, 2.9069, 2.7046, 2.5412])
+    assert plot["lines"]["validation loss"] == (epochs, [3.40, 3.10, 2.95, 2.93, 2.97])
+    # The best epoch is the lowest validation loss (what the checkpoint keeps), not the last one.
+    best = "best epoch 4 (val_loss 2.9300)"
+    assert plot["lines"][best] == ([4.0], [2.93]) and best in plot["legend"]
+    assert ([4.0, 4.0], [0.0, 1.0]) in plot["lines"].values()  # the dashed line at that epoch
 
 
-def test_loss_curve_with_one_epoch(tmp_path):
+def test_loss_curve_with_one_epoch(tmp_path, drawn):
     history = _write_csv(tmp_path / "history.csv", "epoch,loss,val_loss\n0,3.9,3.5\n")
     loss_curve_png(history, tmp_path / "loss_curve.png")
     _open_png(tmp_path / "loss_curve.png")
+    plot = _plotted(drawn[0])
+    assert plot["lines"]["training loss"] == ([1.0], [3.9])
+    assert plot["lines"]["best epoch 1 (val_loss 3.5000)"] == ([1.0], [3.5])
+    assert drawn[0].axes[0].get_xlim() == (0.5, 1.5)  # room around the one point
 
 
-def test_loss_curve_without_validation_values(tmp_path):
+def test_loss_curve_without_validation_values(tmp_path, drawn):
     # No val_loss column at all, and a val_loss column where an epoch skipped validation ("NA").
     no_val = _write_csv(tmp_path / "no_val.csv", "epoch,loss\n0,3.9\n1,3.2\n")
     loss_curve_png(no_val, tmp_path / "no_val.png")
     _open_png(tmp_path / "no_val.png")
+    plot = _plotted(drawn[0])
+    assert plot["title"] == "Training loss (no validation logged)"
+    assert plot["lines"]["training loss"] == ([1.0, 2.0], [3.9, 3.2])
+    assert "validation loss" not in plot["lines"]
+    assert plot["lines"]["best epoch 2 (loss 3.2000)"] == ([2.0], [3.2])  # by the training loss
     some_val = _write_csv(tmp_path / "some_val.csv", "epoch,loss,val_loss\n0,3.9,NA\n1,3.2,3.3\n")
     loss_curve_png(some_val, tmp_path / "some_val.png")
     _open_png(tmp_path / "some_val.png")
+    plot = _plotted(drawn[1])
+    assert plot["title"] == "Training and validation loss"
+    xs, ys = plot["lines"]["validation loss"]
+    assert xs == [1.0, 2.0] and np.isnan(ys[0]) and ys[1] == 3.3  # a gap where none was logged
+    assert "best epoch 2 (val_loss 3.3000)" in plot["lines"]
 
 
-def test_reward_curve_of_a_self_critical_run(tmp_path):
+def test_reward_curve_of_a_self_critical_run(tmp_path, drawn):
     history = _write_csv(tmp_path / "history.csv", "epoch,epoch_seconds,loss,reward,val_cider_d\n"
                          "0,60.1,-0.38,1.80,2.45\n1,55.0,-0.35,1.95,2.51\n2,54.2,-0.30,2.02,2.49\n")
     reward_curve_png(history, tmp_path / "reward_curve.png")
     _open_png(tmp_path / "reward_curve.png")
+    plot = _plotted(drawn[0])
+    assert (plot["title"], plot["ylabel"]) == ("Self-critical training", "CIDEr-D")
+    assert plot["lines"]["training reward (sampled captions)"] == ([1.0, 2.0, 3.0], [1.80, 1.95, 2.02])
+    assert plot["lines"]["validation CIDEr-D (greedy)"] == ([1.0, 2.0, 3.0], [2.45, 2.51, 2.49])
+    assert plot["lines"]["best epoch 2 (val_cider_d 2.5100)"] == ([2.0], [2.51])  # the highest
     cross_entropy = _write_csv(tmp_path / "ce.csv", "epoch,loss,val_loss\n0,3.9,3.5\n")
     with pytest.raises(ValueError, match="no 'reward' column: not a self-critical run"):
         reward_curve_png(cross_entropy, tmp_path / "ce.png")

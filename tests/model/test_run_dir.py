@@ -44,13 +44,15 @@ def test_load_run_names_settings_its_dataclass_does_not_have(untrained_run, tmp_
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_export_run_exports_an_untrained_run(untrained_run_factory, family, tmp_path):
+def test_export_run_exports_an_untrained_run(untrained_export, family):
+    """The session's untrained export of the family (tests/conftest.py: export_run on the run
+    above, into a new model base), which the export and serving tests use too."""
     from export.artifact import SessionModel, export_settings
-    from export.saved_model import export_run
-    from tests.helpers import image_bytes
+    from tests.helpers.images import image_bytes
 
-    version = export_run(untrained_run_factory(family), tmp_path / "captioner", "auto")
+    version = untrained_export(family).path
     assert version.name == "1" and (version / "saved_model.pb").is_file()
+    assert sorted(p.name for p in version.parent.iterdir()) == ["1"]  # "auto": the first version
     assert export_settings(version)["model"]["family"] == family
     model = SessionModel(version)
     try:

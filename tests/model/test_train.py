@@ -282,6 +282,9 @@ def test_run_folder_has_everything(trained_run):
     assert summary["median_epoch_seconds"] == pytest.approx(float(np.median(seconds)))
 
 
+@pytest.mark.slow  # the attention run's own training; in the fast tier the attention preset trains
+# in head_top_run (tests/*/test_encoder_top.py) and self-critically (test_scst.py), and decodes
+# with its maps in test_attention.py and test_saved_model.py
 def test_attention_run_trains_on_spatial_features(trained_attention_run):
     run, summary = trained_attention_run.run, trained_attention_run.summary
     settings = summary["settings"]

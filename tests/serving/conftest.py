@@ -1,5 +1,5 @@
-"""Fixtures of the serving tests: the model folder they serve, an in-process reference and the
-attention stand-in's server.
+"""Fixtures of the serving tests: the model folder they serve, an in-process reference, the server
+of it and the attention stand-in's server.
 
 `served_model_base` is THE model folder every serving test uses (a base path holding version 1).
 By default it is the stand-in model (tests/serving/standin_model.py) built once per session; set
@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.helpers import IS_STANDIN, MODEL_NAME, running_server  # noqa: F401
+from tests.helpers.servers import IS_STANDIN, MODEL_NAME, running_server  # noqa: F401
 
 _cache = {}
 
@@ -43,6 +43,16 @@ def attention_model_base(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def server(served_model_base, tmp_path_factory):
+    """serving.model_server serving `served_model_base` (REST and gRPC) for the session: the one
+    server the model server's, the client's and the app's tests talk to (the tests that send it
+    abuse check it still serves; its clean shutdown is checked when the session ends)."""
+    log = str(tmp_path_factory.mktemp("server") / "server.log")
+    with running_server(log, base=served_model_base) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
 def attention_server(attention_model_base, tmp_path_factory):
     """serving.model_server serving the attention stand-in (REST and gRPC), for the session."""
     log = str(tmp_path_factory.mktemp("attention_server") / "server.log")
@@ -56,4 +66,12 @@ def reference(served_model_base):
     SessionModel): the answers served ones must equal."""
     from export.artifact import SessionModel, latest_version
     with SessionModel(latest_version(served_model_base)) as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
+def attention_reference(attention_model_base):
+    """The attention stand-in run in this process as TF Serving runs it (as `reference`)."""
+    from export.artifact import SessionModel, latest_version
+    with SessionModel(latest_version(attention_model_base)) as model:
         yield model

@@ -7,10 +7,9 @@ import os
 
 import pytest
 
-from tests.helpers import (ARTIFACTS, CHROMIUM, BLUE, IS_STANDIN, RED, AppProcess, captioned_page,
-                           wait_for_captions,
-                           free_port, image_bytes, red_corner_image,
-                           running_server)
+from tests.helpers.browser import ARTIFACTS, CHROMIUM, captioned_page, wait_for_captions
+from tests.helpers.images import BLUE, RED, image_bytes, red_corner_image
+from tests.helpers.servers import IS_STANDIN, AppProcess, free_port
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +23,6 @@ def images(tmp_path_factory):
     paths["blue"].write_bytes(image_bytes(BLUE, size=(320, 240), fmt="JPEG"))
     paths["bad"].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     return {k: str(v) for k, v in paths.items()}
-
-
-@pytest.fixture(scope="module")
-def server(served_model_base, tmp_path_factory):
-    with running_server(str(tmp_path_factory.mktemp("app") / "server.log"), base=served_model_base) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from export.artifact import SessionModel, latest_version
 from serving.client import ClientSettings, GrpcClient, RestClient, make_client
 from serving.protocol import InvalidArgumentError, NotFoundError, UnavailableError
-from tests.helpers import (BLUE, IS_STANDIN, REPO, RED, RED_CORNER, ServerProcess, free_port,
-                           image_bytes, red_corner_image, running_server, subprocess_env)
-
-
-@pytest.fixture(scope="module")
-def server(served_model_base, tmp_path_factory):
-    log = str(tmp_path_factory.mktemp("client") / "server.log")
-    with running_server(log, base=served_model_base) as s:
-        yield s
+from tests.helpers import REPO
+from tests.helpers.images import BLUE, RED, RED_CORNER, image_bytes, red_corner_image
+from tests.helpers.servers import IS_STANDIN, ServerProcess, free_port, subprocess_env
 
 
 @pytest.fixture(params=["rest", "grpc"])
@@ -66,17 +59,16 @@ def attention_client(request, attention_server):
         yield c
 
 
-def test_attention_maps_equal_in_process(attention_client, attention_model_base):
+def test_attention_maps_equal_in_process(attention_client, attention_reference):
     images = [red_corner_image(), image_bytes(BLUE, fmt="JPEG"), b"not an image"]
-    with SessionModel(latest_version(attention_model_base)) as reference:
-        for signature in ("serving_default", "beam_search"):
-            results = attention_client.caption(images, signature)
-            expected = reference.run(signature, {"image_bytes": np.array(images, dtype=object)})
-            assert [r.caption for r in results] == [c.decode() for c in expected["caption"]]
-            for result, maps in zip(results, expected["attention"]):
-                assert result.attention.dtype == np.float32 and result.attention.shape == (30, 7, 7)
-                np.testing.assert_allclose(result.attention, maps, atol=1e-6)
-            assert not np.any(results[2].attention)  # the bad image: all zeros
+    for signature in ("serving_default", "beam_search"):
+        results = attention_client.caption(images, signature)
+        expected = attention_reference.run(signature, {"image_bytes": np.array(images, dtype=object)})
+        assert [r.caption for r in results] == [c.decode() for c in expected["caption"]]
+        for result, maps in zip(results, expected["attention"]):
+            assert result.attention.dtype == np.float32 and result.attention.shape == (30, 7, 7)
+            np.testing.assert_allclose(result.attention, maps, atol=1e-6)
+        assert not np.any(results[2].attention)  # the bad image: all zeros
 
 
 def test_attention_word_maps_show_where_the_colour_is(attention_client):
@@ -180,8 +172,26 @@ def test_retries_until_a_late_server_comes_up(served_model_base, reference, tmp_
 
 # --- CLI ----------------------------------------------------------------------------------------
 def run_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m serving.client ARGS` in a fresh interpreter: the command's smoke test."""
     return subprocess.run([sys.executable, "-m", "serving.client", *args], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*ARGS) -> the exit code, stdout and stderr of the command's main(ARGS), run in this
+    process (what `python -m serving.client ARGS` runs, without starting an interpreter)."""
+    from serving.client import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as done:  # argparse
+            code = done.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["serving.client", *args], code, out.out, out.err)
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -196,9 +206,10 @@ def image_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
-def test_cli_captions_a_folder(server, reference, image_folder, transport):
+def test_cli_captions_a_folder(server, reference, image_folder, transport, cli):
     where = ["--rest", server.rest_url] if transport == "rest" else ["--grpc", server.grpc_target]
-    result = run_cli(*where, "--batch-size", "2", str(image_folder))
+    # The one test of the command itself, in its own interpreter; the others call its main().
+    result = (run_cli if transport == "rest" else cli)(*where, "--batch-size", "2", str(image_folder))
     assert result.returncode == 1, result.stderr  # 1: one image could not be captioned
     lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
     red, blue = str(image_folder / "red.png"), str(image_folder / "sub" / "blue.jpg")
@@ -211,20 +222,20 @@ def test_cli_captions_a_folder(server, reference, image_folder, transport):
 
 
 @pytest.mark.slow
-def test_cli_beam_search_status_and_metadata(server, image_folder):
-    result = run_cli("--rest", server.rest_url, "--signature", "beam_search", str(image_folder / "red.png"))
+def test_cli_beam_search_status_and_metadata(server, image_folder, cli):
+    result = cli("--rest", server.rest_url, "--signature", "beam_search", str(image_folder / "red.png"))
     assert result.returncode == 0, result.stderr
     if IS_STANDIN:  # the caption's line (its beams follow: test_cli_lists_beam_search_alternatives)
         assert result.stdout.splitlines()[0].endswith("\ta picture that is mostly red")
-    status = run_cli("--rest", server.rest_url, "--status")
+    status = cli("--rest", server.rest_url, "--status")
     assert status.returncode == 0 and '"AVAILABLE"' in status.stdout
-    metadata = run_cli("--grpc", server.grpc_target, "--metadata")
+    metadata = cli("--grpc", server.grpc_target, "--metadata")
     assert metadata.returncode == 0 and '"caption_features"' in metadata.stdout
 
 
-def test_cli_lists_beam_search_alternatives(server, reference, image_folder):
+def test_cli_lists_beam_search_alternatives(server, reference, image_folder, cli):
     red, broken = str(image_folder / "red.png"), str(image_folder / "sub" / "broken.png")
-    result = run_cli("--rest", server.rest_url, "--signature", "beam_search", red, broken)
+    result = cli("--rest", server.rest_url, "--signature", "beam_search", red, broken)
     assert result.returncode == 1, result.stderr
     good, bad = reference.caption([open(red, "rb").read(), open(broken, "rb").read()], "beam_search")
     assert len(good.alternatives) == 3 and not bad.alternatives
@@ -235,9 +246,10 @@ def test_cli_lists_beam_search_alternatives(server, reference, image_folder):
 
 @pytest.mark.parametrize("transport, signature", [("rest", "beam_search"), ("grpc", "beam_search"),
                                                   pytest.param("rest", "serving_default", marks=pytest.mark.slow)])
-def test_cli_json_writes_one_object_per_image(server, reference, image_folder, transport, signature):
+def test_cli_json_writes_one_object_per_image(server, reference, image_folder, transport, signature,
+                                            cli):
     where = ["--rest", server.rest_url] if transport == "rest" else ["--grpc", server.grpc_target]
-    result = run_cli(*where, "--signature", signature, "--json", str(image_folder))
+    result = cli(*where, "--signature", signature, "--json", str(image_folder))
     assert result.returncode == 1, result.stderr  # 1: one image could not be captioned
     rows = [json.loads(line) for line in result.stdout.splitlines()]  # JSON lines
     assert sorted(row["path"] for row in rows) == sorted(
@@ -258,12 +270,12 @@ def test_cli_json_writes_one_object_per_image(server, reference, image_folder, t
     (["--rest", "http://127.0.0.1:1", "--retries", "0"], "cannot connect"),
     (["/no/such/folder"], "no such file or folder"),
 ])
-def test_cli_errors_are_clear(server, image_folder, args, mentions):
+def test_cli_errors_are_clear(server, image_folder, args, mentions, cli):
     if "--rest" not in args:
         args = ["--rest", server.rest_url, *args]
     if not any(a.startswith("/") for a in args):
         args.append(str(image_folder))
-    result = run_cli(*args)
+    result = cli(*args)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and mentions in result.stderr
     assert "Traceback" not in result.stderr

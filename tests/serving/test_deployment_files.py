@@ -41,11 +41,14 @@ def test_models_config():
     assert model.model_version_policy.latest.num_versions == 2
 
 
-@pytest.mark.parametrize("text", ['model_config_list { config { name: "m" base_pth: "/x" } }',
-                                  'model_config_list { config { name: "m" base_path: 3 } }'])
-def test_models_config_typos_fail(text):
-    with pytest.raises(text_format.ParseError):
-        parse_models_config(text)
+@pytest.mark.parametrize("path", ["serving/models.config", "deploy/serving/config/models.config"])
+def test_development_server_reads_the_projects_models_config(path, caplog):
+    """The development server takes the container's --model_config_file as it is: the one model's
+    name and base path, and a warning that the version policy is TF Serving's alone."""
+    from serving.model_server import ServerSettings, model_source
+    settings = ServerSettings(model_config_file=os.path.join(REPO, path))
+    assert model_source(settings) == ("captioner", "/models/captioner")
+    assert "version policy and labels are TF Serving features" in caplog.text
 
 
 def test_batching_config():
@@ -82,6 +85,16 @@ def test_docker_compose():
             assert os.path.exists(os.path.join(SERVING, host_file)), host_file
         assert flags["enable_batching"] == "true"
         assert mounts["/models/captioner"].startswith("${MODEL_DIR")
+
+
+def test_deployment_files_have_the_bfloat16_variant():
+    compose = yaml.safe_load((REPO / "serving" / "docker-compose.yml").read_text())
+    plain, bf16 = compose["services"]["serving"], compose["services"]["serving-bf16"]
+    assert bf16["profiles"] == ["bf16"] and bf16["image"] == plain["image"]  # CPU image
+    assert bf16["command"] == plain["command"] + ["--mixed_precision=bfloat16"]
+    assert bf16["volumes"] == plain["volumes"]
+    readme = (REPO / "docs" / "serving.md").read_text()
+    assert "  --mixed_precision=bfloat16\n```" in readme and "--profile bf16" in readme
 
 
 def test_readme_has_the_docker_and_curl_commands():

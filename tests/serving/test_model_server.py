@@ -18,15 +18,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from serving.model_server import MAX_REQUEST_BYTES
-from tests.helpers import (BLUE, IS_STANDIN, MODEL_NAME, REPO, RED, hostile_images, image_bytes,
-                           running_server, subprocess_env)
-
-
-@pytest.fixture(scope="module")
-def server(served_model_base, tmp_path_factory):
-    log = str(tmp_path_factory.mktemp("api") / "server.log")
-    with running_server(log, base=served_model_base) as s:
-        yield s
+from tests.helpers import REPO
+from tests.helpers.images import BLUE, RED, hostile_images, image_bytes
+from tests.helpers.servers import IS_STANDIN, MODEL_NAME, running_server, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -339,22 +333,28 @@ def test_help_says_development_server_and_names_the_container():
         assert flag in result.stdout
 
 
-@pytest.mark.parametrize("flag", [  # one in the fast tier: each starts a server process (~4 s)
-    "--enable_batching=true", pytest.param("--monitoring_config_file=m.config", marks=pytest.mark.slow),
-    pytest.param("--batching_parameters_file=b.config", marks=pytest.mark.slow)])
-def test_other_tf_serving_flags_are_refused_with_the_container_command(flag):
-    result = run_server_command("--model_name=captioner", "--model_base_path=/nowhere", flag)
-    assert result.returncode == 2
-    assert "TF Serving feature" in result.stderr and "tensorflow/serving:2.21.0" in result.stderr
-    assert flag in result.stderr.splitlines()[-1]
+def refused_flags(capsys, *flags) -> str:
+    """stderr of the command's parse_args(FLAGS) in this process, which must exit 2 (the
+    command itself runs in its own interpreter in test_help_says_development_server_...)."""
+    from serving.model_server import parse_args
+    with pytest.raises(SystemExit) as done:
+        parse_args(list(flags))
+    assert done.value.code == 2
+    return capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_mixed_precision_takes_only_what_tensorflow_model_server_takes():
-    result = run_server_command("--model_name=captioner", "--model_base_path=/nowhere",
-                                "--mixed_precision=float16")
-    assert result.returncode == 2 and "--mixed_precision must be one of" in result.stderr
-    assert "'float16'" in result.stderr
+@pytest.mark.parametrize("flag", ["--enable_batching=true", "--monitoring_config_file=m.config",
+                                  "--batching_parameters_file=b.config"])
+def test_other_tf_serving_flags_are_refused_with_the_container_command(flag, capsys):
+    stderr = refused_flags(capsys, "--model_name=captioner", "--model_base_path=/nowhere", flag)
+    assert "TF Serving feature" in stderr and "tensorflow/serving:2.21.0" in stderr
+    assert flag in stderr.splitlines()[-1]
+
+
+def test_mixed_precision_takes_only_what_tensorflow_model_server_takes(capsys):
+    stderr = refused_flags(capsys, "--model_name=captioner", "--model_base_path=/nowhere",
+                           "--mixed_precision=float16")
+    assert "--mixed_precision must be one of" in stderr and "'float16'" in stderr
 
 
 @pytest.mark.slow

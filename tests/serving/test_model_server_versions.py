@@ -15,7 +15,8 @@ import requests
 from export.artifact import publish_version, write_warmup
 from serving.client import RestClient
 from serving.protocol import ServingError
-from tests.helpers import (MODEL_NAME, RED, copy_model_base, image_bytes, running_server, wait_for)
+from tests.helpers.images import RED, image_bytes
+from tests.helpers.servers import MODEL_NAME, copy_model_base, running_server, wait_for
 
 POLL_SECONDS = 1.0  # --file_system_poll_wait_seconds: the documented wait before a new folder is seen
 CLIENTS = 8

@@ -8,7 +8,8 @@ import re
 import subprocess
 import sys
 
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO
+from tests.helpers.servers import subprocess_env
 
 HEAVY = {"model.train", "model.metrics", "model.plots", "data.feature_cache"}
 PROJECT = re.compile(r"(data|model|export|serving)(\.|$)")

@@ -1,0 +1,8 @@
+"""Helpers the tests share (fixtures live in the conftest.py files), one module per kind of help:
+images.py (test images, hostile inputs), servers.py (real model servers and Gradio apps in
+subprocesses on free 127.0.0.1 ports), browser.py (a headless Chromium page of the app), ops.py
+(an exported graph's ops against TensorFlow's own registry) and reference.py (a run's captions
+computed in process: what an export of it must serve)."""
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout: cwd and PYTHONPATH of subprocesses
