@@ -12,20 +12,39 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-SMALL_BUILTIN_IMAGES = 300  # 240 / 30 / 30 images; extraction ~20-40 s on 2 cores
-TRAINED_EPOCHS = 25         # ~2.5 min with extraction: the model learns the data well
-# The fast tier (-m "not slow") trains a smaller run instead. The export and serving contract tests
-# (signatures, served == in-process, hostile batches, C++ loader, servers, clients, the page) need
-# no trained model at all: they run on untrained exports (`untrained_export`). Only what judges
-# caption quality (training, 16-bit agreement) uses the trained runs.
-FAST_TIER_IMAGES, FAST_TIER_EPOCHS = 80, 5  # ~20 s
+SMALL_BUILTIN_IMAGES = 300  # 240 / 30 / 30 images: enough for the trained runs to caption them well
+FAST_TIER_IMAGES = 80       # the fast tier's data: its exports and servers need no trained model
+TRAINED_EPOCHS = 25
 # The attention preset overfits 240 training images after ~3-4 epochs (validation loss rises from
 # there), so its run stops early instead of training 25 epochs for nothing.
 ATTENTION_EPOCHS, ATTENTION_PATIENCE = 10, 3
+# The trained fixtures' LSTM: the small data's ~40 words need no more, and a step costs a quarter of
+# the presets' (512 or 256 units).
+SMALL_LSTM = {"units": 128, "embed_dim": 64}
+# The fast tier (-m "not slow") trains no run: a test that needs a trained one is slow. The export
+# and serving contract tests (signatures, served == in-process, hostile batches, servers, clients,
+# the page) run on untrained exports (`untrained_export`) instead.
+TRAINED_FIXTURES = ("trained_run", "trained_attention_run", "head_top_run")
 
 
 def fast_tier(config) -> bool:
     return "not slow" in (config.getoption("markexpr") or "")
+
+
+# pytest.ini runs the tests in parallel processes (pytest-xdist, --dist loadgroup): each process
+# makes the session fixtures its tests use. The tests that share one of these costly fixtures run in
+# one process, so it is made once; every other test runs with the rest of its module, so module
+# fixtures are made once too.
+SHARED_IN_ONE_PROCESS = (*TRAINED_FIXTURES, "server", "attention_server", "untrained_export")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in item.fixturenames for name in TRAINED_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+        group = next((name for name in SHARED_IN_ONE_PROCESS if name in item.fixturenames),
+                     item.module.__name__)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @dataclasses.dataclass
@@ -137,28 +156,23 @@ def untrained_export(untrained_run_factory, small_builtin, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_run(request, small_builtin, feature_caches, tmp_path_factory) -> TrainedFixture:
-    """The pooled preset trained on the small built-in data: enough to caption it well (in the
-    fast tier: a smaller, shorter run that captions it roughly)."""
-    epochs = FAST_TIER_EPOCHS if fast_tier(request.config) else TRAINED_EPOCHS
+def trained_run(small_builtin, feature_caches, tmp_path_factory) -> TrainedFixture:
+    """The pooled preset trained on the small built-in data: enough to caption it well."""
     return train_preset("pooled", small_builtin, tmp_path_factory.mktemp("trained"),
-                        feature_caches("pooled"), epochs, epochs)
+                        feature_caches("pooled"), TRAINED_EPOCHS, TRAINED_EPOCHS, **SMALL_LSTM)
 
 
 @pytest.fixture(scope="session")
-def trained_attention_run(request, small_builtin, feature_caches,
+def trained_attention_run(small_builtin, feature_caches,
                           tmp_path_factory) -> TrainedFixture:
     """The attention preset on the same small data (over the spatial maps), for the tests
     of what attention training learns (the attention export's contract tests use an untrained
     run: untrained_export("attention"))."""
-    fast = fast_tier(request.config)
-    epochs, patience = ((FAST_TIER_EPOCHS, FAST_TIER_EPOCHS) if fast
-                        else (ATTENTION_EPOCHS, ATTENTION_PATIENCE))
     # Over the frozen 7x7 maps, as with ImageNet weights (the preset's conv head for random
     # weights has the tests of model/top.py: tests/*/test_encoder_top.py).
     return train_preset("attention", small_builtin, tmp_path_factory.mktemp("trained-attention"),
-                        feature_caches("spatial"), epochs, patience, encoder_top="",
-                        attention_units=512)
+                        feature_caches("spatial"), ATTENTION_EPOCHS, ATTENTION_PATIENCE,
+                        encoder_top="", attention_units=64, **SMALL_LSTM)
 
 
 @pytest.fixture(scope="session")

@@ -611,6 +611,7 @@ def test_resnet50_spatial_cache_costs_200704_bytes_per_image_and_matches_pooled(
                         progress=False)
 
 
+@pytest.mark.slow
 def test_features_command_spatial_prints_the_measured_disk_cost(tmp_path, capsys,
                                                                monkeypatch):
     from model.features import default_cache_dir, main

@@ -213,7 +213,7 @@ def test_flickr30k_sized_input_builds_and_iterates():
     assert x["features"].shape == (128, 2048) and y.shape == (128, 3)
 
 
-@pytest.mark.slow  # fast tier: the shared trained runs fit the captioner on these datasets
+@pytest.mark.slow  # the shared trained runs fit the captioner on these datasets too
 def test_keras_fit_runs_several_epochs_over_the_dataset():
     features, rows, tokens = _captions(num_images=8, per_image=2, longest=6)
     tokens = [[t if t < 1000 else 3 for t in ids] for ids in tokens]  # vocabulary of 4

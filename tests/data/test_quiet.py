@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 
 from tests.helpers import REPO
 
@@ -101,6 +102,7 @@ def test_importing_the_modules_changes_neither_imports_nor_logging_nor_the_envir
     assert after == before
 
 
+@pytest.mark.slow
 def test_a_command_prints_no_tensorflow_noise():
     # data.inspect imports TensorFlow before parsing its flags.
     result = run("-m", "data.inspect", "--help")
@@ -108,6 +110,7 @@ def test_a_command_prints_no_tensorflow_noise():
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_storyteller_verbose_brings_the_noise_back():
     result = run("-m", "data.inspect", "--help", verbose=True)
     assert result.returncode == 0, result.stderr[-3000:]

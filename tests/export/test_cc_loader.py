@@ -23,7 +23,7 @@ from export.artifact import SessionModel, export_settings
 from model.encoder import build_encoder
 from model.run_dir import load_run
 from model.settings import DecodeConfig
-from tests.helpers import REPO
+from tests.helpers import DEFAULT_FAMILY, REPO
 from tests.helpers.images import huge_png_header
 from tests.helpers.reference import encoder_features, in_process_alternatives
 
@@ -39,12 +39,10 @@ EXPORT_KINDS = {
     "float16": {"precision": "float16"},
     "bfloat16": {"precision": "bfloat16"},
 }
-SLOW_KINDS = {"beam2_max12", "float16", "bfloat16", "attention"}  # the default export runs in the fast tier
 
 
 @pytest.fixture(scope="module", params=[
-    pytest.param(kind, marks=[pytest.mark.slow] if kind in SLOW_KINDS else [])
-    for kind in sorted(EXPORT_KINDS)])
+    pytest.param(kind, marks=[pytest.mark.slow]) for kind in sorted(EXPORT_KINDS)])
 def export_kind(request, untrained_export):
     return untrained_export(**EXPORT_KINDS[request.param])
 
@@ -184,6 +182,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_both_loaders_refuse_the_same_mistakes_alike_and_cc_needs_no_tensorflow_python(
         default_export, tmp_path):
     script = tmp_path / "mistakes.py"
@@ -218,8 +217,9 @@ def stored_arrays(export_dir: Path) -> dict[str, list[int]]:
 
 
 def test_every_weight_is_stored_once(untrained_export):
-    run = load_run(untrained_export().run)
+    export = untrained_export(DEFAULT_FAMILY)
+    run = load_run(export.run)
     encoder, captioner = build_encoder(run.encoder_config), run.load_captioner()
     expected = encoder.count_params() + captioner.count_params()
-    arrays = stored_arrays(untrained_export().path)
+    arrays = stored_arrays(export.path)
     assert sum(int(np.prod(shape)) for shape in arrays.values()) == expected

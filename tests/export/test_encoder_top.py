@@ -75,9 +75,7 @@ def test_served_captions_are_the_in_process_ones(top_export, test_files, signatu
     np.testing.assert_allclose([r.log_prob for r in served], log_probs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.slow  # one more interpreter loading TensorFlow's C library: the fast tier runs the C++
-# loader on the default export (tests/export/test_cc_loader.py), and this export through TF's
-# session loader above
+@pytest.mark.slow
 def test_cc_loader_serves_the_same_captions(top_export, test_files):
     _, export_dir = top_export
     result = subprocess.run([sys.executable, "-m", "export.cc_loader", str(export_dir), "--image",

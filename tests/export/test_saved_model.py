@@ -21,16 +21,15 @@ from export.artifact import WARMUP, SessionModel
 from export.contract import ALTERNATIVE_SCORES, ALTERNATIVES
 from model.decoding import caption_features
 from model.run_dir import load_run
-from tests.helpers import REPO
+from tests.helpers import FAMILY_PARAMS, REPO
 from tests.helpers.ops import SIGNATURES, graph_ops, unregistered_ops
 from tests.helpers.reference import encoder_features, in_process_alternatives
 
 # Both model families honour the whole contract; the attention export adds its `attention` output.
-FAMILIES = ("attention", "pooled")
 BEAM_WIDTH = 3  # the run's default decode setting, which the exports keep
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=FAMILY_PARAMS)
 def family(request) -> str:
     return request.param
 
@@ -130,6 +129,7 @@ def test_beam_signature_equals_in_process_beam(session_model, untrained, test_sp
         assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signature, method", [("serving_default", "greedy"),
                                                ("beam_search", "beam")])
 def test_served_attention_is_the_decoders_per_word_maps(untrained_export, signature, method):
@@ -261,6 +261,7 @@ def test_version_auto_and_killed_export_leaves_no_version(untrained_run, tmp_pat
     assert not list(base.glob(".tmp-*"))  # the killed export's leftovers were tidied
 
 
+@pytest.mark.slow
 def test_export_errors_are_clear(tmp_path):
     result = subprocess.run([sys.executable, "-m", "export.saved_model", "--run-dir",
                              str(tmp_path / "missing")], cwd=REPO, capture_output=True,

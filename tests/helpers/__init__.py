@@ -5,4 +5,14 @@ subprocesses on free 127.0.0.1 ports), browser.py (a headless Chromium page of t
 computed in process: what an export of it must serve)."""
 from pathlib import Path
 
+import pytest
+
+from model.settings import FAMILIES, PRESETS, TrainConfig
+
 REPO = Path(__file__).resolve().parents[2]  # the checkout: cwd and PYTHONPATH of subprocesses
+
+# Tests parametrized by model family: the default preset's family runs in the fast tier, the
+# others in the full suite.
+DEFAULT_FAMILY = PRESETS[TrainConfig.preset]["model"]["family"]
+FAMILY_PARAMS = [pytest.param(family, marks=[] if family == DEFAULT_FAMILY else [pytest.mark.slow])
+                 for family in FAMILIES]

@@ -166,6 +166,7 @@ def test_beam_search_returns_the_best_beams_state():
         assert fed[:steps].tolist() == [START_ID, *row_ids[:steps - 1].tolist()]
 
 
+@pytest.mark.slow
 def test_doubly_stochastic_regulariser_is_part_of_the_training_loss():
     feats = features(6, seed=2)
     tokens = np.array([[START_ID, 5, 6, 7, PAD_ID, PAD_ID]] * 6, np.int32)

@@ -74,6 +74,7 @@ def test_encoder_ids_name_the_weights(tmp_path):
     assert file_id == encoder_id(EncoderConfig(str(path)))  # stable
 
 
+@pytest.mark.slow
 def test_local_weights_file_round_trip(tmp_path, random_encoder):
     path = tmp_path / "encoder.weights.h5"
     random_encoder.save_weights(str(path))
@@ -111,6 +112,7 @@ def test_pooled_encoder_keeps_its_layer_names(random_encoder, spatial_encoder):
         [layer.name for layer in random_encoder.layers[1:-1]]
 
 
+@pytest.mark.slow
 def test_local_weights_file_loads_into_the_spatial_encoder(tmp_path, random_encoder):
     path = tmp_path / "encoder.weights.h5"
     random_encoder.save_weights(str(path))  # saved from the pooled encoder

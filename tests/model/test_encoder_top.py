@@ -37,6 +37,7 @@ def images():
     return rng.uniform(-100, 100, size=[2, 224, 224, 3]).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_conv4_trunk_then_conv5_stage_is_the_whole_encoder(images):
     trunk, stage = build_encoder(RANDOM, kind="conv4"), build_conv5(RANDOM)
     maps = trunk(images, training=False)
@@ -90,6 +91,7 @@ def test_channel_standardizer_reads_rows_in_chunks_like_numpy(monkeypatch):
 
 @pytest.mark.parametrize("family, top", [("pooled", "conv5"), ("attention", "head"),
                                          ("attention", "conv5")])
+@pytest.mark.slow
 def test_image_major_batch_gives_the_logits_of_one_row_per_caption(family, top):
     model = build_captioner(small_config(family=family, encoder_top=top, normalize_features=True))
     maps = np.random.default_rng(2).normal(size=[3, *CONV4_SHAPE]).astype(np.float32)
@@ -117,6 +119,7 @@ def test_training_feed_batches_by_image_where_the_image_part_is_costly(family, t
     assert inputs["features"].shape[0] == (3 if image_major else 4)
 
 
+@pytest.mark.slow
 def test_conv4_features_have_their_own_cache(small_builtin, tmp_path):
     images = load_dataset(small_builtin).images[:3]
     assert default_cache_dir(None, RANDOM, kind="conv4").name == "builtin-random-seed0-conv4"
@@ -150,8 +153,7 @@ def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_top_run):
     assert -(-train_images // 13) <= summary["steps_per_epoch"] < -(-train_images // 13) + 8
 
 
-@pytest.mark.slow  # a third training; the fast tier reads image files into image-major batches in
-# tests/data/test_pipeline.py (test_image_file_dataset_leaves_out_a_broken_image_with_its_captions)
+@pytest.mark.slow  # a training from image files: ResNet50's trunk runs in every step
 def test_training_from_images_writes_the_cached_paths_checkpoint(head_top_run, small_builtin,
                                                                   tmp_path):
     summary = train(tmp_path / "run", "attention", data=small_builtin,
@@ -177,8 +179,7 @@ def test_training_from_images_writes_the_cached_paths_checkpoint(head_top_run, s
     assert len(captions) == 4
 
 
-@pytest.mark.slow  # three ResNet50s; the fast tier builds and runs conv5 tops of both families in
-# test_image_major_batch_gives_the_logits_of_one_row_per_caption
+@pytest.mark.slow  # three ResNet50s
 def test_conv5_top_started_from_a_frozen_feature_run_captions_as_that_run(trained_run):
     """Same weights, so at the start conv5(conv4 maps) is the pooled run's feature map: the
     decoder and its standardiser carry over and the captions are the run's own."""
@@ -218,6 +219,7 @@ def test_word_presence_loss_targets_the_words_of_each_images_captions():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_word_loss_adds_to_the_training_loss_only():
     from model.base import MaskedCaptionLoss
     inputs = {"features": np.random.default_rng(5).normal(size=[2, *CONV4_SHAPE]).astype("float32"),

@@ -226,6 +226,7 @@ def test_score_line_is_the_one_printed_format():
     assert "METEOR -  ROUGE-L" in score_line("beam", scores | {"meteor": None})
 
 
+@pytest.mark.slow
 def test_meteor_and_rouge_l_equal_pycocoevalcap_on_the_same_tokens():
     ref_tokens, pred_tokens = _tokens(REAL_REFS, REAL_PREDS)
     gts = {i: [" ".join(r) for r in rs] for i, rs in enumerate(ref_tokens)}

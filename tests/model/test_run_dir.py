@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from model.settings import FAMILIES
 from model.run_dir import load_run
+from tests.helpers import FAMILY_PARAMS
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_load_run_reads_an_untrained_run(untrained_run_factory, family):
     run = load_run(untrained_run_factory(family))
     settings = run.settings
@@ -43,7 +43,7 @@ def test_load_run_names_settings_its_dataclass_does_not_have(untrained_run, tmp_
         load_run(run_dir)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_export_run_exports_an_untrained_run(untrained_export, family):
     """The session's untrained export of the family (tests/conftest.py: export_run on the run
     above, into a new model base), which the export and serving tests use too."""

@@ -64,6 +64,7 @@ def greedy_cider(model, features, references) -> float:
     return float(tf.reduce_mean(CiderD(references)(ids, references.tokens)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fit_raises_the_reward_and_logs_like_cross_entropy_training(tmp_path, family):
     features = image_features(family)

@@ -282,9 +282,7 @@ def test_run_folder_has_everything(trained_run):
     assert summary["median_epoch_seconds"] == pytest.approx(float(np.median(seconds)))
 
 
-@pytest.mark.slow  # the attention run's own training; in the fast tier the attention preset trains
-# in head_top_run (tests/*/test_encoder_top.py) and self-critically (test_scst.py), and decodes
-# with its maps in test_attention.py and test_saved_model.py
+@pytest.mark.slow
 def test_attention_run_trains_on_spatial_features(trained_attention_run):
     run, summary = trained_attention_run.run, trained_attention_run.summary
     settings = summary["settings"]
@@ -337,7 +335,7 @@ def test_resume_after_kill(small_builtin, feature_caches, tmp_path):
     args = ["--preset", "pooled", "--data", str(small_builtin), "--run-dir", str(tmp_path / "run"),
             "--encoder-weights", "random", "--cache-dir", str(feature_caches("pooled")),
             "--epochs", "6", "--patience", "6", "--min-count", "2", "--batch-size", "64",
-            "--no-eval"]
+            "--units", "128", "--embed-dim", "64", "--no-eval"]
     history = tmp_path / "run" / "history.csv"
     assert 2 <= kill_after_two_epochs(args, history) < 6
     assert (tmp_path / "run" / "backup").exists()

@@ -64,6 +64,7 @@ def test_gradio_client_single_multiple_and_beam(app, images, reference):
         assert single == "a red image" and beam == "a picture that is mostly blue"
 
 
+@pytest.mark.slow
 def test_gradio_client_gets_just_the_caption_from_an_attention_model(attention_app, images):
     from gradio_client import Client, handle_file
     client = Client(attention_app.url, verbose=False)
@@ -129,6 +130,7 @@ def test_browser_upload_and_caption(app, images, reference):
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+@pytest.mark.slow
 def test_browser_lists_beam_search_alternatives(app, images, reference):
     with captioned_page(app.url, images["blue"], "serving_app_beams.png", beam=True) as page:
         page.locator("#alternatives textarea").wait_for(state="visible", timeout=60000)
@@ -147,6 +149,7 @@ def test_browser_lists_beam_search_alternatives(app, images, reference):
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+@pytest.mark.slow
 def test_browser_shows_the_attention_strip(attention_app, images):
     with captioned_page(attention_app.url, images["corner"], "serving_app_attention.png") as page:
         strip = page.locator("#attention-strip img").first

@@ -59,6 +59,7 @@ def attention_client(request, attention_server):
         yield c
 
 
+@pytest.mark.slow  # the attention stand-in's own server
 def test_attention_maps_equal_in_process(attention_client, attention_reference):
     images = [red_corner_image(), image_bytes(BLUE, fmt="JPEG"), b"not an image"]
     for signature in ("serving_default", "beam_search"):
@@ -71,6 +72,7 @@ def test_attention_maps_equal_in_process(attention_client, attention_reference):
         assert not np.any(results[2].attention)  # the bad image: all zeros
 
 
+@pytest.mark.slow  # the attention stand-in's own server
 def test_attention_word_maps_show_where_the_colour_is(attention_client):
     red, blue = attention_client.caption([red_corner_image(), image_bytes(BLUE)])
     pairs = red.word_maps()

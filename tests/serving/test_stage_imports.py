@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 from tests.helpers.servers import subprocess_env
 
@@ -28,6 +30,7 @@ def loaded_by(modules: list[str]) -> set[str]:
     return set(json.loads(result.stdout.splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_every_export_and_serving_module_imports_without_the_heavy_ones():
     loaded = loaded_by(STAGE_MODULES)
     assert {"export.contract", "export.loaded_model", "export.cc_loader", "serving.app",
@@ -42,6 +45,7 @@ def test_the_client_side_loads_neither_tensorflow_nor_the_loaders():
     assert heavy == []
 
 
+@pytest.mark.slow
 def test_model_server_help_loads_neither_model_code_nor_the_client():
     # -X importtime names every module the real command imports, in a fresh interpreter.
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "serving.model_server", "--help"],
