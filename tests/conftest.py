@@ -18,8 +18,8 @@ TRAINED_EPOCHS = 25
 # The attention preset overfits 240 training images after ~3-4 epochs (validation loss rises from
 # there), so its run stops early instead of training 25 epochs for nothing.
 ATTENTION_EPOCHS, ATTENTION_PATIENCE = 10, 3
-# The trained fixtures' LSTM: the small data's ~40 words need no more, and a step costs a quarter of
-# the presets' (512 or 256 units).
+# The trained pooled run's LSTM: the small data's ~40 words need no more, and a step costs a
+# quarter of the preset's (512 units).
 SMALL_LSTM = {"units": 128, "embed_dim": 64}
 # The fast tier (-m "not slow") trains no run: a test that needs a trained one is slow. The export
 # and serving contract tests (signatures, served == in-process, hostile batches, servers, clients,
@@ -38,6 +38,7 @@ def fast_tier(config) -> bool:
 SHARED_IN_ONE_PROCESS = (*TRAINED_FIXTURES, "server", "attention_server", "untrained_export")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name in item.fixturenames for name in TRAINED_FIXTURES):
@@ -172,7 +173,7 @@ def trained_attention_run(small_builtin, feature_caches,
     # weights has the tests of model/top.py: tests/*/test_encoder_top.py).
     return train_preset("attention", small_builtin, tmp_path_factory.mktemp("trained-attention"),
                         feature_caches("spatial"), ATTENTION_EPOCHS, ATTENTION_PATIENCE,
-                        encoder_top="", attention_units=64, **SMALL_LSTM)
+                        encoder_top="", attention_units=512)
 
 
 @pytest.fixture(scope="session")
