@@ -3,8 +3,7 @@
     python -m serving.app [--rest URL | --grpc HOST:PORT] [--port 7860] [--examples DIR]
 
 It talks ONLY to a model server (the TF Serving container or serving.model_server) through
-serving.client, with its flags: no TensorFlow, no model code here. (--grpc makes serving.client
-import the tensorflow-serving-api protos, which pull in TensorFlow; the default REST path does not.)
+serving.client, with its flags: no model code here, and no TensorFlow unless --grpc (serving.client).
 Binds 127.0.0.1, share=False, analytics off. gradio_client's endpoint is /caption_image (the
 caption text); the page also lists beam search's other captions with their scores, and for an
 attention model shows each word's map over the first image.
@@ -46,8 +45,7 @@ def word_strip(path: str, result: CaptionResult) -> tuple[Image.Image | None, st
 
 
 def beam_list(captioned: list[tuple[str, CaptionResult]]) -> str:
-    """Beam search's captions of each (path, result), best first, with their length-normalised
-    log-probabilities; "" when there are none (greedy, or nothing was captioned)."""
+    """Beam search's captions of each (path, result), best first, with their scores; "" if none."""
     named = len(captioned) > 1  # several images: each line names its image
     return "\n".join((f"{os.path.basename(path)}: " if named else "") + f"{rank}. {caption}  ({score:.3f})"
                      for path, result in captioned for rank, (caption, score) in enumerate(result.alternatives, 1))
@@ -104,13 +102,11 @@ def build_app(client, server_label: str, examples_dir: str | None = None) -> gr.
                                 "more attention)")
                     strip = gr.Image(type="pil", format="png", interactive=False, show_label=False,
                                      buttons=[], elem_id="attention-strip")
-        examples = example_images(examples_dir)
-        if examples:
+        if examples := example_images(examples_dir):
             gr.Examples(examples=[[path] for path in examples], inputs=[image])
         # The page's button shows caption and strip in one step, off the API. gradio_client's
-        # /caption_image returns the caption text alone, as it always has; it hangs on a hidden
-        # button because an endpoint needs a trigger (gr.State instead would keep a heartbeat
-        # connection open on every page).
+        # /caption_image returns the caption text alone, on a hidden button (an endpoint needs a
+        # trigger; gr.State instead would keep a heartbeat connection open on every page).
         submit.click(caption_page, inputs=[files, image, mode], outputs=[caption, beams, strip, strip_box],
                      api_name=False)
         gr.Button(visible=False).click(caption_image, inputs=[files, image, mode], outputs=caption,

@@ -115,8 +115,7 @@ class _Client:
             except UnavailableError:
                 if attempt == self.settings.retries:
                     raise
-                delay = self.settings.backoff * 2 ** attempt
-                time.sleep(delay * random.uniform(0.75, 1.25))
+                time.sleep(self.settings.backoff * 2 ** attempt * random.uniform(0.75, 1.25))
 
 
 class RestClient(_Client):
@@ -169,8 +168,7 @@ class RestClient(_Client):
 
 
 class GrpcClient(_Client):
-    """TF Serving's gRPC API (port 8500). Imports grpc and tensorflow_serving.apis (and with them
-    TensorFlow) on first use."""
+    """TF Serving's gRPC API (port 8500); imports grpc and its protos (and TensorFlow) on first use."""
     max_message_bytes = 64 * 1024 * 1024  # gRPC's Python default of 4 MB is too small for images
 
     def __init__(self, target: str = "127.0.0.1:8500", settings: ClientSettings | None = None, **overrides):
@@ -229,8 +227,7 @@ def make_client(rest: str | None = None, grpc: str | None = None, **settings) ->
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """--rest URL | --grpc HOST:PORT and --model: how every command names the model server; pass
-    the parsed args.rest, args.grpc and model=args.model to make_client."""
+    """--rest URL | --grpc HOST:PORT and --model, as every command names the model server."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--rest", metavar="URL", help=f"REST base URL (default {DEFAULT_REST})")
     where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC target, e.g. 127.0.0.1:8500")

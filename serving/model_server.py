@@ -235,15 +235,13 @@ def rest_predict(versions: Versions, name: str, version: int | None, body: bytes
     columns = {key: to_json(outputs[key], key) for key in sorted(outputs)}
     if len(columns) == 1:  # a lone output loses its name
         return {"predictions" if rows else "outputs": next(iter(columns.values()))}
-    if not rows:
-        return {"outputs": columns}
-    return {"predictions": [dict(zip(columns, row)) for row in zip(*columns.values())]}
+    return ({"predictions": [dict(zip(columns, row)) for row in zip(*columns.values())]} if rows
+            else {"outputs": columns})
 
 
 class RestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, which clients' sessions rely on
     disable_nagle_algorithm = True  # headers and body go in two writes: Nagle would delay the body
-
     log_message = lambda self, *args: None  # noqa: E731  (a line per request is noise here)
 
     def do_GET(self) -> None:  # and do_POST
