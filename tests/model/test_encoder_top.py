@@ -154,9 +154,10 @@ def test_fine_tuned_run_trains_the_head_on_cached_conv4_maps(head_top_run):
 
 
 @pytest.mark.slow  # a training from image files: ResNet50's trunk runs in every step
-def test_training_from_images_writes_the_cached_paths_checkpoint(head_top_run, small_builtin,
-                                                                  tmp_path):
-    summary = train(tmp_path / "run", "attention", data=small_builtin,
+def test_training_from_images_writes_the_cached_paths_checkpoint(tmp_path):
+    from data.builtin import generate_builtin
+    data = generate_builtin(tmp_path / "data", num_images=40, seed=0)  # 32 / 4 / 4 images
+    summary = train(tmp_path / "run", "attention", data=data,
                     cache_dir=tmp_path / "cache", verbose=0, epochs=2, batch_size=64,
                     min_count=2, units=64, embed_dim=32, encoder_weights="random",
                     encoder_train_from_images=True, evaluate=False)
@@ -171,9 +172,11 @@ def test_training_from_images_writes_the_cached_paths_checkpoint(head_top_run, s
             found = {}
             f.visititems(lambda name, item: found.setdefault(name, getattr(item, "shape", None)))
             return found
-    assert layout(tmp_path / "run" / "best.weights.h5") == layout(head_top_run.run / "best.weights.h5")
-    run = load_run(tmp_path / "run")  # and a conv4-fed captioner loads it
-    names, features = load_features(tmp_path / "cache")
+    # The same variables as the captioner that trains on cached conv4 maps saves.
+    run = load_run(tmp_path / "run")
+    build_captioner(run.model_config).save_weights(tmp_path / "cached-maps.weights.h5")
+    assert layout(tmp_path / "run" / "best.weights.h5") == layout(tmp_path / "cached-maps.weights.h5")
+    names, features = load_features(tmp_path / "cache")  # and a conv4-fed captioner loads it
     captions, _ = caption_features(run.load_captioner(), run.vocabulary.tokens, features[:4],
                                    run.decode_config, progress=False)
     assert len(captions) == 4
