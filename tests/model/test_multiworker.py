@@ -1,7 +1,7 @@
 """Multi-worker training for real: two `python -m model.train --distribute multiworker` processes
 on 127.0.0.1, each with its own worker-only TF_CONFIG (index 0 acts as chief), one shared run folder
-and one shared feature cache that neither has extracted yet (one worker extracts, the other waits).
-The first test gives each process no TF_CONFIG but the environment deploy/training/job.yaml and
+and one shared feature cache (in the first test one that neither has extracted yet: one worker
+extracts, the other waits; the others start from an extracted one). The first test gives each process no TF_CONFIG but the environment deploy/training/job.yaml and
 Kubernetes give pod i (WORKER_HOSTS, JOB_COMPLETION_INDEX=i), from which model/cluster.py derives it.
 
 What a user who outgrows one machine needs to hold: both workers finish, train as one model
@@ -42,6 +42,19 @@ pytestmark = pytest.mark.slow
 def builtin_data(tmp_path_factory) -> Path:
     from data.builtin import generate_builtin
     return generate_builtin(tmp_path_factory.mktemp("mw") / "data", num_images=NUM_IMAGES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def extracted_cache(builtin_data, tmp_path_factory) -> Path:
+    """builtin_data's pooled features as `--encoder-weights random` extracts them, for the tests
+    of what a dead worker does."""
+    from data.sources import open_dataset
+    from model.features import ensure_features
+    from model.settings import EncoderConfig
+    cache = tmp_path_factory.mktemp("mw-cache") / "cache"
+    ensure_features(open_dataset(builtin_data).images, cache, EncoderConfig("random", seed=0),
+                    kind="pooled", progress=False)
+    return cache
 
 
 def free_ports(count: int) -> list[int]:
@@ -203,8 +216,8 @@ def signal_worker1_mid_epoch(run: Path, data: Path, cache: Path, epochs: int,
         stop_all(workers)
 
 
-def test_killed_worker_stops_the_other_and_both_resume(builtin_data, tmp_path):
-    run, cache = tmp_path / "run", tmp_path / "cache"
+def test_killed_worker_stops_the_other_and_both_resume(builtin_data, extracted_cache, tmp_path):
+    run, cache = tmp_path / "run", extracted_cache
     code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, cache, 3, signal.SIGKILL)
     print(f"the chief noticed the killed worker after {noticed_after:.1f} s")
     assert code == WORKER_LOST_EXIT_CODE, logs(run)
@@ -224,11 +237,12 @@ def test_killed_worker_stops_the_other_and_both_resume(builtin_data, tmp_path):
     assert summary["optimizer_steps"] == 3 * summary["steps_per_epoch"]
 
 
-def test_frozen_worker_stops_the_other_instead_of_hanging_it(builtin_data, tmp_path):
+def test_frozen_worker_stops_the_other_instead_of_hanging_it(builtin_data, extracted_cache,
+                                                             tmp_path):
     """SIGSTOP: the process lives and its port stays open, but it answers nothing, like a machine
     that froze or dropped off the network."""
     run = tmp_path / "run"
-    code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, tmp_path / "cache", 2,
+    code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, extracted_cache, 2,
                                                    signal.SIGSTOP)
     print(f"the chief noticed the frozen worker after {noticed_after:.1f} s")
     assert code == WORKER_LOST_EXIT_CODE, logs(run)
