@@ -39,6 +39,13 @@ def fast_tier(config) -> bool:
 SHARED_IN_ONE_PROCESS = (*TRAINED_FIXTURES, "server", "attention_server", "untrained_export")
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`--numprocesses=auto` (pytest.ini): one process more than cores. The tests wait part of
+    their time on servers, subprocesses and timeouts; a third process on 2 cores kept them busy
+    (docs/testing.md#time)."""
+    return (os.cpu_count() or 1) + 1
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
