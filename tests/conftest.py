@@ -41,8 +41,8 @@ SHARED_IN_ONE_PROCESS = (*TRAINED_FIXTURES, "server", "attention_server", "untra
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """`--numprocesses=auto` (pytest.ini): one process more than cores. The tests wait part of
-    their time on servers, subprocesses and timeouts; a third process on 2 cores kept them busy
-    (docs/testing.md#time)."""
+    their time on servers, subprocesses and timeouts, which the extra process uses (how busy the
+    cores were: docs/testing.md#time)."""
     return (os.cpu_count() or 1) + 1
 
 
