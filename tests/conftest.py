@@ -92,16 +92,10 @@ def feature_caches(small_builtin, shared_tmp):
     (random-init ResNet50, seed 0; model.encoder.FEATURE_KINDS), holding every image's features:
     the first worker that asks extracts them, the others wait for it (the cache's own lock) and
     reuse them, as training does."""
-    from data.sources import open_dataset
-    from model.features import ensure_features
-    from model.settings import EncoderConfig
-
-    def cache(kind: str = "pooled") -> Path:
-        path = shared_tmp / f"feature-caches-{small_builtin.parent.name}" / kind
-        ensure_features(open_dataset(small_builtin).images, path, EncoderConfig("random", seed=0),
-                        kind=kind, progress=False, lock_wait_seconds=SHARED_WAIT_SECONDS)
-        return path
-    return cache
+    from tests.helpers import random_weights_features
+    return lambda kind="pooled": random_weights_features(
+        small_builtin, shared_tmp / f"feature-caches-{small_builtin.parent.name}" / kind, kind,
+        lock_wait_seconds=SHARED_WAIT_SECONDS)
 
 
 def train_preset(name: str, data: Path, base: Path, cache: Path, epochs: int, patience: int,

@@ -16,3 +16,15 @@ REPO = Path(__file__).resolve().parents[2]  # the checkout: cwd and PYTHONPATH o
 DEFAULT_FAMILY = PRESETS[TrainConfig.preset]["model"]["family"]
 FAMILY_PARAMS = [pytest.param(family, marks=[] if family == DEFAULT_FAMILY else [pytest.mark.slow])
                  for family in FAMILIES]
+
+
+def random_weights_features(data: Path, cache: Path, kind: str = "pooled",
+                            lock_wait_seconds: float = 0) -> Path:
+    """Every image of `data` through ResNet50 as `--encoder-weights random` (seed 0) extracts it,
+    into the feature cache `cache` of that kind (training then reuses it); returns `cache`."""
+    from data.sources import open_dataset
+    from model.features import ensure_features
+    from model.settings import EncoderConfig
+    ensure_features(open_dataset(data).images, cache, EncoderConfig("random", seed=0), kind=kind,
+                    progress=False, lock_wait_seconds=lock_wait_seconds)
+    return cache

@@ -1,8 +1,9 @@
 """Multi-worker training for real: two `python -m model.train --distribute multiworker` processes
 on 127.0.0.1, each with its own worker-only TF_CONFIG (index 0 acts as chief), one shared run folder
 and one shared feature cache (in the first test one that neither has extracted yet: one worker
-extracts, the other waits; the others start from an extracted one). The first test gives each process no TF_CONFIG but the environment deploy/training/job.yaml and
-Kubernetes give pod i (WORKER_HOSTS, JOB_COMPLETION_INDEX=i), from which model/cluster.py derives it.
+extracts, the other waits; the others start from an extracted one). The first test gives each
+process no TF_CONFIG but the environment deploy/training/job.yaml and Kubernetes give pod i
+(WORKER_HOSTS, JOB_COMPLETION_INDEX=i), from which model/cluster.py derives it.
 
 What a user who outgrows one machine needs to hold: both workers finish, train as one model
 (identical weights, one optimizer step per *global* batch), only the chief writes the run folder,
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 from model.train import WORKER_LOST, WORKER_LOST_EXIT_CODE
-from tests.helpers import REPO
+from tests.helpers import REPO, random_weights_features
 
 NUM_IMAGES = 120          # 96 / 12 / 12 images, 480 training captions
 GLOBAL_BATCH = 32         # --batch-size: split 16 + 16 between the two workers
@@ -48,13 +49,7 @@ def builtin_data(tmp_path_factory) -> Path:
 def extracted_cache(builtin_data, tmp_path_factory) -> Path:
     """builtin_data's pooled features as `--encoder-weights random` extracts them, for the tests
     of what a dead worker does."""
-    from data.sources import open_dataset
-    from model.features import ensure_features
-    from model.settings import EncoderConfig
-    cache = tmp_path_factory.mktemp("mw-cache") / "cache"
-    ensure_features(open_dataset(builtin_data).images, cache, EncoderConfig("random", seed=0),
-                    kind="pooled", progress=False)
-    return cache
+    return random_weights_features(builtin_data, tmp_path_factory.mktemp("mw-cache") / "cache")
 
 
 def free_ports(count: int) -> list[int]:
