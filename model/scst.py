@@ -55,10 +55,13 @@ class SelfCritical:
         baseline = (tf.reduce_sum(rewards, 1, keepdims=True) - rewards) / (k - 1)
         advantage = tf.reshape(rewards - baseline, [-1])
         inputs = tf.concat([tf.fill([tf.shape(ids)[0], 1], START_ID), ids[:, :-1]], axis=1)
-        repeated = tf.repeat(features, k, axis=0)
+        # An image-major batch: the image part (the encoder's top, the annotations) runs once
+        # per image, not once per sample, as in cross-entropy training (data.pipeline).
+        image_index = tf.repeat(tf.range(tf.shape(features)[0]), k)
         with tf.GradientTape() as tape:
             # No dropout: the gradient is of the policy that drew the samples.
-            logits = model({"features": repeated, "tokens": inputs}, training=False)
+            logits = model({"features": features, "tokens": inputs, "image_index": image_index},
+                           training=False)
             loss = policy_gradient_loss(tf.nn.log_softmax(tf.cast(logits, tf.float32)), ids,
                                         advantage)
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
