@@ -29,22 +29,34 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
     with_attention = captioner.config.attention
     feature_input = tf.TensorSpec([None, *feature_shape], tf.float32, name=FEATURES_INPUT)
 
-    def caption(features, method, maps=False):
+    def caption(features, method):
         """(captions [B], log_prob [B], attention maps or None, beam search's (captions, scores)
         [B, beam_width] each, best first, or None)."""
-        ids, log_prob, *extra = decode_features(captioner, features, decode, method, maps,
-                                                return_beams=method == "beam")
-        attention = extra.pop(0) if maps else None
+        ids, log_prob, *extra = decode_features(captioner, features, decode, method,
+                                                with_attention, return_beams=method == "beam")
+        attention = extra.pop(0) if with_attention else None
         beams = (ids_to_captions(extra[0], table), extra[1]) if extra else None
         return ids_to_captions(ids, table), log_prob, attention, beams
 
-    def from_images(image_bytes, method):
+    # Image decoding with ResNet50, and each decoder, traced once, as functions the endpoints
+    # call: saving traces every endpoint twice (once to list its variables, once inside the
+    # save), and inlined, ResNet50 and greedy decoding would be traced four times each.
+    @tf.function(input_signature=[IMAGE_SPEC], autograph=False)
+    def features_of(image_bytes):
         images, errors = decode_batch(image_bytes)
         # ResNet's kernels reject an empty batch; an empty request gets empty outputs instead.
         features = tf.cond(tf.size(image_bytes) > 0,
                            lambda: tf.cast(encoder(images, training=False), tf.float32),
                            lambda: tf.zeros([0, *feature_shape]))
-        captions, log_prob, attention, beams = caption(features, method, with_attention)
+        return features, errors
+
+    decoders = {method: tf.function(lambda features, method=method: caption(features, method),
+                                    input_signature=[feature_input], autograph=False)
+                for method in ("greedy", "beam")}
+
+    def from_images(image_bytes, method):
+        features, errors = features_of(image_bytes)
+        captions, log_prob, attention, beams = decoders[method](features)
         ok = tf.equal(errors, "")  # a bad image gets an empty caption, never a failed batch
         outputs = dict(zip(OUTPUTS, (tf.where(ok, captions, ""), tf.where(ok, log_prob, 0.0), errors)))
         if attention is not None:
@@ -55,7 +67,7 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
         return outputs
 
     def from_features(features):
-        captions, log_prob, _, _ = caption(features, "greedy")
+        captions, log_prob, _, _ = decoders["greedy"](features)
         return dict(zip(OUTPUTS, (captions, log_prob, tf.fill(tf.shape(captions), ""))))
 
     archive = keras.export.ExportArchive()
