@@ -38,9 +38,9 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
         beams = (ids_to_captions(extra[0], table), extra[1]) if extra else None
         return ids_to_captions(ids, table), log_prob, attention, beams
 
-    # Image decoding with ResNet50, and each decoder, traced once, as functions the endpoints
-    # call: saving traces every endpoint twice (once to list its variables, once inside the
-    # save), and inlined, ResNet50 and greedy decoding would be traced four times each.
+    # Image decoding with ResNet50, and each decoder, as functions the endpoints call: each is
+    # traced once for every endpoint that uses it, not once per endpoint (and saving traces
+    # everything twice: once to list the variables, once inside the save).
     @tf.function(input_signature=[IMAGE_SPEC], autograph=False)
     def features_of(image_bytes):
         images, errors = decode_batch(image_bytes)
