@@ -39,7 +39,7 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
         return ids_to_captions(ids, table), log_prob, attention, beams
 
     # Image decoding with ResNet50, and each decoder, as functions the endpoints call: each is
-    # traced once for every endpoint that uses it, not once per endpoint (and saving traces
+    # traced once for all the endpoints that use it, not once per endpoint (and saving traces
     # everything twice: once to list the variables, once inside the save).
     @tf.function(input_signature=[IMAGE_SPEC], autograph=False)
     def features_of(image_bytes):
