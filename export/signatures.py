@@ -9,6 +9,8 @@ with its length-normalised log-probability (the first is `caption`); "" and 0 fo
 Everything is in the graph: decode and check (data/images.py), ResNet50, the decoder loop
 (model/decoding.py), id -> word lookup and the cleaning rule. Nothing here is a second copy.
 """
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -29,18 +31,19 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
     with_attention = captioner.config.attention
     feature_input = tf.TensorSpec([None, *feature_shape], tf.float32, name=FEATURES_INPUT)
 
-    def caption(features, method):
+    def caption(features, method, maps):
         """(captions [B], log_prob [B], attention maps or None, beam search's (captions, scores)
         [B, beam_width] each, best first, or None)."""
-        ids, log_prob, *extra = decode_features(captioner, features, decode, method,
-                                                with_attention, return_beams=method == "beam")
-        attention = extra.pop(0) if with_attention else None
+        ids, log_prob, *extra = decode_features(captioner, features, decode, method, maps,
+                                                return_beams=method == "beam")
+        attention = extra.pop(0) if maps else None
         beams = (ids_to_captions(extra[0], table), extra[1]) if extra else None
         return ids_to_captions(ids, table), log_prob, attention, beams
 
-    # Image decoding with ResNet50, and each decoder, as functions the endpoints call: each is
-    # traced once for all the endpoints that use it, not once per endpoint (and saving traces
-    # everything twice: once to list the variables, once inside the save).
+    # Image decoding with ResNet50, and each decoder (method, with or without attention maps), as
+    # functions the endpoints call: each is traced once for all the endpoints that use it, not
+    # once per endpoint (and saving traces everything twice: once to list the variables, once
+    # inside the save).
     @tf.function(input_signature=[IMAGE_SPEC], autograph=False)
     def features_of(image_bytes):
         images, errors = decode_batch(image_bytes)
@@ -50,13 +53,14 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
                            lambda: tf.zeros([0, *feature_shape]))
         return features, errors
 
-    decoders = {method: tf.function(lambda features, method=method: caption(features, method),
-                                    input_signature=[feature_input], autograph=False)
-                for method in ("greedy", "beam")}
+    @functools.cache
+    def decoder(method: str, maps: bool):
+        return tf.function(lambda features: caption(features, method, maps),
+                           input_signature=[feature_input], autograph=False)
 
     def from_images(image_bytes, method):
         features, errors = features_of(image_bytes)
-        captions, log_prob, attention, beams = decoders[method](features)
+        captions, log_prob, attention, beams = decoder(method, with_attention)(features)
         ok = tf.equal(errors, "")  # a bad image gets an empty caption, never a failed batch
         outputs = dict(zip(OUTPUTS, (tf.where(ok, captions, ""), tf.where(ok, log_prob, 0.0), errors)))
         if attention is not None:
@@ -67,7 +71,7 @@ def build_archive(encoder: keras.Model, captioner: keras.Model, vocab_file: str,
         return outputs
 
     def from_features(features):
-        captions, log_prob, _, _ = decoders["greedy"](features)
+        captions, log_prob, _, _ = decoder("greedy", False)(features)  # no maps to record
         return dict(zip(OUTPUTS, (captions, log_prob, tf.fill(tf.shape(captions), ""))))
 
     archive = keras.export.ExportArchive()
