@@ -17,7 +17,8 @@ How it stays fast without per-element Python: the dataset runs over caption *ind
 length bucketing and batching move scalars; one vectorised map per batch then gathers the token
 rows from a RaggedTensor and the feature rows from a tf.Variable. The feature matrix is captured
 as a variable (a resource handle) rather than a graph constant, so its 238 MB (Flickr30k: 29k x
-2048 floats) are not copied into each traced function.
+2048 floats) are not copied into each traced function; every dataset function takes the matrix
+or a table feature_table made of it, which datasets of one matrix share.
 A float16 matrix (the spatial maps of the feature cache: 29k x 7 x 7 x 2048 is 5.8 GB) stays
 float16 in the variable, half the memory of float32; each gathered batch is cast to float32.
 
@@ -115,7 +116,7 @@ def caption_examples(image_rows: Sequence[int], token_lists: Sequence[Sequence[i
     return CaptionExamples(tf.constant(rows, tf.int32), tokens, (lengths - 1).astype(np.int32))
 
 
-def training_dataset(features: np.ndarray, image_rows, token_lists,
+def training_dataset(features: np.ndarray | tf.Variable, image_rows, token_lists,
                      config: PipelineConfig) -> tf.data.Dataset:
     """Shuffled (seeded, reshuffled every epoch), length-bucketed, prefetched batches for one
     epoch; Keras fit iterates it again for each epoch."""
@@ -130,7 +131,7 @@ def training_dataset(features: np.ndarray, image_rows, token_lists,
     return _assemble(batches, examples, table, config.pad_to)
 
 
-def evaluation_dataset(features: np.ndarray, image_rows, token_lists,
+def evaluation_dataset(features: np.ndarray | tf.Variable, image_rows, token_lists,
                        config: PipelineConfig) -> tf.data.Dataset:
     """Same elements as training_dataset, in the captions' own order, no shuffle, no bucketing."""
     examples, table = _prepare(features, image_rows, token_lists, config)
@@ -145,7 +146,7 @@ def _prepare(features, image_rows, token_lists, config: PipelineConfig):
     if config.pad_to is not None and len(examples) and examples.steps.max() > config.pad_to:
         raise ValueError(f"a caption has {examples.steps.max()} steps, more than pad_to="
                          f"{config.pad_to}; set max_caption_tokens <= pad_to + 1")
-    table = _feature_table(features)
+    table = feature_table(features)
     num_rows = int(table.shape[0])
     rows = examples.image_rows.numpy()
     if len(rows) and rows.max() >= num_rows:
@@ -154,9 +155,12 @@ def _prepare(features, image_rows, token_lists, config: PipelineConfig):
     return examples, table
 
 
-def _feature_table(features) -> tf.Variable:
+def feature_table(features) -> tf.Variable:
     """The feature matrix [N, ...] as a CPU variable: float16 kept as float16, anything else
-    float32."""
+    float32. A table made here passes through unchanged: datasets of one matrix (training and
+    validation) can share it instead of each holding a copy."""
+    if isinstance(features, tf.Variable):
+        return features
     features = np.asarray(features)
     if features.dtype != np.float16:
         features = features.astype(np.float32, copy=False)
@@ -209,7 +213,7 @@ def _assemble(batches: tf.data.Dataset, examples: CaptionExamples, table: tf.Var
             .prefetch(tf.data.AUTOTUNE))
 
 
-def image_batches(features: np.ndarray, image_rows: Sequence[int], references: np.ndarray,
+def image_batches(features: np.ndarray | tf.Variable, image_rows: Sequence[int], references: np.ndarray,
                   batch_size: int, seed: int = 0) -> tf.data.Dataset:
     """Shuffled batches of images for self-critical training: (features float32 [B, ...],
     reference token ids int32 [B, R, L]), where references[i] holds the references of the image
@@ -219,7 +223,7 @@ def image_batches(features: np.ndarray, image_rows: Sequence[int], references: n
     if batch_size < 1 or not len(image_rows):
         raise ValueError(f"need batch_size >= 1 and at least one image, got {batch_size}, "
                          f"{len(image_rows)} images")
-    table = _feature_table(features)
+    table = feature_table(features)
     rows = tf.constant(np.asarray(image_rows, np.int64))
     if int(tf.reduce_max(rows)) >= table.shape[0]:
         raise ValueError(f"image row {int(tf.reduce_max(rows))} is beyond the feature matrix's "
@@ -241,7 +245,7 @@ def images_per_batch(config: PipelineConfig, num_images: int, num_captions: int)
     return max(1, round(config.batch_size * num_images / max(1, num_captions)))
 
 
-def image_major_dataset(features: np.ndarray, image_rows, token_lists, config: PipelineConfig,
+def image_major_dataset(features: np.ndarray | tf.Variable, image_rows, token_lists, config: PipelineConfig,
                         shuffle: bool = True) -> tf.data.Dataset:
     """Image-major batches (module docstring) of the cached features: images shuffled (seeded,
     reshuffled every epoch) unless shuffle=False, then in row order."""

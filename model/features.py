@@ -33,8 +33,9 @@ from data.feature_cache import (ExtractionReport, FeatureCacheError, encode_func
                                 extract_features, load_features)
 from data.files import CACHE_ROOT
 from data.layouts import DatasetError, ImageCaptions, SkipReport
-from data.pipeline import (PipelineConfig, evaluation_dataset, image_file_dataset,
-                           image_major_dataset, images_per_batch, training_dataset)
+from data.pipeline import (PipelineConfig, evaluation_dataset, feature_table,
+                           image_file_dataset, image_major_dataset, images_per_batch,
+                           training_dataset)
 from data.sources import open_dataset
 from model.encoder import (FEATURE_KINDS, EncoderWeightsError, build_encoder, check_kind,
                            encoder_id)
@@ -99,6 +100,7 @@ class TrainingFeed:
             raise ValueError("--train-from-images trains the encoder's top from images: it needs "
                              "--fine-tune-encoder")
         self.features = features
+        self._table = None
         if self.from_images:  # rows are the dataset's images; `features` only serve evaluation
             self.files = [str(image.path) for image in images]
             self.row_of = {image.name: i for i, image in enumerate(images)}
@@ -115,9 +117,16 @@ class TrainingFeed:
         if self.from_images:
             return image_file_dataset(self.files, rows, tokens, pipeline, shuffle=shuffle)
         if self.image_major:
-            return image_major_dataset(self.features, rows, tokens, pipeline, shuffle=shuffle)
+            return image_major_dataset(self.table(), rows, tokens, pipeline, shuffle=shuffle)
         make = training_dataset if shuffle else evaluation_dataset
-        return make(self.features, rows, tokens, pipeline)
+        return make(self.table(), rows, tokens, pipeline)
+
+    def table(self):
+        """The cached features as one table (data.pipeline.feature_table), made once: every
+        dataset of this feed shares it instead of holding a copy of the matrix."""
+        if self._table is None:
+            self._table = feature_table(self.features)
+        return self._table
 
     def steps_per_epoch(self, dataset, rows, pipeline: PipelineConfig) -> int:
         """Batches per epoch; when images that fail to decode are only found while training, as
@@ -128,20 +137,23 @@ class TrainingFeed:
         images = len(set(rows))
         return -(-images // images_per_batch(pipeline, images, len(rows)))
 
-    def prepare(self, captioner, train_rows) -> None:
+    def prepare(self, captioner, train_rows, initial_weights: bool = True) -> None:
         """Before the first epoch: the conv5 top takes the encoder's weights, the statistics
         are set from the training images (CaptionerBase.adapt), and training from images gets
-        its frozen trunk."""
-        if captioner.config.encoder_top == "conv5":
+        its frozen trunk. initial_weights=False: every weight comes from a run's checkpoint
+        afterwards (statistics included), so only the trunk is set."""
+        if initial_weights and captioner.config.encoder_top == "conv5":
             captioner.top.load_encoder_weights(self.encoder_config)
         rows = sorted(set(train_rows))
         if not self.from_images:
-            captioner.adapt(self.features, rows)
+            if initial_weights:
+                captioner.adapt(self.features, rows)
             return
         trunk = build_encoder(self.encoder_config, kind="conv4")
         captioner.image_trunk = _frozen(trunk)
-        sample = [self.files[row] for row in rows[:FROM_IMAGES_ADAPT_IMAGES]]
-        captioner.adapt(_trunk_features(trunk, sample), None)
+        if initial_weights:
+            sample = [self.files[row] for row in rows[:FROM_IMAGES_ADAPT_IMAGES]]
+            captioner.adapt(_trunk_features(trunk, sample), None)
 
 
 def _frozen(trunk):

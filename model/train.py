@@ -210,7 +210,7 @@ def self_critical_fit(feed: TrainingFeed, splits, vocabulary, config: RunConfig)
     train_images = [image for image in splits["train"] if image.name in row_of]
     val_images = [image for image in splits["val"] if image.name in row_of]
     references = cider_references([image.captions for image in train_images], vocabulary.tokens)
-    batches = image_batches(features, [row_of[image.name] for image in train_images],
+    batches = image_batches(feed.table(), [row_of[image.name] for image in train_images],
                             references.tokens, config.train.batch_size, config.train.seed)
     validation = ValidationCider(features[[row_of[image.name] for image in val_images]],
                                  [list(image.captions) for image in val_images],
@@ -399,12 +399,12 @@ def initial_captioner(model_config: ModelConfig, init: TrainedRun | None, feed: 
     of them (their statistics with them) when both have the same encoder top, else the layers
     the two share (init_from_run: a frozen-feature run starts a conv5-top run)."""
     captioner = build_captioner(model_config)
-    feed.prepare(captioner, train_rows)
-    if init is not None:
-        if init.model_config.encoder_top == model_config.encoder_top:
-            captioner.load_weights(init.paths.weights)
-        else:
-            init_from_run(captioner, init)
+    whole = init is not None and init.model_config.encoder_top == model_config.encoder_top
+    feed.prepare(captioner, train_rows, initial_weights=not whole)
+    if whole:
+        captioner.load_weights(init.paths.weights)
+    elif init is not None:
+        init_from_run(captioner, init)
     return captioner
 
 

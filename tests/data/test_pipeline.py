@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from data.layouts import load_dataset
-from data.pipeline import (PipelineConfig, _feature_table, caption_examples, evaluation_dataset,
+from data.pipeline import (PipelineConfig, feature_table, caption_examples, evaluation_dataset,
                            image_file_dataset, image_major_dataset, training_dataset)
 
 START, END = 1, 2
@@ -174,12 +174,13 @@ def test_spatial_float16_maps_come_out_as_float32_batches_of_the_right_rows():
 
 def test_float16_features_stay_float16_in_the_variable_float32_stay_float32():
     """Half the memory for spatial maps; pooled float32 features are not touched."""
-    assert _feature_table(_spatial_maps(2)).dtype == tf.float16
+    assert feature_table(_spatial_maps(2)).dtype == tf.float16
     pooled = np.arange(6, dtype=np.float32).reshape(3, 2) / 3
-    table = _feature_table(pooled)
+    table = feature_table(pooled)
     assert table.dtype == tf.float32
     np.testing.assert_array_equal(table.numpy(), pooled)
-    assert _feature_table(pooled.astype(np.float64)).dtype == tf.float32  # as before
+    assert feature_table(pooled.astype(np.float64)).dtype == tf.float32  # as before
+    assert feature_table(table) is table  # shared by the datasets given it, not copied
     pooled16 = pooled.astype(np.float16)
     [batch] = _feature_batches(pooled16, 3)
     np.testing.assert_array_equal(batch, pooled16.astype(np.float32))

@@ -150,51 +150,12 @@ def logged_losses(history_csv: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(f)]
 
 
-def test_two_workers_train_one_model(builtin_data, tmp_path):
-    """Started as the Kubernetes Job starts them: no TF_CONFIG, the pod's index and host list."""
-    run, cache = tmp_path / "run", tmp_path / "cache"
-    workers = start_workers(run, builtin_data, cache, epochs=2,
-                            environments=job_environments(tmp_path / "shared"))
-    try:
-        wait_all(workers, run)
-    finally:
-        stop_all(workers)
-
-    # The chief owns the run folder; worker 1 wrote its own copies beside it, nowhere else.
-    for name in ("best.weights.h5", "history.csv", "summary.json", "loss_curve.png",
-                 "settings.json", "vocab.txt"):
-        assert (run / name).is_file(), name
-    assert not (run / "backup").exists()
-    worker_dir = run / "workers" / "worker-1"
-    assert sorted(p.name for p in (run / "workers").iterdir()) == ["worker-1"]
-    assert epochs_logged(run / "history.csv") == [0, 1]
-    # Same epochs, losses and validation losses; only each process's own epoch_seconds differ.
-    assert logged_losses(run / "history.csv") == logged_losses(worker_dir / "history.csv")
-
-    chief = json.loads((run / "summary.json").read_text())
-    other = json.loads((worker_dir / "summary.json").read_text())
-    assert chief["replicas"] == other["replicas"] == 2
-    # One optimizer step per global batch: 480 captions / 32 = 15 full batches, plus the partial
-    # batch each length bucket ends with. Had each worker taken 32 per replica (64 a step),
-    # there would be about half as many.
-    assert chief["train_captions"] == 480 and chief["global_batch_size"] == GLOBAL_BATCH
-    assert 15 <= chief["steps_per_epoch"] <= 15 + 6
-    for summary in (chief, other):
-        assert summary["optimizer_steps"] == 2 * chief["steps_per_epoch"]
-
-    # Both workers saved the same epoch's weights (and optimizer state): bit for bit equal.
-    assert chief["best_epoch"] == other["best_epoch"]
-    saved = [weights(run / "best.weights.h5"), weights(worker_dir / "best.weights.h5")]
-    assert saved[0].keys() == saved[1].keys() and len(saved[0]) > 10
-    for name, value in saved[0].items():
-        np.testing.assert_array_equal(value, saved[1][name], err_msg=name)
-
-
 def signal_worker1_mid_epoch(run: Path, data: Path, cache: Path, epochs: int,
-                             sig: signal.Signals) -> tuple[int, float]:
+                             sig: signal.Signals,
+                             environments: list[dict] | None = None) -> tuple[int, float]:
     """Trains until epoch 1 is logged, sends `sig` to worker 1 during epoch 2, and returns the
     chief's exit status and how long it took to notice. Both processes are gone afterwards."""
-    workers = start_workers(run, data, cache, epochs=epochs)
+    workers = start_workers(run, data, cache, epochs=epochs, environments=environments)
     try:
         deadline = time.monotonic() + PROCESS_TIMEOUT
         while time.monotonic() < deadline and workers[0].poll() is None:
@@ -211,9 +172,13 @@ def signal_worker1_mid_epoch(run: Path, data: Path, cache: Path, epochs: int,
         stop_all(workers)
 
 
-def test_killed_worker_stops_the_other_and_both_resume(builtin_data, extracted_cache, tmp_path):
-    run, cache = tmp_path / "run", extracted_cache
-    code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, cache, 3, signal.SIGKILL)
+def test_two_workers_train_one_model_and_resume_after_a_killed_one(builtin_data, tmp_path):
+    """Started as the Kubernetes Job starts them (no TF_CONFIG: the pod's index and host list),
+    from a cache neither has extracted; worker 1 is killed in epoch 2, and the same two commands
+    again finish the run as one model."""
+    run, cache, shared = tmp_path / "run", tmp_path / "cache", tmp_path / "shared"
+    code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, cache, 3, signal.SIGKILL,
+                                                   job_environments(shared))
     print(f"the chief noticed the killed worker after {noticed_after:.1f} s")
     assert code == WORKER_LOST_EXIT_CODE, logs(run)
     assert WORKER_LOST in log_of(run, 0)
@@ -221,15 +186,42 @@ def test_killed_worker_stops_the_other_and_both_resume(builtin_data, extracted_c
     assert finished == list(range(len(finished))) and 1 <= len(finished) < 3
     assert (run / "backup").is_dir()
 
-    workers = start_workers(run, builtin_data, cache, epochs=3)  # the same two commands again
+    workers = start_workers(run, builtin_data, cache, epochs=3,
+                            environments=job_environments(shared))  # the same two commands
     try:
         wait_all(workers, run)
     finally:
         stop_all(workers)
     # Resumed after the last finished epoch: none repeated, none skipped.
     assert epochs_logged(run / "history.csv") == [0, 1, 2], logs(run)
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["optimizer_steps"] == 3 * summary["steps_per_epoch"]
+
+    # The chief owns the run folder; worker 1 wrote its own copies beside it, nowhere else.
+    for name in ("best.weights.h5", "history.csv", "summary.json", "loss_curve.png",
+                 "settings.json", "vocab.txt"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()
+    worker_dir = run / "workers" / "worker-1"
+    assert sorted(p.name for p in (run / "workers").iterdir()) == ["worker-1"]
+    # Same epochs, losses and validation losses; only each process's own epoch_seconds differ.
+    assert logged_losses(run / "history.csv") == logged_losses(worker_dir / "history.csv")
+
+    chief = json.loads((run / "summary.json").read_text())
+    other = json.loads((worker_dir / "summary.json").read_text())
+    assert chief["replicas"] == other["replicas"] == 2
+    # One optimizer step per global batch: 480 captions / 32 = 15 full batches, plus the partial
+    # batch each length bucket ends with. Had each worker taken 32 per replica (64 a step),
+    # there would be about half as many.
+    assert chief["train_captions"] == 480 and chief["global_batch_size"] == GLOBAL_BATCH
+    assert 15 <= chief["steps_per_epoch"] <= 15 + 6
+    for summary in (chief, other):
+        assert summary["optimizer_steps"] == 3 * chief["steps_per_epoch"]
+
+    # Both workers saved the same epoch's weights (and optimizer state): bit for bit equal.
+    assert chief["best_epoch"] == other["best_epoch"]
+    saved = [weights(run / "best.weights.h5"), weights(worker_dir / "best.weights.h5")]
+    assert saved[0].keys() == saved[1].keys() and len(saved[0]) > 10
+    for name, value in saved[0].items():
+        np.testing.assert_array_equal(value, saved[1][name], err_msg=name)
 
 
 def test_frozen_worker_stops_the_other_instead_of_hanging_it(builtin_data, extracted_cache,
