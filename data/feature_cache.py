@@ -211,9 +211,40 @@ def load_features(cache_dir, names: Sequence[str] | None = None, *,
     shard_of, row_of = np.array([where[name] for name in kept], int).reshape(-1, 2).T
     for index, shard in enumerate(shards):
         if len(positions := np.flatnonzero(shard_of == index)):
+            rows = row_of[positions]
             with np.load(shard.path, allow_pickle=False) as data:
-                features[positions] = data["features"][row_of[positions]]
+                if _whole_in_order(positions, rows, len(shard.names)):
+                    _read_array_into(data, "features", features[positions[0]:positions[-1] + 1])
+                else:
+                    features[positions] = data["features"][rows]
     return kept, features
+
+
+def _whole_in_order(positions: np.ndarray, rows: np.ndarray, count: int) -> bool:
+    """Whether a shard's `count` rows all go, in order, to consecutive positions."""
+    return (len(rows) == count and bool(np.all(rows == np.arange(count)))
+            and positions[-1] - positions[0] == count - 1)
+
+
+def _read_array_into(npz, key: str, destination: np.ndarray, chunk_bytes: int = 1 << 24) -> None:
+    """The array `key` of an open .npz read straight into `destination` (same shape and dtype),
+    a chunk at a time: no whole-array copy in between, which for a shard of maps is hundreds of
+    MB of fresh memory."""
+    with npz.zip.open(f"{key}.npy") as stream:
+        version = np.lib.format.read_magic(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(stream)
+        if (tuple(shape), fortran_order, dtype) != (destination.shape, False, destination.dtype):
+            raise FeatureCacheError(f"{key} holds {dtype} {tuple(shape)}, expected "
+                                    f"{destination.dtype} {destination.shape}")
+        target, done = memoryview(destination).cast("B"), 0
+        while done < len(target):
+            chunk = stream.read(min(chunk_bytes, len(target) - done))
+            if not chunk:
+                raise FeatureCacheError(f"{key} ends after {done} of {len(target)} bytes")
+            target[done:done + len(chunk)] = chunk
+            done += len(chunk)
 
 
 def _shape(shape) -> list[int] | None:

@@ -577,7 +577,11 @@ def test_load_features_fills_one_preallocated_array(tmp_path, tiny_spatial_encod
     items = _write_images(tmp_path / "images", 7)
     cache = tmp_path / "cache"
     _spatial(items, tiny_spatial_encoder, cache, shard_size=2)
-    names, everything = load_features(cache)
+    names, everything = load_features(cache)  # whole shards, in order: read straight in
+    shards = sorted(cache.glob("shard-*.npz"))
+    assert len(shards) == 4
+    np.testing.assert_array_equal(everything, np.concatenate(
+        [np.load(shard, allow_pickle=False)["features"] for shard in shards]))
     order = [names[6], names[0], names[3], names[0], "nope.jpg"]
     kept, features = load_features(cache, order)
     assert kept == order[:4]

@@ -161,45 +161,6 @@ def test_a_later_stage_refuses_to_change_what_it_keeps(untrained_run, small_buil
         train(untrained_run, init_from=str(untrained_run), scst=True, verbose=0)
 
 
-@pytest.mark.slow
-def test_self_critical_stage_writes_a_normal_run(trained_run, tmp_path):
-    from export.artifact import export_settings
-    from export.saved_model import export_run
-    summary = train(tmp_path / "scst", init_from=str(trained_run.run), scst=True, epochs=2,
-                    batch_size=60, verbose=0)  # 4 steps an epoch
-    run = tmp_path / "scst"
-    settings = json.loads((run / "settings.json").read_text())
-    assert settings["stage"] == {
-        "name": "self-critical", "init_from": {
-            "run": str(trained_run.run.resolve()), "stage": "cross-entropy",
-            "weights_digest": weights_digest(trained_run.run / "best.weights.h5")}}
-    assert settings["train"]["scst"] and settings["train"]["learning_rate"] == 5e-5
-    assert settings["data"]["feature_cache"] == str(trained_run.cache)  # the run's features
-    assert (run / "vocab.txt").read_text() == (trained_run.run / "vocab.txt").read_text()
-    with (run / "history.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert set(rows[0]) == {"epoch", "epoch_seconds", "loss", "reward", "val_cider_d"}
-    assert len(rows) == summary["epochs"] == 2
-    for name in ("reward_curve.png", "summary.json", "evaluation/report.json",
-                 "evaluation/captions_greedy.json", "evaluation/captions_beam.json"):
-        assert (run / name).is_file(), name
-    assert not (run / "backup").exists()
-    # The checkpoint holds the best validation CIDEr-D: an epoch's, or the starting weights'.
-    epochs = [float(row["val_cider_d"]) for row in rows]
-    assert summary["best_val_cider_d"] == max(epochs)
-    best = max(summary["start_val_cider_d"], *epochs)
-    finished = load_run(run)
-    val = split_dataset(open_dataset(trained_run.data))["val"]
-    names, matrix = load_features(trained_run.cache, [image.name for image in val])
-    validation = ValidationCider(matrix, [list(image.captions) for image in val],
-                                 finished.vocabulary.tokens, finished.decode_config)
-    assert validation.score(finished.load_captioner()) == pytest.approx(best, abs=1e-6)
-    assert summary["test"]["greedy"]["meteor"] > 0 and "attributes" in summary["test"]["beam"]
-    # Exported as any run is.
-    version = export_run(run, tmp_path / "models", "auto")
-    assert export_settings(version)["weights_digest"] == weights_digest(run / "best.weights.h5")
-
-
 def test_bad_flags_are_refused_by_argparse(capsys):
     for argv, expected in ((["--mixed-precision", "float8"], "--mixed-precision: invalid choice"),
                            (["--epochs", "many"], "--epochs: invalid int value: 'many'"),
@@ -330,31 +291,51 @@ def assert_resumed(history, epochs: int) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_kill(small_builtin, feature_caches, tmp_path):
-    """SIGKILL a run after its first epoch; the same command resumes from the backup."""
-    args = ["--preset", "pooled", "--data", str(small_builtin), "--run-dir", str(tmp_path / "run"),
-            "--encoder-weights", "random", "--cache-dir", str(feature_caches("pooled")),
-            "--epochs", "6", "--patience", "6", "--min-count", "2", "--batch-size", "64",
-            "--units", "128", "--embed-dim", "64", "--no-eval"]
-    history = tmp_path / "run" / "history.csv"
-    assert 2 <= kill_after_two_epochs(args, history) < 6
-    assert (tmp_path / "run" / "backup").exists()
+def test_self_critical_stage_resumes_after_kill_and_writes_a_normal_run(trained_run, tmp_path):
+    from export.artifact import export_settings
+    from export.saved_model import export_run
+    run = tmp_path / "scst"
+    args = ["--init-from", str(trained_run.run), "--scst", "--run-dir", str(run),
+            "--epochs", "3", "--patience", "3", "--batch-size", "60"]  # 4 steps an epoch
+    history = run / "history.csv"
+    assert 2 <= kill_after_two_epochs(args, history) < 3
+    assert (run / "backup").exists()  # what the same command resumes from
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_resumed(history, 6)
-
-
-@pytest.mark.slow
-def test_self_critical_stage_resumes_after_kill(trained_run, tmp_path):
-    args = ["--init-from", str(trained_run.run), "--scst", "--run-dir", str(tmp_path / "scst"),
-            "--epochs", "4", "--patience", "4", "--batch-size", "48", "--no-eval"]
-    history = tmp_path / "scst" / "history.csv"
-    assert 2 <= kill_after_two_epochs(args, history) < 4
-    result = run_cli(*args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_resumed(history, 4)
+    assert_resumed(history, 3)
     assert "self-critical  epochs: " in result.stdout
-    assert not (tmp_path / "scst" / "backup").exists()
+
+    summary = json.loads((run / "summary.json").read_text())
+    settings = summary["settings"]
+    assert settings["stage"] == {
+        "name": "self-critical", "init_from": {
+            "run": str(trained_run.run.resolve()), "stage": "cross-entropy",
+            "weights_digest": weights_digest(trained_run.run / "best.weights.h5")}}
+    assert settings["train"]["scst"] and settings["train"]["learning_rate"] == 5e-5
+    assert settings["data"]["feature_cache"] == str(trained_run.cache)  # the run's features
+    assert (run / "vocab.txt").read_text() == (trained_run.run / "vocab.txt").read_text()
+    with history.open() as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == {"epoch", "epoch_seconds", "loss", "reward", "val_cider_d"}
+    assert len(rows) == summary["epochs"] == 3
+    for name in ("reward_curve.png", "summary.json", "evaluation/report.json",
+                 "evaluation/captions_greedy.json", "evaluation/captions_beam.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()
+    # The checkpoint holds the best validation CIDEr-D: an epoch's, or the starting weights'.
+    epochs = [float(row["val_cider_d"]) for row in rows]
+    assert summary["best_val_cider_d"] == max(epochs)
+    best = max(summary["start_val_cider_d"], *epochs)
+    finished = load_run(run)
+    val = split_dataset(open_dataset(trained_run.data))["val"]
+    names, matrix = load_features(trained_run.cache, [image.name for image in val])
+    validation = ValidationCider(matrix, [list(image.captions) for image in val],
+                                 finished.vocabulary.tokens, finished.decode_config)
+    assert validation.score(finished.load_captioner()) == pytest.approx(best, abs=1e-6)
+    assert summary["test"]["greedy"]["meteor"] > 0 and "attributes" in summary["test"]["beam"]
+    # Exported as any run is.
+    version = export_run(run, tmp_path / "models", "auto")
+    assert export_settings(version)["weights_digest"] == weights_digest(run / "best.weights.h5")
 
 
 MIRRORED = """
