@@ -213,8 +213,8 @@ def _assemble(batches: tf.data.Dataset, examples: CaptionExamples, table: tf.Var
             .prefetch(tf.data.AUTOTUNE))
 
 
-def image_batches(features: np.ndarray | tf.Variable, image_rows: Sequence[int], references: np.ndarray,
-                  batch_size: int, seed: int = 0) -> tf.data.Dataset:
+def image_batches(features: np.ndarray | tf.Variable, image_rows: Sequence[int],
+                  references: np.ndarray, batch_size: int, seed: int = 0) -> tf.data.Dataset:
     """Shuffled batches of images for self-critical training: (features float32 [B, ...],
     reference token ids int32 [B, R, L]), where references[i] holds the references of the image
     in feature row image_rows[i] (model.cider.CiderReferences.tokens)."""
@@ -245,8 +245,8 @@ def images_per_batch(config: PipelineConfig, num_images: int, num_captions: int)
     return max(1, round(config.batch_size * num_images / max(1, num_captions)))
 
 
-def image_major_dataset(features: np.ndarray | tf.Variable, image_rows, token_lists, config: PipelineConfig,
-                        shuffle: bool = True) -> tf.data.Dataset:
+def image_major_dataset(features: np.ndarray | tf.Variable, image_rows, token_lists,
+                        config: PipelineConfig, shuffle: bool = True) -> tf.data.Dataset:
     """Image-major batches (module docstring) of the cached features: images shuffled (seeded,
     reshuffled every epoch) unless shuffle=False, then in row order."""
     examples, table = _prepare(features, image_rows, token_lists, config)

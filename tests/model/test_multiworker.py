@@ -1,9 +1,9 @@
 """Multi-worker training for real: two `python -m model.train --distribute multiworker` processes
 on 127.0.0.1, each with its own worker-only TF_CONFIG (index 0 acts as chief), one shared run folder
 and one shared feature cache (in the first test one that neither has extracted yet: one worker
-extracts, the other waits; the others start from an extracted one). The first test gives each
-process no TF_CONFIG but the environment deploy/training/job.yaml and Kubernetes give pod i
-(WORKER_HOSTS, JOB_COMPLETION_INDEX=i), from which model/cluster.py derives it.
+extracts, the other waits; the frozen-worker test starts from an extracted one). The first test
+gives each process no TF_CONFIG but the environment deploy/training/job.yaml and Kubernetes give
+pod i (WORKER_HOSTS, JOB_COMPLETION_INDEX=i), from which model/cluster.py derives it.
 
 What a user who outgrows one machine needs to hold: both workers finish, train as one model
 (identical weights, one optimizer step per *global* batch), only the chief writes the run folder,
