@@ -153,17 +153,20 @@ def logged_losses(history_csv: Path) -> list[dict]:
 def signal_worker1_mid_epoch(run: Path, data: Path, cache: Path, epochs: int,
                              sig: signal.Signals,
                              environments: list[dict] | None = None) -> tuple[int, float]:
-    """Trains until epoch 1 is logged, sends `sig` to worker 1 during epoch 2, and returns the
-    chief's exit status and how long it took to notice. Both processes are gone afterwards."""
+    """Trains until both workers logged epoch 1, sends `sig` to worker 1 as epoch 2 starts, and
+    returns the chief's exit status and how long it took to notice. Both processes are gone
+    afterwards."""
     workers = start_workers(run, data, cache, epochs=epochs, environments=environments)
     try:
         deadline = time.monotonic() + PROCESS_TIMEOUT
         while time.monotonic() < deadline and workers[0].poll() is None:
-            if epochs_logged(run / "history.csv"):
-                break  # epoch 1 finished: both workers are now in epoch 2
-            time.sleep(0.5)
+            # A worker logs an epoch after its end-of-epoch backup (the callbacks' order): both
+            # are then past epoch 1's backups, into epoch 2.
+            if all(epochs_logged(folder / "history.csv")
+                   for folder in (run, run / "workers" / "worker-1")):
+                break
+            time.sleep(0.1)
         assert workers[0].poll() is None, logs(run)
-        time.sleep(3)  # into epoch 2, and past worker 1's own end-of-epoch backup
         workers[1].send_signal(sig)
         signalled = time.monotonic()
         code = workers[0].wait(timeout=FAILURE_NOTICED_WITHIN)
@@ -229,7 +232,7 @@ def test_frozen_worker_stops_the_other_instead_of_hanging_it(builtin_data, extra
     """SIGSTOP: the process lives and its port stays open, but it answers nothing, like a machine
     that froze or dropped off the network."""
     run = tmp_path / "run"
-    code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, extracted_cache, 2,
+    code, noticed_after = signal_worker1_mid_epoch(run, builtin_data, extracted_cache, 3,
                                                    signal.SIGSTOP)
     print(f"the chief noticed the frozen worker after {noticed_after:.1f} s")
     assert code == WORKER_LOST_EXIT_CODE, logs(run)
