@@ -236,8 +236,9 @@ def _read_array_into(npz, key: str, destination: np.ndarray, chunk_bytes: int = 
                        else np.lib.format.read_array_header_2_0)
         shape, fortran_order, dtype = read_header(stream)
         if (tuple(shape), fortran_order, dtype) != (destination.shape, False, destination.dtype):
-            raise FeatureCacheError(f"{key} holds {dtype} {tuple(shape)}, expected "
-                                    f"{destination.dtype} {destination.shape}")
+            order = " in Fortran order" if fortran_order else ""
+            raise FeatureCacheError(f"{key} holds {dtype} {tuple(shape)}{order}, expected "
+                                    f"{destination.dtype} {destination.shape} in C order")
         target, done = memoryview(destination).cast("B"), 0
         while done < len(target):
             chunk = stream.read(min(chunk_bytes, len(target) - done))
